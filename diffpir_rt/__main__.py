@@ -1,0 +1,3 @@
+from diffpir_rt.engine.cli import main
+
+raise SystemExit(main())
