@@ -23,14 +23,12 @@ def _operators(rng: np.random.Generator) -> dict[str, tuple[object, int]]:
         "deblur_5_nonsym": (Deblur(_rng_kernel(rng, 5)), 9),
         "sr_x2": (SuperResolution(2, _rng_kernel(rng, 5)), 8),
         "sr_x3": (SuperResolution(3, _rng_kernel(rng, 5)), 12),
-        "sr_x4_default_kernel": (SuperResolution(4, _rng_kernel(rng, 25) if _NO_DEGRADE else None), 28),
+        "sr_x4_default_kernel": (SuperResolution(4), 28),
         "inpaint": (Inpaint((rng.random((8, 8)) > 0.4).astype(np.float64)), 8),
         "denoise": (Denoise(), 8),
     }
 
 
-import importlib.util
-_NO_DEGRADE = importlib.util.find_spec("diffpir_rt.engine.degrade") is None
 OPERATOR_NAMES = list(_operators(np.random.default_rng(0)))
 
 

@@ -1,0 +1,458 @@
+"""Synthetic measurements made exactly as the official DiffPIR scripts make them (spec §7).
+
+Kernels, masks and noise are drawn from numpy's legacy `RandomState(seed)`,
+whose streams equal the official `np.random.seed(seed)` + global draws, so the
+same seed gives the official kernel or mask bit for bit; the global RNG is never
+touched. Images here are numpy (H, W, C) arrays, [0, 1] floats unless the name
+says uint8.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.io
+import scipy.ndimage
+from PIL import Image, ImageDraw, ImageFilter
+
+from .errors import DiffPIRError
+
+PathLike = str | os.PathLike
+
+#: 25x25 bicubic-equivalent SR kernels for x2, x3, x4 (cell index sf - 2), see engine/data/README.md.
+BICUBIC_KERNELS_FILE = Path(__file__).parent / "data" / "kernels_bicubicx234.mat"
+
+# ----------------------------------------------------------------------------- blur kernels
+
+
+def gaussian_kernel_std(std: float, size: int = 61) -> np.ndarray:
+    """(size, size) float32 Gaussian: scipy gaussian_filter of a centred delta (truncate 4, reflect).
+
+    Not renormalised, like the official code: scipy's truncated Gaussian weights
+    sum to 1 and reflect mode keeps the mass, so the kernel sums to 1 already.
+    """
+    _check_size(size, "gaussian kernel size")
+    if not (math.isfinite(std) and std > 0):
+        raise DiffPIRError(f"gaussian kernel std: got {std}; expected a finite number > 0")
+    delta = np.zeros((size, size))
+    delta[size // 2, size // 2] = 1.0
+    return scipy.ndimage.gaussian_filter(delta, sigma=std).astype(np.float32)
+
+
+def gaussian_std(index: int) -> float:
+    """The official per-image std: 3 * (1 + 2u), u = rand() after seed 10*index (spec §7)."""
+    return 3.0 * (1.0 + 2.0 * _rng_for_index(index).rand())
+
+
+def gaussian_kernel(index: int, size: int = 61) -> np.ndarray:
+    """The official Gaussian deblur kernel of image `index` (sorted order), std in [3, 9]."""
+    return gaussian_kernel_std(gaussian_std(index), size)
+
+
+def motion_kernel(index: int, size: int = 61, intensity: float = 0.5) -> np.ndarray:
+    """The official motion deblur kernel of image `index`: (size, size) float32, sum 1.
+
+    Seed 10*index; the official operator draws one kernel and discards it (its
+    Blurkernel constructor), and blurs with the second draw (spec §7).
+    """
+    _check_size(size, "motion kernel size")
+    if size < MOTION_MIN_SIZE:
+        raise DiffPIRError(
+            f"motion kernel size: got {size}; expected >= {MOTION_MIN_SIZE} (the generator draws its "
+            f"path {MOTION_MIN_SIZE - 1}px and smaller with line width 0, i.e. not at all)"
+        )
+    if not (0.0 <= intensity <= 1.0):
+        raise DiffPIRError(f"motion kernel intensity: got {intensity}; expected a number in [0, 1]")
+    rng = _rng_for_index(index)
+    _draw_motion_kernel(size, intensity, rng)
+    return _draw_motion_kernel(size, intensity, rng)
+
+
+# Reproduces LeviBorodenko/motionblur (commit 57813788) Kernel, whose draws must come
+# in its exact order: path length, step lengths, max angle, jitter, angles, rotation.
+_MOTION_EPS = 0.1  # the generator's "tiny error" added to step scale and max angle
+#: Line width is int(diagonal/150) of the 2x canvas: 0 (nothing drawn) below this size.
+MOTION_MIN_SIZE = 54
+
+
+def _draw_motion_kernel(size: int, intensity: float, rng: np.random.RandomState) -> np.ndarray:
+    """One motion kernel: a random path drawn at 2x size, blurred, Lanczos-downsized, sum 1."""
+    big = 2 * size  # drawn super-sized, then downsized for anti-aliasing
+    diagonal = (big**2 + big**2) ** 0.5
+
+    # 1. step lengths until the path reaches a random total length
+    max_path_len = 0.75 * diagonal * (rng.uniform() + rng.uniform(0, intensity**2))
+    steps: list[float] = []
+    while sum(steps) < max_path_len:
+        step = rng.beta(1, 30) * (1 - intensity + _MOTION_EPS) * diagonal
+        if step < max_path_len:
+            steps.append(step)
+
+    # 2. one angle per step; "jitter" is the chance that the turn direction flips
+    max_angle = rng.uniform(0, intensity * math.pi)
+    jitter = rng.beta(2, 20)
+    angles = [rng.uniform(low=-max_angle, high=max_angle)]
+    while len(angles) < len(steps):
+        angle = rng.triangular(0, intensity * max_angle, max_angle + _MOTION_EPS)
+        flip = rng.uniform() < jitter
+        angles.append(angle * (-np.sign(angles[-1]) if flip else np.sign(angles[-1])))
+
+    # 3. path = cumulative sum of the increments, centred on its mean (python sum, summed
+    #    in order, as the generator does), randomly rotated, moved to the image centre
+    path = np.cumsum(np.asarray(steps) * np.exp(1j * np.asarray(angles)))
+    path = path - sum(path) / len(steps)
+    path = path * np.exp(1j * rng.uniform(0, math.pi)) + (big + 1j * big) / 2
+
+    # 4. rasterise. The generator draws white on RGB and converts to L at the end; grey
+    #    RGB -> L is exact in Pillow, so drawing 255 on L gives the same pixels.
+    image = Image.new("L", (big, big))
+    ImageDraw.Draw(image).line([(p.real, p.imag) for p in path], fill=255, width=int(diagonal / 150))
+    image = image.filter(ImageFilter.GaussianBlur(radius=int(diagonal * 0.01)))
+    image = image.resize((size, size), resample=Image.LANCZOS)
+    kernel = np.asarray(image, dtype=np.float32)
+    if not kernel.any():  # not seen for size >= MOTION_MIN_SIZE; guard against a 0/0 kernel
+        raise DiffPIRError(f"motion kernel: the drawn path missed the {big}x{big} canvas; try another index")
+    return kernel / np.sum(kernel)
+
+
+def _rng_for_index(index: int) -> np.random.RandomState:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= 10 * index < 2**32:
+        raise DiffPIRError(f"kernel index: got {index!r}; expected an integer in [0, {(2**32 - 1) // 10}]")
+    return np.random.RandomState(10 * int(index))
+
+
+def _check_size(size: int, name: str) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise DiffPIRError(f"{name}: got {size!r}; expected a positive integer")
+
+
+# ----------------------------------------------------------------------------- blur
+
+
+def blur_uint8(img_uint8: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Official deblur measurement: circular convolution of a uint8 (H, W, C) image, uint8 out.
+
+    scipy computes in float64 and stores into the uint8 output by truncation (not
+    rounding), exactly what the official `ndimage.convolve(img, k[..., None],
+    mode='wrap')` on a uint8 image does (spec §7).
+    """
+    img_uint8 = np.asarray(img_uint8)
+    if img_uint8.dtype != np.uint8 or img_uint8.ndim != 3:
+        raise DiffPIRError(
+            f"blur_uint8 image: got dtype {img_uint8.dtype}, shape {img_uint8.shape}; expected uint8 (H, W, C)"
+        )
+    return scipy.ndimage.convolve(img_uint8, _check_kernel(kernel)[..., None], mode="wrap")
+
+
+def blur_image(x01: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Official deblur measurement of a [0, 1] (H, W, C) image, as float64 in [0, 1].
+
+    The image goes to uint8 as round(clip(x, 0, 1)*255) (exact for 8-bit inputs),
+    through `blur_uint8` (truncating), then /255, as the official scripts do.
+    """
+    x01 = _check_float_image(x01, "blur_image image")
+    if x01.ndim != 3:
+        raise DiffPIRError(f"blur_image image: got shape {x01.shape}; expected (H, W, C)")
+    img_uint8 = np.round(np.clip(x01.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    return blur_uint8(img_uint8, kernel) / 255.0
+
+
+def blur(x01: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Circular convolution of a float (H, W) or (H, W, C) image, no quantisation.
+
+    True convolution (kernel flipped), kernel centre at index size//2, result in
+    the input's float dtype.
+    """
+    x01 = _check_float_image(x01, "blur image")
+    k = _check_kernel(kernel)
+    return scipy.ndimage.convolve(x01, k if x01.ndim == 2 else k[..., None], mode="wrap")
+
+
+def _check_kernel(kernel: np.ndarray) -> np.ndarray:
+    k = np.asarray(kernel)
+    if k.ndim != 2 or k.size == 0 or not np.issubdtype(k.dtype, np.number) or not np.isfinite(k).all():
+        raise DiffPIRError(f"blur kernel: got dtype {k.dtype}, shape {k.shape}; expected a finite 2-D array")
+    return k
+
+
+def _check_float_image(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) or x.ndim not in (2, 3) or x.size == 0:
+        raise DiffPIRError(f"{name}: got dtype {x.dtype}, shape {x.shape}; expected a float (H, W) or (H, W, C) array")
+    return x
+
+
+# ----------------------------------------------------------------------------- bicubic resize
+
+
+def imresize(x: np.ndarray, scale: float) -> np.ndarray:
+    """MATLAB-style bicubic imresize with antialiasing (DiffPIR utils_image.imresize_np, spec §6.3).
+
+    Cubic kernel a = -0.5; when downscaling it is stretched to width 4/scale
+    (antialiasing); boundaries are padded symmetrically (edge pixel repeated);
+    output size ceil(H*scale) x ceil(W*scale). No rounding or clipping. Computed in float64 (the official code uses float32,
+    so results differ at the 1e-7 level) and returned in the input's float dtype.
+
+    Args:
+        x: (H, W) or (H, W, C) float image.
+        scale: output/input size ratio, e.g. 1/4.
+    """
+    x = _check_float_image(x, "imresize image")
+    if not (math.isfinite(scale) and scale > 0):
+        raise DiffPIRError(f"imresize scale: got {scale}; expected a finite number > 0")
+    height, width = x.shape[:2]
+    out_height, out_width = math.ceil(height * scale), math.ceil(width * scale)
+    rows = _resize_matrix(height, out_height, scale)
+    cols = _resize_matrix(width, out_width, scale)
+    y = np.tensordot(rows, x.astype(np.float64), axes=(1, 0))  # (out_H, W, ...)
+    y = np.moveaxis(np.tensordot(cols, y, axes=(1, 1)), 0, 1)  # (out_H, out_W, ...)
+    return y.astype(x.dtype)
+
+
+def _cubic(d: np.ndarray) -> np.ndarray:
+    """Keys cubic convolution kernel with a = -0.5 (MATLAB's 'cubic')."""
+    a = np.abs(d)
+    near = (1.5 * a**3 - 2.5 * a**2 + 1) * (a <= 1)
+    far = (-0.5 * a**3 + 2.5 * a**2 - 4 * a + 2) * ((a > 1) & (a <= 2))
+    return near + far
+
+
+def _resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
+    """(out_len, in_len) weights of one axis, symmetric padding folded into the matrix."""
+    antialias = scale < 1
+    kernel_width = 4.0 / scale if antialias else 4.0
+    # output pixel centre k (1-based) maps to input coordinate u (1-based), so that
+    # pixel edges line up: 0.5 -> 0.5 and 0.5 + scale -> 1.5
+    u = np.arange(1, out_len + 1) / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - kernel_width / 2)
+    taps = math.ceil(kernel_width) + 2  # one spare tap; its weight may be 0
+    j = left[:, None] + np.arange(taps)[None, :]  # 1-based input positions
+    d = u[:, None] - j
+    weights = scale * _cubic(d * scale) if antialias else _cubic(d)
+    weights /= weights.sum(axis=1, keepdims=True)
+    source = _symmetric_index(j.astype(np.int64) - 1, in_len)
+    matrix = np.zeros((out_len, in_len))
+    np.add.at(matrix, (np.repeat(np.arange(out_len), taps), source.ravel()), weights.ravel())
+    return matrix
+
+
+def _symmetric_index(i: np.ndarray, n: int) -> np.ndarray:
+    """0-based index into a signal extended by mirroring with the edge repeated (… 1 0 | 0 1 …)."""
+    m = np.mod(i, 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+def mod_crop(x: np.ndarray, sf: int) -> np.ndarray:
+    """Crop (H, W, ...) to the largest multiple of sf in H and W (bottom/right removed)."""
+    height, width = x.shape[:2]
+    return x[: height - height % sf, : width - width % sf]
+
+
+def bicubic_downsample(x01: np.ndarray, sf: int) -> np.ndarray:
+    """SR measurement before noise: mod-crop to a multiple of sf, then imresize by 1/sf (spec §7)."""
+    if isinstance(sf, bool) or not isinstance(sf, (int, np.integer)) or sf < 1:
+        raise DiffPIRError(f"bicubic_downsample sf: got {sf!r}; expected a positive integer")
+    x01 = _check_float_image(x01, "bicubic_downsample image")
+    if x01.shape[0] < sf or x01.shape[1] < sf:
+        raise DiffPIRError(f"bicubic_downsample image: shape {x01.shape} is smaller than sf = {sf}")
+    return imresize(mod_crop(x01, sf), 1 / sf)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def box_mask(h: int = 256, w: int = 256, seed: int = 0, box: int = 128, margin: int = 16) -> np.ndarray:
+    """(h, w) float32 inpainting mask, 1 = observed, with one box x box hole set to 0.
+
+    DPS's generator as DiffPIR uses it: box height and width from randint(box, box + 1)
+    (always `box`, but the draws advance the RNG), then top and left from
+    randint(margin, size - margin - box). Seed 0 on 256 x 256 gives rows 60-187,
+    cols 63-190 (spec §7).
+    """
+    _check_size(h, "box_mask h")
+    _check_size(w, "box_mask w")
+    _check_size(box, "box_mask box")
+    if h - margin - box <= margin or w - margin - box <= margin or margin < 0:
+        raise DiffPIRError(
+            f"box_mask: a {box}x{box} box with margin {margin} does not fit in {h}x{w}; "
+            f"expected h and w > box + 2*margin"
+        )
+    rng = _rng_for_seed(seed, "box_mask seed")
+    box_h = rng.randint(box, box + 1)
+    box_w = rng.randint(box, box + 1)
+    top = rng.randint(margin, h - margin - box_h)
+    left = rng.randint(margin, w - margin - box_w)
+    mask = np.ones((h, w), dtype=np.float32)
+    mask[top : top + box_h, left : left + box_w] = 0
+    return mask
+
+
+def random_mask(h: int = 256, w: int = 256, seed: int = 0, p: float = 0.5) -> np.ndarray:
+    """(h, w) float32 mask with int(h*w*p) pixels missing (0), drawn without replacement.
+
+    DPS's generator with the probability range [p, p]: one uniform(p, p) draw,
+    then np.random.choice(h*w, int(h*w*p), replace=False) (spec §7).
+    """
+    _check_size(h, "random_mask h")
+    _check_size(w, "random_mask w")
+    if not (0.0 <= p <= 1.0):
+        raise DiffPIRError(f"random_mask p: got {p}; expected a fraction in [0, 1]")
+    rng = _rng_for_seed(seed, "random_mask seed")
+    total = h * w
+    prob = rng.uniform(p, p)
+    missing = rng.choice(total, int(total * prob), replace=False)
+    mask = np.ones(total, dtype=np.float32)
+    mask[missing] = 0
+    return mask.reshape(h, w)
+
+
+def _rng_for_seed(seed: int, name: str) -> np.random.RandomState:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise DiffPIRError(f"{name}: got {seed!r}; expected an integer in [0, 2**32)")
+    return np.random.RandomState(int(seed))
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+def add_noise(y01: np.ndarray, sigma_n: float, seed: int) -> np.ndarray:
+    """y01 + N(0, sigma_n^2) in [0, 1] units, not clipped (spec §1).
+
+    Noise is `np.random.RandomState(seed).normal(0, sigma_n, y01.shape)` (legacy
+    Mersenne Twister, like the official scripts' np.random); the result keeps
+    y01's float dtype. sigma_n = 0 returns a copy and draws nothing.
+    """
+    y01 = np.asarray(y01)
+    if not np.issubdtype(y01.dtype, np.floating):
+        raise DiffPIRError(f"add_noise measurement: got dtype {y01.dtype}; expected a float array in [0, 1]")
+    if not (math.isfinite(sigma_n) and sigma_n >= 0):
+        raise DiffPIRError(f"add_noise sigma_n: got {sigma_n}; expected a finite number >= 0 (in [0, 1] units)")
+    rng = _rng_for_seed(seed, "add_noise seed")
+    if sigma_n == 0:
+        return y01.copy()
+    return (y01 + rng.normal(0.0, sigma_n, y01.shape)).astype(y01.dtype)
+
+
+# ----------------------------------------------------------------------------- kernel files
+
+
+def load_kernel(path: PathLike, index: int | None = None) -> np.ndarray:
+    """Load a 2-D blur kernel as float32 from .npy, .png or .mat (MATLAB v5 or v7.3/HDF5).
+
+    .png is read as grey and normalised to sum 1; .npy and .mat are returned as
+    stored (the bicubic SR kernels sum to 0.99990..1.000002 and are used so).
+    A .mat must hold a variable `kernels`: a cell array, from which `index`
+    picks one (0-based, MATLAB linear order), or a single numeric matrix.
+
+    Args:
+        index: which kernel of a .mat cell; may be omitted when it holds one.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DiffPIRError(f"kernel {p}: file not found")
+    suffix = p.suffix.lower()
+    if index is not None and suffix != ".mat":
+        raise DiffPIRError(f"kernel {p}: index {index} given, but only .mat files hold several kernels")
+    if suffix == ".npy":
+        k = _read_npy(p)
+    elif suffix == ".png":
+        k = _read_png_kernel(p)
+    elif suffix == ".mat":
+        k = _read_mat_hdf5(p, index) if h5py.is_hdf5(p) else _read_mat_v5(p, index)
+    else:
+        raise DiffPIRError(f"kernel {p}: unsupported suffix {suffix!r}; expected .npy, .png or .mat")
+    return _validated_kernel(k, p)
+
+
+def bicubic_sr_kernel(sf: int) -> np.ndarray:
+    """The 25x25 bicubic-equivalent kernel for x2, x3 or x4 SR (spec §6.3), off-centre by design."""
+    if sf not in (2, 3, 4) or isinstance(sf, bool):
+        raise DiffPIRError(f"bicubic SR kernel: sf = {sf!r}; expected 2, 3 or 4")
+    return load_kernel(BICUBIC_KERNELS_FILE, sf - 2)
+
+
+def _read_npy(p: Path) -> np.ndarray:
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DiffPIRError(f"kernel {p}: cannot read .npy ({e})") from e
+
+
+def _read_png_kernel(p: Path) -> np.ndarray:
+    try:
+        with Image.open(p) as im:
+            k = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im, dtype=np.float64)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DiffPIRError(f"kernel {p}: cannot read image ({e})") from e
+    total = k.sum()
+    if total <= 0:
+        raise DiffPIRError(f"kernel {p}: image is all black; expected a kernel with positive sum")
+    return k / total
+
+
+def _pick(cells: np.ndarray, index: int | None, p: Path) -> np.ndarray:
+    """One entry of a flat list of kernels, with the count in every error."""
+    n = len(cells)
+    if index is None:
+        if n != 1:
+            raise DiffPIRError(f"kernel {p}: holds {n} kernels; pass index in 0..{n - 1}")
+        index = 0
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise DiffPIRError(f"kernel {p}: index {index!r} out of range; the file holds {n} kernels (0..{n - 1})")
+    return cells[index]
+
+
+def _read_mat_v5(p: Path, index: int | None) -> np.ndarray:
+    try:
+        contents = scipy.io.loadmat(p)
+    except (OSError, ValueError, TypeError, NotImplementedError) as e:
+        raise DiffPIRError(f"kernel {p}: cannot read MATLAB file ({e})") from e
+    if "kernels" not in contents:
+        names = sorted(k for k in contents if not k.startswith("__"))
+        raise DiffPIRError(f"kernel {p}: no variable 'kernels' (found {names}); expected a cell array 'kernels'")
+    kernels = contents["kernels"]
+    if kernels.dtype == object:  # a cell array; MATLAB's linear order is column-major
+        return np.asarray(_pick(kernels.ravel(order="F"), index, p))
+    return _pick(np.asarray([kernels]), index, p)
+
+
+def _read_mat_hdf5(p: Path, index: int | None) -> np.ndarray:
+    """MATLAB v7.3: HDF5 stores every array transposed (column-major), so each kernel is .T."""
+    try:
+        with h5py.File(p, "r") as f:
+            if "kernels" not in f:
+                raise DiffPIRError(
+                    f"kernel {p}: no variable 'kernels' (found {sorted(f.keys())}); expected a cell array 'kernels'"
+                )
+            kernels = f["kernels"]
+            if not isinstance(kernels, h5py.Dataset):
+                kind = type(kernels).__name__
+                raise DiffPIRError(f"kernel {p}: 'kernels' is a {kind}; expected a cell array or matrix")
+            if h5py.check_dtype(ref=kernels.dtype) is not None:
+                # a MATLAB (1, n) cell is stored as (n, 1) references; C order = MATLAB linear order
+                ref = _pick(kernels[()].ravel(), index, p)
+                return np.asarray(f[ref][()]).T
+            return _pick(np.asarray([kernels[()]]), index, p).T
+    except DiffPIRError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DiffPIRError(f"kernel {p}: cannot read MATLAB v7.3 file ({e})") from e
+
+
+def _validated_kernel(k: np.ndarray, p: Path) -> np.ndarray:
+    k = np.asarray(k)
+    if k.ndim != 2 or k.size == 0:
+        raise DiffPIRError(f"kernel {p}: expected a non-empty 2-D array, got shape {k.shape}")
+    if not np.issubdtype(k.dtype, np.number) or np.iscomplexobj(k):
+        raise DiffPIRError(f"kernel {p}: expected real numbers, got dtype {k.dtype}")
+    k = k.astype(np.float32)
+    if not np.isfinite(k).all():
+        raise DiffPIRError(f"kernel {p}: {int((~np.isfinite(k)).sum())} NaN or Inf value(s); expected finite values")
+    total = float(k.sum(dtype=np.float64))
+    if total <= 0:
+        raise DiffPIRError(f"kernel {p}: sums to {total:g}; expected a positive sum (about 1)")
+    return k

