@@ -190,3 +190,22 @@ def test_measurement_with_nan() -> None:
 def test_sr_forward_needs_divisible_image() -> None:
     with pytest.raises(DiffPIRError, match="not divisible by the scale 4"):
         SuperResolution(4, np.ones((3, 3))).forward(torch.rand(1, 3, 30, 30))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "motion", "sr4"])
+@pytest.mark.parametrize("rho", [7.06e-7, 1.5e-3])
+def test_float32_prox_on_real_image_and_official_kernels(kind: str, rho: float) -> None:
+    """256x256 set3c image, official 61x61 kernels (spec §7), sigma_n 0.05: fp32 within 1e-4 of float64."""
+    from diffpir_rt.engine.degrade import gaussian_kernel, motion_kernel
+    from diffpir_rt.engine.imageio import read_image
+
+    from ..conftest import DATA
+
+    x = read_image(DATA / "images" / "butterfly.png")[None].double()
+    op = {"gaussian": lambda: Deblur(gaussian_kernel(1)), "motion": lambda: Deblur(motion_kernel(0)), "sr4": lambda: SuperResolution(4)}[kind]()
+    g = torch.Generator().manual_seed(0)
+    clean_y = op.forward(x)
+    y = clean_y + 0.05 * torch.randn(clean_y.shape, generator=g, dtype=torch.float64)
+    x0 = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ref = op.prox(x0, y, rho)
+    assert (op.prox(x0.float(), y.float(), rho).double() - ref).abs().max().item() <= 1e-4
