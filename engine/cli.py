@@ -40,39 +40,26 @@ EXAMPLES_DEGRADE = """examples:
 # ----------------------------------------------------------------------------- argument types
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+def _in_range(kind: type, low: float, high: float, low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: `kind` parsed from text, within [low, high] (or (low, high])."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"expected a value in {'(' if low_open else '['}{low}, {high}], got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
-
-
-def _steps(text: str) -> int:
-    value = int(text)
-    if not 2 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"expected an integer in [2, 1000], got {text}")
-    return value
-
-
-def _timestep(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 999:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 999], got {text}")
-    return value
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return path
+_positive_float = _in_range(float, 0.0, float("inf"), low_open=True)
+_unit_float = _in_range(float, 0.0, 1.0)
+_steps = _in_range(int, 2, 1000)
+_timestep = _in_range(int, 0, 999)
 
 
 # ----------------------------------------------------------------------------- shared helpers
