@@ -1,0 +1,49 @@
+"""Sub-commands of the benchmarks room, plugged into `diffpir` by engine/cli.py.
+
+* `diffpir eval`: the quality benchmark (benchmarks/quality.py).
+* `diffpir bench`: the latency/throughput harness, benchmarks/latency.py's
+  `main(argv) -> int`, imported only when run; every argument after `bench` is
+  passed to it untouched (its own --help included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from diffpir_rt.engine.errors import DiffPIRError
+
+LATENCY_MODULE = "diffpir_rt.benchmarks.latency"
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    # prefix_chars="+": no option of this parser starts with '-', so every '-x'/'--x' goes to latency.main.
+    p = subparsers.add_parser(
+        "bench",
+        help="latency / throughput benchmark (benchmarks/latency.py; `diffpir bench --help` for its options)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    try:
+        latency = importlib.import_module(LATENCY_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != LATENCY_MODULE:
+            raise
+        raise DiffPIRError("the latency harness (benchmarks/latency.py) is not available in this build") from None
+    entry = getattr(latency, "main", None)
+    if not callable(entry):
+        raise DiffPIRError("benchmarks/latency.py has no main(argv); cannot run it")
+    return int(entry(list(args.bench_args)) or 0)
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register `eval` and `bench` (called by engine.cli._optional_registrars)."""
+    from .quality import add_eval_parser
+
+    add_eval_parser(subparsers)
+    add_bench_parser(subparsers)

@@ -1,0 +1,248 @@
+"""The quality benchmark's measurement protocol: tasks, test images, seeds (spec §7).
+
+Measurements are made with the engine's official-protocol functions (the same as
+`diffpir degrade`): Gaussian/motion kernels seeded by image index (seed 10*index),
+truncating uint8 circular blur, MATLAB bicubic downsampling, DPS box/random masks,
+then Gaussian noise. Every random draw of an image depends on its index in the
+sorted file list and the run seed only, so no number depends on which other images
+(or methods, or tasks) are in the run.
+
+Seeds of image `index` with run seed `s`:
+  kernel   RandomState(10*index)               (official, engine.degrade)
+  mask     RandomState(index)                  (the official single-image script uses 0 for
+                                                every image; index 0 gets exactly that mask)
+  noise    RandomState(NOISE_SEED_OFFSET + s + index)
+  sampler  torch.Generator seeded s + index    (DiffPIR's x_T and per-step noise)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from diffpir_rt.engine import Deblur, Denoise, DiffPIRError, Inpaint, SuperResolution
+from diffpir_rt.engine.imageio import read_image
+
+# engine.degrade (scipy.io, scipy.ndimage, h5py: ~0.5 s) is imported where used, so that
+# registering `diffpir eval` costs nothing for the other sub-commands.
+
+#: Task labels: the engine task each maps to, and how its measurement is made.
+TASK_LABELS: dict[str, str] = {
+    "gaussian_deblur": "deblur",  # 61x61 Gaussian, std 3(1 + 2u) per image
+    "motion_deblur": "deblur",  # 61x61 motion kernel, intensity 0.5, second draw
+    "sr4": "sr",  # MATLAB bicubic x1/4
+    "inpaint_box": "inpaint",  # 128x128 hole, margin 16
+    "inpaint_random": "inpaint",  # 50% of the pixels missing
+    "denoise": "denoise",  # identity (not in the official code)
+}
+NOISE_LEVELS = (0.0, 0.05)
+TESTSETS = ("CBSD68", "McMaster", "set3c")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: The official scripts mod-crop every test image to a multiple of 8 (spec §7).
+MOD_CROP = 8
+#: Offset of the measurement-noise seeds, so they never equal a kernel (10*index) or mask (index) seed.
+NOISE_SEED_OFFSET = 2**20
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark task: degradation, noise level and its size options.
+
+    Args:
+        label: a key of TASK_LABELS.
+        sigma_n: measurement noise std in [0, 1] units (0.05 = 12.75/255).
+        kernel_size: Gaussian kernel size (official 61; smaller only for tests or small crops).
+        motion_kernel_size: motion kernel size (official 61, >= 54).
+        box: inpainting box side (official 128); box_margin: its distance from the border (16).
+        random_p: missing fraction of the random mask (official 0.5).
+        scale: SR factor (the paper's x4).
+    """
+
+    label: str
+    sigma_n: float
+    kernel_size: int = 61
+    motion_kernel_size: int = 61
+    box: int = 128
+    box_margin: int = 16
+    random_p: float = 0.5
+    scale: int = 4
+
+    def __post_init__(self) -> None:
+        if self.label not in TASK_LABELS:
+            raise DiffPIRError(f"task: expected one of {tuple(TASK_LABELS)}, got {self.label!r}")
+        if not (math.isfinite(self.sigma_n) and 0.0 <= self.sigma_n <= 1.0):
+            raise DiffPIRError(f"task {self.label}: sigma_n {self.sigma_n}; expected a number in [0, 1]")
+        if self.label == "denoise" and self.sigma_n == 0:
+            raise DiffPIRError("task denoise: sigma_n 0 makes y = x; expected sigma_n > 0")
+        for name in ("kernel_size", "motion_kernel_size", "box", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DiffPIRError(f"task {self.label}: {name} {value!r}; expected a positive integer")
+        from diffpir_rt.engine import degrade
+
+        if self.motion_kernel_size < degrade.MOTION_MIN_SIZE:
+            raise DiffPIRError(
+                f"task {self.label}: motion_kernel_size {self.motion_kernel_size}; expected >= {degrade.MOTION_MIN_SIZE}"
+            )
+        if self.scale not in (2, 3, 4):
+            raise DiffPIRError(f"task {self.label}: scale {self.scale}; expected 2, 3 or 4")
+        if not 0.0 < self.random_p < 1.0:
+            raise DiffPIRError(f"task {self.label}: random_p {self.random_p}; expected a fraction in (0, 1)")
+
+    @property
+    def task(self) -> str:
+        """The engine task (deblur, sr, inpaint, denoise): picks the default hyperparameters."""
+        return TASK_LABELS[self.label]
+
+    @property
+    def border(self) -> int:
+        """Pixels shaved off each side before metrics: sf for SR, 0 otherwise (spec §9)."""
+        return self.scale if self.task == "sr" else 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}@{self.sigma_n:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def task_matrix(labels: Sequence[str], noise_levels: Sequence[float], **options: Any) -> list[TaskSpec]:
+    """Every (task, noise level) pair, except noiseless denoising (y = x)."""
+    return [
+        TaskSpec(label, float(sigma), **options)
+        for label in labels
+        for sigma in noise_levels
+        if not (label == "denoise" and sigma == 0)
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class TestImage:
+    """A ground-truth image: (H, W, 3) float64 in [0, 1], and its index in its folder's sorted list."""
+
+    __test__ = False  # not a pytest class
+
+    dataset: str
+    name: str
+    index: int
+    pixels: np.ndarray
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DiffPIRError(f"test set {folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DiffPIRError(f"test set {folder}: no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    return files
+
+
+def centre_crop(x: np.ndarray, size: int, name: str) -> np.ndarray:
+    height, width = x.shape[:2]
+    if height < size or width < size:
+        raise DiffPIRError(f"--crop {size}: image {name} is {height}x{width}, smaller than the crop")
+    top, left = (height - size) // 2, (width - size) // 2
+    return x[top : top + size, left : left + size]
+
+
+def load_images(
+    folder: Path, crop: Optional[int] = None, limit: Optional[int] = None, dataset: Optional[str] = None
+) -> list[TestImage]:
+    """The images of `folder` in sorted order: centre-cropped to crop x crop, mod-cropped to 8.
+
+    `limit` keeps the first images; each keeps its index in the full sorted list,
+    so its kernel, mask and seeds do not depend on `limit`.
+    """
+    from diffpir_rt.engine import degrade
+
+    folder = Path(folder)
+    files = list_images(folder)[:limit]
+    images = []
+    for index, path in enumerate(files):
+        x = read_image(path).permute(1, 2, 0).numpy().astype(np.float64)
+        if crop is not None:
+            x = centre_crop(x, crop, path.name)
+        images.append(TestImage(dataset or folder.name, path.name, index, np.ascontiguousarray(degrade.mod_crop(x, MOD_CROP))))
+    return images
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+@dataclass(frozen=True, eq=False)
+class Measurement:
+    """y = H(x) + n for one image and task, with the operator the restorers use.
+
+    Attributes:
+        gt: (H, W, 3) ground truth in [0, 1].
+        y: measurement, (H, W, 3) or (H/sf, W/sf, 3) for SR, float64 in [0, 1] plus noise, unclipped.
+        operator: the engine operator (Deblur / SuperResolution / Inpaint / Denoise).
+        kernel: blur kernel (deblur), else None; mask: (H, W) 1 = observed (inpaint), else None.
+        seed: the image's seed (run seed + index): sampler and any stochastic baseline.
+    """
+
+    spec: TaskSpec
+    gt: np.ndarray
+    y: np.ndarray
+    operator: Any
+    kernel: Optional[np.ndarray]
+    mask: Optional[np.ndarray]
+    seed: int
+
+    def y_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """y as a (1, 3, h, w) float32 tensor."""
+        return torch.from_numpy(np.ascontiguousarray(self.y.transpose(2, 0, 1), dtype=np.float32))[None].to(device)
+
+    def display(self) -> np.ndarray:
+        """y for looking at: clipped, SR nearest-upsampled to the ground truth's size."""
+        y = np.clip(self.y, 0.0, 1.0)
+        if self.spec.task == "sr":
+            y = y.repeat(self.spec.scale, axis=0).repeat(self.spec.scale, axis=1)
+        return y
+
+
+def image_seed(index: int, seed: int = 0) -> int:
+    return int(seed) + int(index)
+
+
+def make_measurement(spec: TaskSpec, image: TestImage, seed: int = 0) -> Measurement:
+    """The official-protocol measurement of one image (spec §7); see the module docstring for seeds."""
+    from diffpir_rt.engine import degrade
+
+    x = image.pixels
+    height, width = x.shape[:2]
+    kernel = mask = None
+    if spec.label in ("gaussian_deblur", "motion_deblur"):
+        size = spec.kernel_size if spec.label == "gaussian_deblur" else spec.motion_kernel_size
+        if size > min(height, width):
+            raise DiffPIRError(
+                f"task {spec.label}: the {size}x{size} kernel is larger than image {image.name} ({height}x{width}); "
+                "use a larger --crop or a smaller kernel"
+            )
+        if spec.label == "gaussian_deblur":
+            kernel = degrade.gaussian_kernel(image.index, spec.kernel_size)
+        else:
+            kernel = degrade.motion_kernel(image.index, spec.motion_kernel_size)
+        y, operator = degrade.blur_image(x, kernel), Deblur(kernel)
+    elif spec.label == "sr4":
+        if height % spec.scale or width % spec.scale:
+            raise DiffPIRError(f"task sr: image {image.name} ({height}x{width}) is not divisible by {spec.scale}")
+        y, operator = degrade.bicubic_downsample(x, spec.scale), SuperResolution(spec.scale)
+    elif spec.label in ("inpaint_box", "inpaint_random"):
+        if spec.label == "inpaint_box":
+            mask = degrade.box_mask(height, width, seed=image.index, box=spec.box, margin=spec.box_margin)
+        else:
+            mask = degrade.random_mask(height, width, seed=image.index, p=spec.random_p)
+        y, operator = x * mask[..., None], Inpaint(mask)
+    elif spec.label == "denoise":
+        y, operator = x.copy(), Denoise()
+    else:  # TaskSpec validated the label
+        raise AssertionError(spec.label)
+    y = degrade.add_noise(np.asarray(y, dtype=np.float64), spec.sigma_n, seed=NOISE_SEED_OFFSET + image_seed(image.index, seed))
+    return Measurement(spec, x, y, operator, kernel, mask, image_seed(image.index, seed))
