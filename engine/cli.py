@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .backends import BACKENDS, check_backend_arguments
 from .errors import DiffPIRError
 from .tasks import TASKS, defaults_for
 
@@ -29,6 +30,8 @@ EXAMPLES_RESTORE = """examples:
   diffpir restore --task inpaint --input holes.png --mask mask.png --output filled.png
   diffpir restore --task denoise --sigma-n 0.1 --input noisy.png --output clean.png \\
       --checkpoint ffhq_10m.pt --arch ffhq_10m --device cuda
+  diffpir restore --task deblur --input blurry.png --kernel kernel.npy --output restored.png \\
+      --backend onnxruntime --onnx unet.onnx     # from `diffpir export onnx --dynamic-size`
 """
 EXAMPLES_DEGRADE = """examples:
   diffpir degrade --task deblur --kernel gaussian --index 0 --input clean.png --output y.png --save-kernel k.npy
@@ -158,6 +161,14 @@ def add_restore_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
     p.add_argument("--arch", default=None, help="UNet architecture of --checkpoint (default: ffhq_10m)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the UNet: torch (--checkpoint or the bundled prior), onnxruntime (--onnx), "
+                   "tensorrt (--engine) (default: torch)")
+    p.add_argument("--onnx", type=Path, help="ONNX graph from `diffpir export onnx` (--backend onnxruntime)")
+    p.add_argument("--engine", type=Path, help="TensorRT plan from `diffpir export trt` (--backend tensorrt)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="torch backend compute dtype; norms and softmax stay fp32 (default: fp32)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: physical cores)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output bit depth (default: 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_restore)
@@ -188,12 +199,43 @@ def build_operator(task: str, kernel: Optional[Path], kernel_index: Optional[int
 
 
 def _load_model(args: argparse.Namespace, device: torch.device):
-    from .denoiser import load_unet
-    from .prior import load_bundled_prior
+    from .backends import make_denoiser
 
-    if args.checkpoint is None:
-        return load_bundled_prior(device=device)
-    return load_unet(args.checkpoint, args.arch or "ffhq_10m", device=device)
+    return make_denoiser(
+        args.backend,
+        checkpoint=args.checkpoint,
+        arch=args.arch,
+        onnx=args.onnx,
+        engine=args.engine,
+        device=device,
+        dtype=args.dtype,
+        threads=args.threads,
+    )
+
+
+def _artifact_card(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """The bundled prior's card if the --onnx/--engine artifact was exported from it (its sidecar says)."""
+    from .prior import bundled_card
+
+    card = bundled_card()
+    artifact = args.engine if args.backend == "tensorrt" else args.onnx
+    sidecar = artifact.with_name(artifact.name + ".json") if artifact is not None else None
+    if card is None or sidecar is None or not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    sha = (record.get("onnx_metadata") or record.get("metadata") or {}).get("checkpoint_sha256")
+    return card if sha == card.get("sha256") else None
+
+
+def _checkpoint_label(args: argparse.Namespace, card: Optional[dict[str, Any]]) -> str:
+    if args.checkpoint is not None:
+        return str(args.checkpoint)
+    if args.backend == "torch":
+        return f"bundled:{card['weights']}" if card else "bundled"
+    return f"{args.backend}:{args.onnx if args.backend == 'onnxruntime' else args.engine}"
 
 
 def run_restore(args: argparse.Namespace) -> int:
@@ -201,22 +243,29 @@ def run_restore(args: argparse.Namespace) -> int:
     from .sampler import DiffPIRConfig, sample
 
     # 1. Check everything cheap first: paths, task options, hyperparameters, device.
-    for flag in ("input", "kernel", "mask", "checkpoint"):
+    for flag in ("input", "kernel", "mask", "checkpoint", "onnx", "engine"):
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             raise DiffPIRError(f"--{flag} {path}: no such file")
-    _check_output_path(args.output, [args.input, args.kernel, args.mask, args.checkpoint])
+    _check_output_path(args.output, [args.input, args.kernel, args.mask, args.checkpoint, args.onnx, args.engine])
+    check_backend_arguments(
+        args.backend, checkpoint=args.checkpoint, arch=args.arch, onnx=args.onnx, engine=args.engine,
+        dtype=args.dtype, threads=args.threads,
+    )
     if args.arch is not None and args.checkpoint is None:
         raise DiffPIRError("--arch applies to --checkpoint; the bundled prior knows its own arch")
     if args.arch is not None:
         from .unet import resolve_arch
 
         resolve_arch(args.arch)
-    card = bundled_card() if args.checkpoint is None else None
-    if args.checkpoint is None and card is None:
-        from .prior import bundled_weights_path
+    if args.backend == "torch":
+        card = bundled_card() if args.checkpoint is None else None
+        if args.checkpoint is None and card is None:
+            from .prior import bundled_weights_path
 
-        bundled_weights_path()  # raises the "no checkpoint" message
+            bundled_weights_path()  # raises the "no checkpoint" message
+    else:
+        card = _artifact_card(args)
     defaults = defaults_for(args.task, card.get("task_defaults") if card else None)
     config = DiffPIRConfig(
         lam=args.lam if args.lam is not None else defaults.lam,
@@ -248,8 +297,9 @@ def run_restore(args: argparse.Namespace) -> int:
         "input": str(args.input),
         "config": config.to_dict(),
         "defaults_source": defaults.source,
-        "checkpoint": str(args.checkpoint) if args.checkpoint else f"bundled:{card['weights']}",
-        "arch": args.arch or (card["arch"] if card else "ffhq_10m"),
+        "checkpoint": _checkpoint_label(args, card),
+        "arch": args.arch or (card["arch"] if card else model.describe().get("arch", "ffhq_10m")),
+        "backend": model.describe(),
         "kernel": str(args.kernel) if args.kernel else None,
         "mask": str(args.mask) if args.mask else None,
         "scale": args.scale if args.task == "sr" else None,

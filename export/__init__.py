@@ -1,0 +1,24 @@
+"""Export and deployment: torch UNet -> ONNX (parity-checked) -> TensorRT plan (profiles, caches).
+
+Three stages, each a function from paths to a path: `export_onnx(checkpoint, out)`,
+`build_engine(onnx, out)`, then `engine.backends.make_denoiser` loads the result.
+onnx, onnxruntime and tensorrt are imported only by the functions that need them.
+"""
+
+from .contract import IOContract, Precision, ShapeRange, TensorSpec, unet_contract
+from .onnx_export import OnnxExportConfig, export_onnx
+from .tensorrt_build import EngineKey, build_engine, check_plan, plan_profile
+
+__all__ = [
+    "EngineKey",
+    "IOContract",
+    "OnnxExportConfig",
+    "Precision",
+    "ShapeRange",
+    "TensorSpec",
+    "build_engine",
+    "check_plan",
+    "export_onnx",
+    "plan_profile",
+    "unet_contract",
+]

@@ -1,0 +1,245 @@
+"""The ONNX Runtime backend: an exported denoiser graph (`diffpir export onnx`) as a Denoiser.
+
+Providers are tried in the order TensorRT, CUDA, CPU, keeping those installed;
+the one the session ended up on is logged and reported by `describe()`. On GPU,
+inputs and outputs are bound by IO binding to torch tensors' device pointers, on
+torch's current stream, so nothing goes through host memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffpir_rt.export.contract import CONTRACT_VERSION, METADATA_KEYS, IOContract, contract_from_dims, unet_contract
+
+from ..errors import DiffPIRError
+from .base import batch_timesteps, check_image_input
+
+logger = logging.getLogger(__name__)
+
+#: Preference order; each is used only if this onnxruntime build has it.
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = PROVIDER_ORDER[:2]
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DiffPIRError("the onnxruntime backend needs onnxruntime: pip install 'diffpir-rt[onnx]'") from None
+    return onnxruntime
+
+
+def physical_cores(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> int:
+    """Physical cores this process may use: distinct (physical id, core id) pairs, capped by affinity.
+
+    Hyper-threads share a core's FMA units, so more intra-op threads than cores
+    only adds contention for conv-heavy graphs.
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    physical = core = None
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                physical = value.strip()
+            elif key == "core id":
+                core = value.strip()
+            elif not line.strip():
+                if core is not None:
+                    cores.add((physical or "0", core))
+                physical = core = None
+        if core is not None:
+            cores.add((physical or "0", core))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores) or usable))
+
+
+def choose_providers(available: Sequence[str], device: torch.device) -> list[str]:
+    """PROVIDER_ORDER filtered by what is installed; GPU providers only for a CUDA device.
+
+    Raises:
+        DiffPIRError: a CUDA device but no GPU provider in this onnxruntime.
+    """
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise DiffPIRError(f"device: the onnxruntime backend runs on cpu or cuda, got {device}")
+    chosen = [p for p in PROVIDER_ORDER if p in available]
+    if not any(p in GPU_PROVIDERS for p in chosen):
+        raise DiffPIRError(
+            f"device {device}: this onnxruntime has no GPU provider (has {list(available)}); "
+            "pip install onnxruntime-gpu, or use --device cpu"
+        )
+    return chosen
+
+
+class OnnxRuntimeDenoiser:
+    """eps from an exported ONNX denoiser graph.
+
+    Args:
+        onnx: the .onnx written by `export_onnx` (external data beside it).
+        device: "cpu" or "cuda[:N]"; inputs on another device are moved.
+        intra_op_threads: CPU threads per op; default: physical cores.
+        providers: override PROVIDER_ORDER (names onnxruntime knows).
+        optimized_model: if set, ORT writes its optimized graph there (inspection;
+            it is hardware-specific, so it is never loaded back here).
+
+    Raises:
+        DiffPIRError: missing/corrupt/truncated file, a graph that is not a DiffPIR
+            denoiser (I/O contract or metadata), or an unusable device.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        intra_op_threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        optimized_model: str | os.PathLike[str] | None = None,
+    ) -> None:
+        ort = _onnxruntime()
+        self.path = Path(onnx)
+        self.device = torch.device(device)
+        self._stream: int | None = None
+        if not self.path.is_file():
+            raise DiffPIRError(f"onnx {self.path}: file not found")
+        if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1):
+            raise DiffPIRError(f"threads: expected a positive int, got {intra_op_threads!r}")
+        chosen = list(providers) if providers is not None else choose_providers(ort.get_available_providers(), self.device)
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # One chain of ops: inter-op parallelism has nothing to overlap, intra-op gets the cores.
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = intra_op_threads or physical_cores()
+        options.log_severity_level = 3  # errors only; ours go through logging
+        if optimized_model is not None:
+            options.optimized_model_filepath = str(optimized_model)
+        self.intra_op_threads = options.intra_op_num_threads
+
+        provider_options = [self._provider_options(p) for p in chosen]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=chosen, provider_options=provider_options)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types, all RuntimeError-like
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DiffPIRError(f"onnx {self.path}: not a loadable ONNX model ({first})") from e
+        self.providers: list[str] = self.session.get_providers()
+        self.provider = self.providers[0]
+        if self.provider != chosen[0]:
+            logger.warning("onnxruntime: %s unavailable for %s, running on %s", chosen[0], self.path, self.provider)
+        self.metadata = self._read_metadata()
+        self.size_multiple = int(self.metadata["size_multiple"])
+        self.in_channels = int(self.metadata["in_channels"])
+        self.precision = self.metadata["precision"]
+        dims = {v.name: tuple(d if isinstance(d, int) else None for d in v.shape) for v in (*self.session.get_inputs(), *self.session.get_outputs())}
+        self.contract: IOContract = contract_from_dims(unet_contract(self.in_channels, self.size_multiple), dims, f"onnx {self.path}")
+        types = {v.name: v.type for v in (*self.session.get_inputs(), *self.session.get_outputs())}
+        for spec in (*self.contract.inputs, *self.contract.outputs):
+            if types[spec.name] != f"tensor({'float' if spec.dtype == 'float32' else spec.dtype})":
+                raise DiffPIRError(f"onnx {self.path}: {spec.name} is {types[spec.name]}; expected {spec.describe()}")
+        self._io_binding = self.provider in GPU_PROVIDERS and self.device.type == "cuda"
+        logger.info(
+            "onnxruntime %s: %s on %s (%d intra-op threads, arch %s, %s)",
+            ort.__version__, self.path, self.provider, self.intra_op_threads, self.metadata["arch"], self.precision,
+        )
+
+    def _provider_options(self, provider: str) -> dict[str, Any]:
+        if provider not in GPU_PROVIDERS:
+            return {}
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        stream = torch.cuda.current_stream(index).cuda_stream
+        # Run on torch's stream: the step math queued before and after stays in order, no syncs.
+        self._stream = stream
+        options = {"device_id": str(index), "has_user_compute_stream": "1", "user_compute_stream": str(stream)}
+        if provider == "TensorrtExecutionProvider":
+            # ORT's TensorRT provider builds an engine on first run; keep it (and its timings) beside
+            # the .onnx, where ORT keys it by model and GPU itself.
+            cache = str(self.path.parent / f"{self.path.name}.ort_trt_cache")
+            options.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": cache,
+                            "trt_timing_cache_enable": "1", "trt_timing_cache_path": cache})
+        return options
+
+    def _read_metadata(self) -> dict[str, str]:
+        found = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [k for k in METADATA_KEYS if k not in found]
+        if missing:
+            raise DiffPIRError(
+                f"onnx {self.path}: no DiffPIR metadata ({', '.join(missing)} missing); "
+                "export it with `diffpir export onnx`"
+            )
+        if found["diffpir_contract"] != CONTRACT_VERSION:
+            raise DiffPIRError(
+                f"onnx {self.path}: I/O contract version {found['diffpir_contract']!r}; this build reads "
+                f"{CONTRACT_VERSION!r}; re-export it"
+            )
+        return found
+
+    def __call__(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        check_image_input(x_t, self.in_channels)
+        try:
+            sizes = self.contract.sizes_of(tuple(x_t.shape))
+        except DiffPIRError as e:
+            if self.contract != unet_contract(self.in_channels, self.size_multiple):  # some axes fixed
+                raise DiffPIRError(
+                    f"{e}; onnx {self.path} was exported with fixed shapes: re-export it with --dynamic-batch/--dynamic-size"
+                ) from None
+            raise
+        shapes = self.contract.shapes(sizes)
+        x = x_t.detach().to(device=self.device, dtype=torch.float32).contiguous()
+        steps = batch_timesteps(t, x.shape[0], x.device)
+        if self._io_binding:
+            eps = self._run_bound(x, steps, shapes["eps"])
+        else:
+            feed = {"x_t": x.cpu().numpy(), "t": steps.cpu().numpy()}
+            eps = torch.from_numpy(self.session.run(["eps"], feed)[0]).to(self.device)
+        return eps.to(device=x_t.device, dtype=x_t.dtype)
+
+    def _run_bound(self, x: Tensor, t: Tensor, eps_shape: tuple[int, ...]) -> Tensor:
+        """IO binding on device pointers: ORT reads x/t and writes eps in place, no host copies."""
+        index = x.device.index or 0
+        if torch.cuda.current_stream(x.device).cuda_stream != self._stream:
+            # The session was bound to another stream: make this one's pending writes visible first.
+            torch.cuda.current_stream(x.device).synchronize()
+        eps = torch.empty(eps_shape, dtype=torch.float32, device=x.device)
+        binding = self.session.io_binding()
+        for name, tensor in (("x_t", x), ("t", t)):
+            binding.bind_input(name, "cuda", index, _NUMPY_DTYPES[self.contract.spec(name).dtype], tuple(tensor.shape), tensor.data_ptr())
+        binding.bind_output("eps", "cuda", index, np.float32, eps_shape, eps.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return eps
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime
+
+        return {
+            "backend": self.name,
+            "onnx": str(self.path),
+            "device": str(self.device),
+            "provider": self.provider,
+            "providers": self.providers,
+            "io_binding": self._io_binding,
+            "intra_op_threads": self.intra_op_threads,
+            "graph_optimization": "ORT_ENABLE_ALL",
+            "precision": self.precision,
+            "arch": self.metadata["arch"],
+            "checkpoint_sha256": self.metadata["checkpoint_sha256"],
+            "onnxruntime": onnxruntime.__version__,
+        }

@@ -1,0 +1,154 @@
+"""`diffpir export onnx | trt`: thin handlers over `export_onnx` and `build_engine`.
+
+Registered by engine/cli.py through `add_export_parser`. Every argument is checked
+before a model is loaded; DiffPIRErrors become one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffpir_rt.engine.errors import DiffPIRError
+
+EXAMPLES_ONNX = """examples:
+  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet.onnx --dynamic-size
+  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet_fp16.onnx --fp16 --dynamic-batch --dynamic-size
+  diffpir export onnx --arch ffhq_10m --random-weights --output bench.onnx   # benchmarks only
+"""
+EXAMPLES_TRT = """examples:
+  diffpir export trt --onnx unet_fp16.onnx --output unet.plan --fp16 --batch 1:1:4 --height 128:256:512 --width 128:256:512
+  diffpir restore --task deblur --input y.png --kernel k.npy --output x.png --backend tensorrt --engine unet.plan --device cuda
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .onnx_export import DEFAULT_OPSET, OPSETS
+
+    export = subparsers.add_parser(
+        "export",
+        help="export the UNet to ONNX, or build a TensorRT engine from the ONNX",
+        description="Deployment artifacts, each with a sidecar JSON (<artifact>.json) that records what it was made from.",
+    )
+    stages = export.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = stages.add_parser(
+        "onnx",
+        help="torch UNet -> ONNX denoiser graph (x_t, t) -> eps, parity-checked with ONNX Runtime",
+        description="Export the UNet as an ONNX graph taking x_t (float32, B x C x H x W, [-1, 1]) and t "
+        "(int64, B) and returning eps only. ONNX Runtime is checked against torch at two shapes before "
+        "anything is written; the measured parity goes to <output>.json.",
+        epilog=EXAMPLES_ONNX,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
+    p.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
+    p.add_argument("--arch", default=None, help="UNet preset of --checkpoint or --random-weights (default: ffhq_10m)")
+    p.add_argument("--random-weights", action="store_true", help="export randomly initialised weights (benchmarks only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default: 0)")
+    p.add_argument("--opset", type=int, choices=list(OPSETS), default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights/activations; GroupNorm and softmax stay fp32, I/O fp32")
+    p.add_argument("--dynamic-batch", action="store_true", help="batch axis dynamic (default: fixed to --batch)")
+    p.add_argument("--dynamic-size", action="store_true", help="H and W dynamic, any multiple of the UNet's size multiple")
+    p.add_argument("--batch", type=_positive_int, default=1, help="traced batch (the fixed one without --dynamic-batch; default: 1)")
+    p.add_argument("--height", type=_positive_int, help="traced height (default: the arch's image_size)")
+    p.add_argument("--width", type=_positive_int, help="traced width (default: the arch's image_size)")
+    p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
+                   help="weights in <output>.data beside the .onnx (auto: above ~1.8 GB, e.g. imagenet256_uncond)")
+    p.set_defaults(handler=run_export_onnx)
+
+    p = stages.add_parser(
+        "trt",
+        help="ONNX -> TensorRT engine plan (needs an NVIDIA GPU and tensorrt)",
+        description="Build a TensorRT plan with one optimization profile. A plan whose sidecar key (ONNX hash, "
+        "TensorRT version, GPU, precision, profile) matches is reused; otherwise it is rebuilt. Ranges are "
+        "N (fixed) or MIN:OPT:MAX; sizes must be multiples of the UNet's size multiple.",
+        epilog=EXAMPLES_TRT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--onnx", required=True, type=Path, help="graph from `diffpir export onnx`")
+    p.add_argument("--output", required=True, type=Path, help="the .plan file to write")
+    p.add_argument("--fp16", action="store_true", help="fp16 engine (an fp16 ONNX is built fp16 regardless)")
+    p.add_argument("--batch", help="batch range (default: the ONNX's fixed batch, else 1:1:4)")
+    p.add_argument("--height", help="height range (default: the ONNX's fixed size, else opt/2:opt:2opt around the traced size)")
+    p.add_argument("--width", help="width range (as --height)")
+    p.add_argument("--timing-cache", type=Path, help="timing cache to read and update (default: beside the plan, per TensorRT version and GPU)")
+    p.add_argument("--workspace", type=float, default=8.0, help="builder workspace in GiB (default: 8)")
+    p.add_argument("--device", default="cuda", help="CUDA device to build for (default: cuda)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cached plan matches")
+    p.set_defaults(handler=run_export_trt)
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from diffpir_rt.engine.unet import resolve_arch
+
+    from .artifacts import read_sidecar
+    from .onnx_export import OnnxExportConfig, export_onnx, iter_parity_lines
+
+    if args.output.suffix.lower() != ".onnx":
+        raise DiffPIRError(f"--output {args.output}: expected a .onnx path")
+    if args.checkpoint is not None:
+        if not args.checkpoint.is_file():
+            raise DiffPIRError(f"--checkpoint {args.checkpoint}: no such file")
+        if args.output.resolve() == args.checkpoint.resolve():
+            raise DiffPIRError(f"--output {args.output}: is the checkpoint; refusing to overwrite an input")
+    if args.checkpoint is not None and args.random_weights:
+        raise DiffPIRError("--random-weights: conflicts with --checkpoint; pass one of them")
+    if args.arch is not None:
+        resolve_arch(args.arch)
+    config = OnnxExportConfig(
+        opset=args.opset,
+        precision="fp16" if args.fp16 else "fp32",
+        dynamic_batch=args.dynamic_batch,
+        dynamic_size=args.dynamic_size,
+        batch=args.batch,
+        height=args.height,
+        width=args.width,
+        external_data={"auto": None, "always": True, "never": False}[args.external_data],
+    )
+    path = export_onnx(args.checkpoint, args.output, config, arch=args.arch, random_weights=args.random_weights, seed=args.seed)
+    record = read_sidecar(path, "onnx")
+    print(f"exported {record['arch']} ({record['export']['precision']}, opset {record['export']['opset']}) -> {path}")
+    for line in iter_parity_lines(record):
+        print(line)
+    print(f"sidecar: {path.name}.json (onnx sha256 {record['onnx_sha256'][:16]}...)")
+    return 0
+
+
+def run_export_trt(args: argparse.Namespace) -> int:
+    from .artifacts import read_sidecar
+    from .tensorrt_build import build_engine, parse_range
+
+    if not args.onnx.is_file():
+        raise DiffPIRError(f"--onnx {args.onnx}: no such file")
+    if args.output.resolve() == args.onnx.resolve():
+        raise DiffPIRError(f"--output {args.output}: is the ONNX input; refusing to overwrite an input")
+    if not args.workspace > 0:
+        raise DiffPIRError(f"--workspace {args.workspace}: expected a positive number of GiB")
+    ranges = {
+        name: None if getattr(args, name) is None else parse_range(getattr(args, name), f"--{name}")
+        for name in ("batch", "height", "width")
+    }
+    plan = build_engine(
+        args.onnx,
+        args.output,
+        fp16=args.fp16,
+        timing_cache=args.timing_cache,
+        device=args.device,
+        workspace_gib=args.workspace,
+        force=args.force,
+        **ranges,
+    )
+    record = read_sidecar(plan, "engine")
+    key = record["key"]
+    print(f"engine {plan}: {key['precision']} on {key['gpu_name']} (sm {key['compute_capability']}), TensorRT {key['tensorrt_version']}")
+    print("profile: " + json.dumps(record["profile"]))
+    return 0
