@@ -343,6 +343,41 @@ def legacy_qkv_attention(qkv: Tensor, num_heads: int, head_channels: int) -> Ten
     return out.flatten(1, 2)
 
 
+def sdpa_qkv_attention(qkv: Tensor, num_heads: int, head_channels: int) -> Tensor:
+    """`legacy_qkv_attention`'s math through F.scaled_dot_product_attention (fused kernels on GPU).
+
+    Same channel grouping; SDPA's default scale 1/sqrt(c) equals GD's c^(-1/4) on q and
+    on k, and its fused kernels keep the logits and softmax in float32. Only the
+    rounding differs from the legacy path.
+
+    Args:
+        qkv: (B, 3·C, L) with C = num_heads·head_channels.
+
+    Returns:
+        (B, C, L).
+    """
+    q, k, v = qkv.unflatten(1, (num_heads, 3 * head_channels)).split(head_channels, dim=2)  # (B, H, c, L)
+    out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+    return out.transpose(-1, -2).flatten(1, 2)  # (B, H, L, c) -> (B, C, L)
+
+
+#: Attention implementations by name; "legacy" is the default everywhere.
+ATTENTION_IMPLS = {"legacy": legacy_qkv_attention, "sdpa": sdpa_qkv_attention}
+
+
+def set_attention_impl(module: nn.Module, impl: str) -> nn.Module:
+    """Switch every AttentionBlock in `module` to `impl` ("legacy" or "sdpa"); returns module.
+
+    A plain attribute, not a buffer: the state dict does not change.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise DiffPIRError(f"attention impl: expected one of {sorted(ATTENTION_IMPLS)}, got {impl!r}")
+    for block in module.modules():
+        if isinstance(block, AttentionBlock):
+            block.attention_impl = impl
+    return module
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over all spatial positions, residual (GD `AttentionBlock`, legacy order).
 
@@ -357,6 +392,8 @@ class AttentionBlock(nn.Module):
         self.channels = channels
         self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
         self.head_channels = channels // self.num_heads
+        #: "legacy" (GD's explicit softmax) or "sdpa" (fused); see `set_attention_impl`.
+        self.attention_impl = "legacy"
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
@@ -365,7 +402,8 @@ class AttentionBlock(nn.Module):
         """x: (B, C, H, W) -> (B, C, H, W)."""
         h = x.flatten(2)  # (B, C, L)
         qkv = self.qkv(self.norm(h))
-        h = self.proj_out(legacy_qkv_attention(qkv, self.num_heads, self.head_channels))
+        attention = sdpa_qkv_attention if self.attention_impl == "sdpa" else legacy_qkv_attention
+        h = self.proj_out(attention(qkv, self.num_heads, self.head_channels))
         return x + h.reshape_as(x)
 
 

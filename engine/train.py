@@ -1,0 +1,918 @@
+"""Train the bundled prior: a small guided-diffusion UNet on natural images (issue #6).
+
+DDPM eps-objective on the linear 1000-step schedule of spec §2.1 (uniform t, MSE
+on eps). The learn_sigma channels v are kept (so the 6-channel contract of §11 is
+unchanged) but trained with a small zero-target MSE: DiffPIR never reads them, and
+v = 0 means GD's variance halfway (in log) between beta_t and beta_tilde_t.
+
+Two commands, one module:
+
+    python -m diffpir_rt.engine.train --data DIR --out runs/prior ...   # train / --resume
+    python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt
+
+Training state lives in one file, ``<out>/checkpoint.pt`` (model, EMA, optimizer,
+step, RNG state, recipe), written atomically every few minutes, at the end of a
+stage and on SIGTERM/SIGINT; a resumed run continues bit for bit. Beside it:
+``loss.csv``, ``loss.png`` and ``train_log.json`` (hours, steps, devices, loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import DiffPIRError
+from .schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, linear_schedule
+from .unet import ARCH_PRESETS, AttentionBlock, ResBlock, UNetModel, build_unet, resolve_arch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "diffpir-rt-train/1"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: final_loss = mean eps-MSE over this many most recent steps.
+LOSS_WINDOW = 500
+DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "weights"
+BSDS_NOTE = (
+    "Berkeley Segmentation Dataset images (BSDS500 minus the 68 CBSD68 test images, 'BSD432'); "
+    "BSDS terms: non-commercial research and educational use. Weights trained on it inherit that note."
+)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines the optimisation; stored in the checkpoint, fixed across resumes.
+
+    Attributes:
+        arch: a name in `ARCH_PRESETS`.
+        crop: square training crop side (pixels); a multiple of the arch's size_multiple.
+        batch_size: crops per step.
+        lr: AdamW peak learning rate, reached after `warmup_steps` (linear warmup), then constant.
+        weight_decay: AdamW decoupled weight decay.
+        grad_clip: max global gradient L2 norm.
+        ema_decay: EMA decay; the effective decay is min(ema_decay, (1 + n) / (10 + n)).
+        var_loss_weight: weight of the zero-target MSE on the variance channels.
+        rot90: also rotate crops by multiples of 90 degrees (flips are always on).
+        seed: seeds the init and the one generator that draws crops, t and eps.
+    """
+
+    arch: str = "compact_3m"
+    crop: int = 64
+    batch_size: int = 8
+    lr: float = 4e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    var_loss_weight: float = 1e-3
+    rot90: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _, config = resolve_arch(self.arch)
+        if self.crop < 1 or self.crop % config.size_multiple:
+            raise DiffPIRError(
+                f"crop: expected a positive multiple of {config.size_multiple} for arch {self.arch!r}, got {self.crop}"
+            )
+        for name in ("batch_size",):
+            if getattr(self, name) < 1:
+                raise DiffPIRError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise DiffPIRError(f"warmup_steps: expected >= 0, got {self.warmup_steps}")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise DiffPIRError(f"{name}: expected a finite number > 0, got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise DiffPIRError(f"ema_decay: expected 0 <= ema_decay < 1, got {self.ema_decay}")
+        for name in ("weight_decay", "var_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise DiffPIRError(f"{name}: expected >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Options of one training stage (one process); free to change between resumes.
+
+    Attributes:
+        data: folder of training images.
+        out: run folder (checkpoint, logs).
+        device: torch device string.
+        threads: torch intra-op threads (None: torch's default).
+        max_steps: stop when the total step count reaches this (None: no limit).
+        max_minutes: stop after this much wall time in this stage (None: no limit).
+        checkpoint_minutes: checkpoint period in wall minutes.
+        log_every: steps per row of loss.csv.
+        resume: continue from <out>/checkpoint.pt.
+        progress: show a tqdm bar.
+    """
+
+    data: str
+    out: str
+    device: str = "cpu"
+    threads: Optional[int] = None
+    max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+    checkpoint_minutes: float = 10.0
+    log_every: int = 10
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise DiffPIRError(f"threads: expected >= 1, got {self.threads}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise DiffPIRError(f"max_steps: expected >= 0, got {self.max_steps}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise DiffPIRError(f"max_minutes: expected > 0, got {self.max_minutes}")
+        if not self.checkpoint_minutes > 0:
+            raise DiffPIRError(f"checkpoint_minutes: expected > 0, got {self.checkpoint_minutes}")
+        if self.log_every < 1:
+            raise DiffPIRError(f"log_every: expected >= 1, got {self.log_every}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_images(folder: str | os.PathLike[str], min_side: int = 1) -> list[np.ndarray]:
+    """All images of a folder as (H, W, 3) uint8 arrays, sorted by file name.
+
+    Raises:
+        DiffPIRError: missing folder, no images, or an image smaller than min_side.
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DiffPIRError(f"data {folder}: not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DiffPIRError(f"data {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for path in paths:
+        with Image.open(path) as im:
+            array = np.array(im.convert("RGB"), dtype=np.uint8)  # writable, for torch.from_numpy
+        if min(array.shape[:2]) < min_side:
+            raise DiffPIRError(f"data {path}: {array.shape[1]}x{array.shape[0]} is smaller than the crop {min_side}")
+        images.append(np.ascontiguousarray(array))
+    return images
+
+
+def draw_crops(
+    images: Sequence[np.ndarray], batch_size: int, crop: int, rot90: bool, generator: torch.Generator
+) -> Tensor:
+    """A batch of random crops with random flips (and 90-degree rotations).
+
+    Every random choice comes from `generator`, in a fixed order, so a saved
+    generator state reproduces the batch stream exactly.
+
+    Returns:
+        (B, 3, crop, crop) uint8.
+    """
+    out = torch.empty(batch_size, 3, crop, crop, dtype=torch.uint8)
+    for b in range(batch_size):
+        index = int(torch.randint(len(images), (1,), generator=generator))
+        image = images[index]
+        height, width = image.shape[:2]
+        top = int(torch.randint(height - crop + 1, (1,), generator=generator))
+        left = int(torch.randint(width - crop + 1, (1,), generator=generator))
+        flip, quarter_turns = torch.randint(2, (1,), generator=generator), torch.randint(4, (1,), generator=generator)
+        patch = torch.from_numpy(image[top : top + crop, left : left + crop]).permute(2, 0, 1)
+        if int(flip):
+            patch = patch.flip(-1)
+        if rot90 and int(quarter_turns):
+            patch = torch.rot90(patch, int(quarter_turns), dims=(1, 2))
+        out[b] = patch
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def zero_init_outputs(unet: UNetModel) -> UNetModel:
+    """Zero the last conv of every residual branch and of the network, as GD does at init.
+
+    Every block then starts as the identity and the net predicts eps = 0, which
+    makes the first steps stable. (unet.py keeps PyTorch's default init on purpose.)
+    """
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, ResBlock):
+                module.out_layers[-1].weight.zero_()
+                module.out_layers[-1].bias.zero_()
+            elif isinstance(module, AttentionBlock):
+                module.proj_out.weight.zero_()
+                module.proj_out.bias.zero_()
+        unet.out[-1].weight.zero_()
+        unet.out[-1].bias.zero_()
+    return unet
+
+
+def init_unet(arch: str, seed: int) -> UNetModel:
+    """A freshly initialised UNet; the init is seeded without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return zero_init_outputs(build_unet(arch))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Holds one run's state: model, EMA, optimizer, generator, step.
+
+    Args:
+        recipe: the optimisation recipe.
+        images: training images, (H, W, 3) uint8 each.
+        device: where the model trains.
+    """
+
+    def __init__(self, recipe: Recipe, images: Sequence[np.ndarray], device: str | torch.device = "cpu") -> None:
+        self.recipe = recipe
+        self.images = images
+        self.device = torch.device(device)
+        self.model = init_unet(recipe.arch, recipe.seed).to(self.device).train()
+        # The EMA is a float32 copy of every parameter (the UNet has no buffers).
+        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=recipe.lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay
+        )
+        # One CPU generator for crops, t and eps: CPU draws are identical on any device.
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.stages: list[dict[str, Any]] = []
+        self.recent_losses: deque[float] = deque(maxlen=LOSS_WINDOW)
+        schedule = linear_schedule()
+        self.sqrt_alpha_bar = torch.tensor(np.sqrt(schedule.alpha_bar), dtype=torch.float32, device=self.device)
+        self.sqrt_one_minus_alpha_bar = torch.tensor(
+            np.sqrt(1.0 - schedule.alpha_bar), dtype=torch.float32, device=self.device
+        )
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over warmup_steps, then constant."""
+        warmup = self.recipe.warmup_steps
+        return self.recipe.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def ema_decay_at(self, step: int) -> float:
+        """EMA warmup: a short average early on, recipe.ema_decay later (step = updates so far)."""
+        return min(self.recipe.ema_decay, (1.0 + step) / (10.0 + step))
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns the losses and the grad norm."""
+        recipe = self.recipe
+        crops = draw_crops(self.images, recipe.batch_size, recipe.crop, recipe.rot90, self.generator)
+        t = torch.randint(NUM_TRAIN_TIMESTEPS, (recipe.batch_size,), generator=self.generator)
+        eps = torch.randn(crops.shape, generator=self.generator)
+        x0 = crops.to(self.device, torch.float32) / 127.5 - 1.0  # [0, 255] -> model range [-1, 1]
+        eps, t = eps.to(self.device), t.to(self.device)
+        # q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)   (spec §2.1)
+        x_t = self.sqrt_alpha_bar[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus_alpha_bar[t].view(-1, 1, 1, 1) * eps
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        out = self.model(x_t, t)
+        channels = self.model.config.in_channels
+        loss_eps = torch.mean((out[:, :channels] - eps) ** 2)
+        loss = loss_eps
+        loss_var = out.new_zeros(())
+        if out.shape[1] > channels:
+            loss_var = torch.mean(out[:, channels:] ** 2)
+            loss = loss + recipe.var_loss_weight * loss_var
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        values = {"loss_eps": loss_eps.item(), "loss_var": loss_var.item(), "grad_norm": grad_norm.item()}
+        self.recent_losses.append(values["loss_eps"])
+        return values
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.ema_decay_at(self.step)
+        params = self.model.state_dict()
+        keys = list(self.ema)
+        torch._foreach_lerp_([self.ema[k] for k in keys], [params[k].detach() for k in keys], 1.0 - decay)
+
+    @property
+    def final_loss(self) -> Optional[float]:
+        return float(np.mean(self.recent_losses)) if self.recent_losses else None
+
+    # -- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "recipe": self.recipe.to_dict(),
+            "arch_config": resolve_arch(self.recipe.arch)[1].as_dict(),
+            "step": self.step,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in self.ema.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "train_seconds": self.train_seconds,
+            "stages": self.stages,
+            "recent_losses": list(self.recent_losses),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        for key, value in state["ema"].items():
+            self.ema[key].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state["train_seconds"])
+        self.stages = list(state["stages"])
+        self.recent_losses = deque((float(x) for x in state["recent_losses"]), maxlen=LOSS_WINDOW)
+
+    def save(self, path: Path) -> None:
+        """Write the checkpoint atomically (temp file + os.replace)."""
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training checkpoint, loaded without executing pickled code.
+
+    Raises:
+        DiffPIRError: missing or unreadable file, or not a checkpoint of this trainer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DiffPIRError(f"checkpoint {path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise DiffPIRError(f"checkpoint {path}: not a readable training checkpoint ({exc.__class__.__name__})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DiffPIRError(f"checkpoint {path}: expected a {CHECKPOINT_FORMAT!r} training checkpoint")
+    return state
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+LOSS_COLUMNS = ("step", "loss_eps", "loss_var", "grad_norm", "lr", "train_seconds")
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop rows logged after the checkpoint being resumed (they will be logged again)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if int(row["step"]) <= last_step]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    """loss.csv -> loss.png (log-scale eps MSE and a moving average); skipped without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'diffpir-rt[bench]'); no loss plot")
+        return
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["loss_eps"]) for r in rows])
+    window = max(1, min(50, len(loss) // 10))
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="eps MSE (per log row)")
+    ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window} rows)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eps MSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu ({model})"
+
+
+def train_log(trainer: Trainer, data: str, num_images: int) -> dict[str, Any]:
+    return {
+        "arch": trainer.recipe.arch,
+        "arch_config": resolve_arch(trainer.recipe.arch)[1].as_dict(),
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "recipe": trainer.recipe.to_dict(),
+        "steps": trainer.step,
+        "crops_seen": trainer.step * trainer.recipe.batch_size,
+        "train_hours": trainer.train_seconds / 3600.0,
+        "devices": sorted({s["device"] for s in trainer.stages}),
+        "final_loss": trainer.final_loss,
+        "final_loss_note": f"mean eps-MSE of the online model over the last <= {LOSS_WINDOW} steps",
+        "data": {"path": data, "images": num_images, "note": BSDS_NOTE},
+        "objective": "DDPM eps-MSE, uniform t in 0..999, linear betas 1e-4..0.02; "
+        "variance channels: zero-target MSE x var_loss_weight",
+        "stages": trainer.stages,
+    }
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(recipe: Optional[Recipe], stage: Stage, stop: Optional[Callable[[], bool]] = None) -> Trainer:
+    """Run one training stage; returns the trainer after its final checkpoint.
+
+    Args:
+        recipe: the recipe of a new run; on resume None (use the checkpoint's) or
+            equal to the checkpoint's.
+        stage: this stage's options.
+        stop: polled every step; True ends the stage early (with a checkpoint).
+
+    Raises:
+        DiffPIRError: bad data, a missing checkpoint on resume, an existing one
+            without resume, or a recipe that differs from the checkpoint's.
+    """
+    out = Path(stage.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    state = None
+    if stage.resume:
+        state = read_checkpoint(ckpt_path)
+        stored = Recipe(**state["recipe"])
+        if recipe is not None and recipe != stored:
+            diff = {f.name: (getattr(recipe, f.name), getattr(stored, f.name)) for f in fields(Recipe)
+                    if getattr(recipe, f.name) != getattr(stored, f.name)}
+            raise DiffPIRError(f"resume {ckpt_path}: recipe differs from the checkpoint's (given, stored): {diff}")
+        recipe = stored
+    else:
+        if ckpt_path.exists():
+            raise DiffPIRError(f"out {out}: already holds {CHECKPOINT_NAME}; pass --resume or choose another --out")
+        if recipe is None:
+            raise DiffPIRError("recipe: required for a new run")
+    if stage.threads is not None:
+        torch.set_num_threads(stage.threads)
+    device = torch.device(stage.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffPIRError(f"device: {stage.device!r} requested but CUDA is not available")
+
+    images = load_images(stage.data, min_side=recipe.crop)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(recipe, images, device)
+    if state is not None:
+        trainer.load_state_dict(state)
+        logger.info("resumed %s at step %d", ckpt_path, trainer.step)
+    csv_path = out / "loss.csv"
+    _truncate_csv(csv_path, trainer.step)
+    if not csv_path.is_file():
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerow(LOSS_COLUMNS)
+
+    stage_record = {
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "device": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "data": str(stage.data),
+        "images": len(images),
+        "from_step": trainer.step,
+        "to_step": trainer.step,
+        "seconds": 0.0,
+    }
+    trainer.stages.append(stage_record)
+
+    def checkpoint() -> None:
+        stage_record["to_step"] = trainer.step
+        stage_record["ended"] = _dt.datetime.now().isoformat(timespec="seconds")
+        trainer.save(ckpt_path)
+        _write_json(out / "train_log.json", train_log(trainer, stage.data, len(images)))
+        plot_losses(csv_path, out / "loss.png")
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=stage.max_steps,
+        initial=trainer.step,
+        unit="step",
+        disable=not stage.progress,
+        mininterval=1.0 if sys.stderr.isatty() else 60.0,
+        dynamic_ncols=True,
+    )
+    started = last_tick = last_ckpt = time.monotonic()
+    sums: dict[str, float] = {}
+    count = 0
+    try:  # a failure mid-step leaves the last periodic checkpoint as it was
+        while True:
+            if stage.max_steps is not None and trainer.step >= stage.max_steps:
+                break
+            if stage.max_minutes is not None and time.monotonic() - started >= 60.0 * stage.max_minutes:
+                break
+            if stop is not None and stop():
+                logger.warning("stop requested at step %d; checkpointing", trainer.step)
+                break
+            values = trainer.train_step()
+            if not math.isfinite(values["loss_eps"]):
+                raise FloatingPointError(f"loss is {values['loss_eps']} at step {trainer.step}; not checkpointed")
+            now = time.monotonic()
+            trainer.train_seconds += now - last_tick
+            stage_record["seconds"] += now - last_tick
+            last_tick = now
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+            bar.update(1)
+            if trainer.step % stage.log_every == 0:
+                row = {k: sums[k] / count for k in ("loss_eps", "loss_var", "grad_norm")}
+                with open(csv_path, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=LOSS_COLUMNS).writerow(
+                        {"step": trainer.step, **{k: f"{v:.6g}" for k, v in row.items()},
+                         "lr": f"{trainer.lr_at(trainer.step - 1):.6g}", "train_seconds": f"{trainer.train_seconds:.1f}"}
+                    )
+                bar.set_postfix(loss=f"{row['loss_eps']:.4f}", refresh=False)
+                sums, count = {}, 0
+            if now - last_ckpt >= 60.0 * stage.checkpoint_minutes:
+                checkpoint()
+                last_ckpt = time.monotonic()
+    finally:
+        bar.close()
+    checkpoint()
+    return trainer
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def fp16_roundtrip_error(config_arch: str, fp32_state: dict[str, Tensor], fp16_path: Path, seed: int = 0) -> dict[str, Any]:
+    """max |eps(fp16-rounded weights) - eps(fp32 weights)|, both computed in fp32.
+
+    Inputs: x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps at several t, with a
+    smooth random x0 (B=2, the arch's training size), the regime DiffPIR evaluates the prior in.
+    """
+    from .denoiser import load_unet
+
+    reference = build_unet(config_arch)
+    reference.load_state_dict(fp32_state, strict=True)
+    reference.eval()
+    rounded = load_unet(fp16_path, config_arch, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    size = resolve_arch(config_arch)[1].image_size
+    x0 = torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1
+    x0 = torch.nn.functional.interpolate(x0, size=size, mode="bicubic")
+    x0 = x0.clamp(-1, 1)
+    schedule = linear_schedule()
+    worst, per_t = 0.0, {}
+    for t in (999, 500, 200, 50, 10, 0):
+        eps = torch.randn(x0.shape, generator=generator)
+        ab = float(schedule.alpha_bar[t])
+        x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+        tt = torch.full((2,), t, dtype=torch.int64)
+        diff = float((reference(x_t, tt)[:, :3] - rounded(x_t, tt)).abs().max())
+        per_t[str(t)] = diff
+        worst = max(worst, diff)
+    return {"max_abs_eps_diff": worst, "per_t": per_t, "input": f"B=2, {size}x{size}, smooth random x0 noised to t"}
+
+
+def _model_card_markdown(card: dict[str, Any]) -> str:
+    training = card["training"]
+    lines = [
+        f"# Bundled prior: `{card['name']}`",
+        "",
+        "A small unconditional guided-diffusion UNet (eps-prediction, learned-variance output "
+        "kept for the 6-channel contract) trained by this project with `engine/train.py`, so "
+        "`diffpir restore` works offline without a third-party checkpoint.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| weights | `{card['weights']}` ({card['bytes'] / 1e6:.2f} MB, {card['dtype']}) |",
+        f"| sha256 | `{card['sha256']}` |",
+        f"| arch | `{card['arch']}` ({card['params'] / 1e6:.2f} M parameters) |",
+        f"| schedule | {card['schedule']['type']}, T={card['schedule']['num_timesteps']}, "
+        f"beta {card['schedule']['beta_start']}..{card['schedule']['beta_end']} |",
+        f"| objective | {training['objective']} |",
+        f"| data | {training['data']['images']} images, `{training['data']['path']}` |",
+        f"| training | {training['steps']} steps x batch {training['recipe']['batch_size']} crops of "
+        f"{training['recipe']['crop']}², {training['train_hours']:.2f} h on {', '.join(training['devices'])} |",
+        f"| final loss | {training['final_loss']:.4f} (eps MSE, online model, last {LOSS_WINDOW} steps) |",
+        f"| fp16 export | max abs eps difference vs fp32 weights: {card['fp16_check']['max_abs_eps_diff']:.2e} |",
+        f"| exported | {card['exported']} from step {card['checkpoint_step']} (EMA weights) |",
+        "",
+        "## Licence and intended use",
+        "",
+        card["licence_note"],
+        "",
+        "## Task defaults",
+        "",
+        "Placeholders (the official DiffPIR values) until tuned for this prior:",
+        "",
+        "| task | lam | zeta | steps | sigma_n | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, d in card["task_defaults"].items():
+        lines.append(f"| {task} | {d['lam']} | {d['zeta']} | {d['steps']} | {d['sigma_n']} | {d['source']} |")
+    lines += [
+        "",
+        "## Reproduce / re-export",
+        "",
+        "```",
+        "python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior "
+        f"--arch {card['arch']} --threads 1 --max-minutes 125",
+        "python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior --resume --threads 1 --max-minutes 120",
+        f"python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt --name {card['name']}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_prior(
+    checkpoint: str | os.PathLike[str],
+    name: str,
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    task_defaults: Optional[dict[str, dict[str, Any]]] = None,
+) -> dict[str, Any]:
+    """Write the checkpoint's EMA weights as fp16 safetensors plus the model card.
+
+    Writes `<weights_dir>/<name>.safetensors`, `bundled_prior.json` and `MODEL_CARD.md`.
+    A previous card's weights file of another name is removed.
+
+    Args:
+        checkpoint: a training checkpoint (`<out>/checkpoint.pt`).
+        name: weights file stem.
+        weights_dir: destination folder (engine/weights by default).
+        task_defaults: per-task {lam, zeta, steps, sigma_n, source}; default: the
+            previous card's, else OFFICIAL_DEFAULTS as placeholders.
+
+    Returns:
+        The model card.
+    """
+    from safetensors.torch import save_file
+
+    from .tasks import OFFICIAL_DEFAULTS
+
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise DiffPIRError(f"name: expected a plain file stem, got {name!r}")
+    checkpoint = Path(checkpoint)
+    state = read_checkpoint(checkpoint)
+    recipe = Recipe(**state["recipe"])
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    card_path = weights_dir / "bundled_prior.json"
+    previous = json.loads(card_path.read_text()) if card_path.is_file() else None
+
+    ema = {k: v.float().contiguous() for k, v in state["ema"].items()}
+    weights_path = weights_dir / f"{name}.safetensors"
+    tmp = weights_path.with_name(weights_path.name + ".tmp")
+    save_file(
+        {k: v.half().contiguous() for k, v in ema.items()},
+        str(tmp),
+        # One metadata key: safetensors writes several in random order, which would change the hash.
+        metadata={"diffpir_rt": json.dumps({"arch": recipe.arch, "step": int(state["step"]), "dtype": "float16"})},
+    )
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; the file ships in the package
+    os.replace(tmp, weights_path)
+    fp16_check = fp16_roundtrip_error(recipe.arch, ema, weights_path)
+
+    stages = state["stages"]
+    recent = [float(x) for x in state["recent_losses"]]
+    if task_defaults is None:
+        if previous is not None and "task_defaults" in previous:
+            task_defaults = previous["task_defaults"]
+        else:
+            task_defaults = {
+                task: {**d.to_dict(), "source": f"placeholder, not tuned for this prior: {d.source}"}
+                for task, d in OFFICIAL_DEFAULTS.items()
+            }
+    data_path = stages[-1].get("data") if stages else None
+    card = {
+        "name": name,
+        "weights": weights_path.name,
+        "arch": recipe.arch,
+        "arch_config": state["arch_config"],
+        "params": sum(v.numel() for v in ema.values()),
+        "dtype": "float16",
+        "bytes": weights_path.stat().st_size,
+        "sha256": _hash_file(weights_path),
+        "schedule": {
+            "type": "linear",
+            "num_timesteps": NUM_TRAIN_TIMESTEPS,
+            "beta_start": BETA_START,
+            "beta_end": BETA_END,
+            "spec": "spec §2.1",
+        },
+        "training": {
+            "program": "python -m diffpir_rt.engine.train (engine/train.py)",
+            "objective": "DDPM eps-MSE, uniform t in 0..999; variance channels: zero-target MSE "
+            f"x {recipe.var_loss_weight} (DiffPIR reads only eps)",
+            "recipe": recipe.to_dict(),
+            "steps": int(state["step"]),
+            "crops_seen": int(state["step"]) * recipe.batch_size,
+            "train_hours": float(state["train_seconds"]) / 3600.0,
+            "devices": sorted({s["device"] for s in stages}),
+            "threads": sorted({s["threads"] for s in stages}),
+            "final_loss": float(np.mean(recent)) if recent else None,
+            "data": {"path": data_path or "trainsets/BSDS432", "images": stages[-1].get("images") if stages else None},
+            "stages": stages,
+        },
+        "licence_note": BSDS_NOTE,
+        "fp16_check": fp16_check,
+        "checkpoint_step": int(state["step"]),
+        "exported": _dt.datetime.now().isoformat(timespec="seconds"),
+        "task_defaults": task_defaults,
+    }
+    card = json.loads(json.dumps(card))  # what readers of the JSON see (tuples -> lists)
+    _write_json(card_path, card)
+    (weights_dir / "MODEL_CARD.md").write_text(_model_card_markdown(card))
+    if previous is not None and previous.get("weights") not in (None, weights_path.name):
+        stale = weights_dir / previous["weights"]
+        if stale.is_file() and stale.parent == weights_dir:
+            stale.unlink()
+            logger.info("removed the previous bundled weights %s", stale)
+    return card
+
+
+# ----------------------------------------------------------------------------- CLI
+
+TRAIN_EXAMPLE = """example (CPU, one core, in 2-hour stages):
+  python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
+      --arch compact_3m --threads 1 --max-minutes 125
+  python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
+      --resume --threads 1 --max-minutes 120
+  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt --name compact_3m_bsd432
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(
+        prog="python -m diffpir_rt.engine.train",
+        description="Train a small guided-diffusion UNet prior (DDPM eps-objective, linear 1000-step "
+        "schedule) on random crops. Subcommand 'export' writes the bundled weights. "
+        "Recipe flags (marked *) default to the values shown for a new run and to the checkpoint's on --resume.",
+        epilog=TRAIN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, help="folder of training images (jpg/png/...)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.csv, loss.png, train_log.json")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--max-minutes", type=_positive_float, default=None, help="wall-time limit of this stage")
+    parser.add_argument("--max-steps", type=_positive_int, default=None, help="stop at this total step count")
+    parser.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0, help="checkpoint period (default: 10)")
+    parser.add_argument("--log-every", type=_positive_int, default=10, help="steps per loss.csv row (default: 10)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    recipe = parser.add_argument_group("recipe (*)")
+    recipe.add_argument("--arch", choices=sorted(ARCH_PRESETS), default=None, help=f"UNet preset (default: {defaults.arch})")
+    recipe.add_argument("--crop", type=_positive_int, default=None, help=f"crop side in pixels (default: {defaults.crop})")
+    recipe.add_argument("--batch-size", type=_positive_int, default=None, help=f"crops per step (default: {defaults.batch_size})")
+    recipe.add_argument("--lr", type=_positive_float, default=None, help=f"peak AdamW lr (default: {defaults.lr})")
+    recipe.add_argument("--warmup-steps", type=int, default=None, help=f"linear lr warmup (default: {defaults.warmup_steps})")
+    recipe.add_argument("--weight-decay", type=_nonneg_float, default=None, help=f"AdamW weight decay (default: {defaults.weight_decay})")
+    recipe.add_argument("--grad-clip", type=_positive_float, default=None, help=f"max grad norm (default: {defaults.grad_clip})")
+    recipe.add_argument("--ema-decay", type=_nonneg_float, default=None, help=f"EMA decay (default: {defaults.ema_decay})")
+    recipe.add_argument("--var-loss-weight", type=_nonneg_float, default=None,
+                        help=f"weight of the variance channels' zero-target MSE (default: {defaults.var_loss_weight})")
+    recipe.add_argument("--no-rot90", dest="rot90", action="store_false", default=None, help="no 90-degree rotations")
+    recipe.add_argument("--seed", type=int, default=None, help=f"init and data/noise seed (default: {defaults.seed})")
+    return parser
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffpir_rt.engine.train export",
+        description="Write a checkpoint's EMA weights as fp16 safetensors into the weights folder, with "
+        "bundled_prior.json and MODEL_CARD.md (task defaults kept from the previous card).",
+        epilog="example:\n  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt "
+        "--name compact_3m_bsd432",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (<out>/checkpoint.pt)")
+    parser.add_argument("--name", default="compact_3m_bsd432", help="weights file stem (default: %(default)s)")
+    parser.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR), help="destination (default: engine/weights)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s] %(message)s")
+    try:
+        if argv[:1] == ["export"]:
+            args = _export_parser().parse_args(argv[1:])
+            card = export_prior(args.checkpoint, args.name, args.weights_dir)
+            print(f"[I] wrote {Path(args.weights_dir) / card['weights']} ({card['bytes'] / 1e6:.2f} MB, "
+                  f"step {card['checkpoint_step']}, sha256 {card['sha256'][:16]}…); "
+                  f"fp16 max |d eps| = {card['fp16_check']['max_abs_eps_diff']:.2e}")
+            return 0
+        if argv[:1] == ["train"]:
+            argv = argv[1:]
+        args = _train_parser().parse_args(argv)
+        given = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
+        stage = Stage(
+            data=args.data, out=args.out, device=args.device, threads=args.threads, max_steps=args.max_steps,
+            max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
+            resume=args.resume, progress=not args.quiet,
+        )
+        if args.resume:
+            stored = Recipe(**read_checkpoint(Path(args.out) / CHECKPOINT_NAME)["recipe"])
+            recipe = Recipe(**{**stored.to_dict(), **given})
+        else:
+            recipe = Recipe(**given)
+        stop_flag = {"stop": False}
+
+        def request_stop(signum: int, frame: object) -> None:
+            stop_flag["stop"] = True
+
+        # SIGTERM / Ctrl-C end the stage after the current step, with a checkpoint.
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            trainer = train(recipe, stage, stop=lambda: stop_flag["stop"])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print(f"[I] step {trainer.step}, {trainer.train_seconds / 3600:.2f} h in total, "
+              f"final loss {trainer.final_loss}; checkpoint {Path(args.out) / CHECKPOINT_NAME}")
+        return 0
+    except DiffPIRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
