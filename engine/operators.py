@@ -33,6 +33,8 @@ from .errors import DiffPIRError
 
 ArrayLike = Union[np.ndarray, Tensor]
 SR_SCALES = (2, 3, 4)
+#: Spectral terms an operator keeps per (size, device, dtype) before starting over.
+SPECTRA_CACHE_SIZE = 4
 
 
 @runtime_checkable
@@ -141,8 +143,21 @@ class FourierDataStep:
     sf: int
 
     def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor:
-        residual = self.y_spectrum - fold_mean(self.otf * torch.fft.fft2(x0), self.sf)
-        correction = self.otf.conj() * tile(residual / (self.otf_abs2_folded + rho), self.sf)
+        return self.apply_correction(x0, self.correction(torch.fft.fft2(x0), rho))
+
+    def correction(self, x0_spectrum: Tensor, rho: float | Tensor) -> Tensor:
+        """The spectral part, between the FFT and the inverse FFT (kernels/fourier_correction.cu).
+
+        Args:
+            x0_spectrum: FFT(x0), (B, C, H, W) complex, x0 in [0, 1].
+        Returns:
+            otf_conj * tile((Y - fold(otf * X0)) / (fold(|otf|^2) + rho)), (B, C, H, W) complex.
+        """
+        residual = self.y_spectrum - fold_mean(self.otf * x0_spectrum, self.sf)
+        return self.otf.conj() * tile(residual / (self.otf_abs2_folded + rho), self.sf)
+
+    def apply_correction(self, x0: Tensor, correction: Tensor) -> Tensor:
+        """x0 + Re(IFFT(correction)): the residual form's last step."""
         return x0 + torch.fft.ifft2(correction).real
 
 
@@ -153,6 +168,10 @@ class _FourierOperator:
     kernel: Tensor  # (Bk, kh, kw) float64, validated
     sf: int = 1
     pad_mode: str = field(default="circular", init=False)
+    # (H, W, device, dtype) -> (otf, otf_abs2_folded): the float64 psf2otf runs on the CPU, and
+    # a fast path restoring many images with one operator must not pay it per image. Not state:
+    # the kernel is immutable, so the cache only ever holds what would be recomputed.
+    _spectra: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @staticmethod
     def _validate_kernel(kernel: ArrayLike) -> Tensor:
@@ -169,9 +188,14 @@ class _FourierOperator:
         kh, kw = self.kernel.shape[-2:]
         if kh > height or kw > width:
             raise DiffPIRError(f"kernel: {kh}x{kw} is larger than the {height}x{width} image")
-        otf = psf2otf(self.kernel, height, width)  # float64 precision, cast once
-        otf_abs2_folded = fold_mean(otf.abs() ** 2, self.sf)
-        return otf.to(ref.device, _complex_dtype(ref.dtype)), otf_abs2_folded.to(ref.device, ref.dtype)
+        key = (height, width, ref.device, ref.dtype)
+        if key not in self._spectra:
+            if len(self._spectra) >= SPECTRA_CACHE_SIZE:
+                self._spectra.clear()
+            otf = psf2otf(self.kernel, height, width)  # float64 precision, cast once
+            otf_abs2_folded = fold_mean(otf.abs() ** 2, self.sf)
+            self._spectra[key] = (otf.to(ref.device, _complex_dtype(ref.dtype)), otf_abs2_folded.to(ref.device, ref.dtype))
+        return self._spectra[key]
 
     def image_shape(self, y_shape: torch.Size) -> torch.Size:
         return torch.Size((*y_shape[:-2], y_shape[-2] * self.sf, y_shape[-1] * self.sf))
@@ -253,7 +277,7 @@ class SuperResolution(_FourierOperator):
 class ElementwiseDataStep:
     """x = x0 + m (y - x0) / (m + rho): the mask prox (spec §6.1) in residual form."""
 
-    mask: Tensor  # (Bm, 1, H, W) in [0, 1], broadcast over channels
+    mask: Tensor  # (Bm, 1 or C, H, W) in [0, 1]
     y: Tensor
 
     def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor:
@@ -261,7 +285,7 @@ class ElementwiseDataStep:
 
 
 class Inpaint:
-    """Pixel mask, 1 = observed, 0 = missing, shared by the colour channels (spec §6.1).
+    """Pixel mask, 1 = observed, 0 = missing (spec §6.1); (H, W) is shared by the channels.
 
     The mask prox is affine-equivariant, so solving it on [0, 1] images equals the
     official [-1, 1] formula.
@@ -276,8 +300,8 @@ class Inpaint:
             m = m[None, None]
         elif m.ndim == 3:
             m = m[:, None]
-        if m.ndim != 4 or m.shape[1] != 1:
-            raise DiffPIRError(f"mask: expected (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(m.shape)}")
+        if m.ndim != 4:
+            raise DiffPIRError(f"mask: expected (H, W), (B, H, W) or (B, C, H, W), got shape {tuple(m.shape)}")
         if (m < 0).any() or (m > 1).any():
             raise DiffPIRError("mask: expected values in [0, 1] (1 = observed, 0 = missing)")
         self.mask = m
@@ -285,6 +309,8 @@ class Inpaint:
     def _mask_for(self, x: Tensor, name: str) -> Tensor:
         check_image_batch(x, name)
         _batch_param(self.mask, x.shape[0], "mask")
+        if self.mask.shape[1] not in (1, x.shape[1]):
+            raise DiffPIRError(f"mask: has {self.mask.shape[1]} channels, expected 1 or {x.shape[1]}")
         if self.mask.shape[-2:] != x.shape[-2:]:
             raise DiffPIRError(
                 f"mask: size {self.mask.shape[-2]}x{self.mask.shape[-1]} does not match the "

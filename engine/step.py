@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 from torch import Tensor
 
+from .imageio import from_model, to_model
 from .schedule import Schedule
+
+#: A data step bound to its measurement and rho: x0 in [0, 1] -> x in [0, 1] (spec §6).
+Prox = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,16 @@ def renoise(x_t: Tensor, x0: Tensor, z: Tensor, c: StepCoefficients) -> Tensor:
     eps_hat = (x_t - c.sqrt_a * x0) / c.sqrt_1m_a
     mixed = math.sqrt(1.0 - c.zeta) * eps_hat + math.sqrt(c.zeta) * z
     return c.sqrt_a_next * x0 + c.sqrt_1m_a_next * mixed
+
+
+def diffpir_update(x_t: Tensor, eps: Tensor, z: Tensor, c: StepCoefficients, prox: Optional[Prox] = None) -> Tensor:
+    """One reverse step after the model call, spec §4 steps 1-2c: the sampler's loop body.
+
+    x0 = predict_x0(x_t, eps); x0 = to_model(prox(from_model(x0))); renoise(x_t, x0, z).
+    The reference of the fused kernel kernels/diffpir_step.cu, and what the CUDA-graph
+    runtime's torch path runs; `prox` None skips the data step (x0 unchanged).
+    """
+    x0 = predict_x0(x_t, eps, c)
+    if prox is not None:
+        x0 = to_model(prox(from_model(x0)))
+    return renoise(x_t, x0, z, c)

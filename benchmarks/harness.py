@@ -1,0 +1,126 @@
+"""What every benchmark shares: the environment record, timing, and robust statistics.
+
+Timing follows .library METHOD.md: warm up first, time with CUDA events (or a
+synchronised host clock on CPU), repeat, report the median and p90.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> Optional[str]:
+    """HEAD of the repository this file lives in, with '+dirty' for uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device, versions, thread counts, date and commit: recorded with every result."""
+    env: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+    try:
+        import cupy
+
+        env["cupy"] = cupy.__version__
+    except Exception as exc:  # not installed, or CUDA libraries missing
+        env["cupy"] = f"unavailable ({type(exc).__name__})"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            device_name=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    return env
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Run fn once from an idle device; (elapsed ms, fn's result). CUDA events on GPU."""
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end), result
+    t0 = time.perf_counter()
+    result = fn()
+    return (time.perf_counter() - t0) * 1e3, result
+
+
+def stats(samples_ms: list[float]) -> dict[str, Any]:
+    """Median, p90 (linear interpolation), min and mean of repeated timings."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "median": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "min": float(a.min()),
+        "mean": float(a.mean()),
+        "n": int(a.size),
+        "samples": [round(float(v), 4) for v in a],
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (temp file + replace), so a killed run leaves the last complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def append_history(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line per run, so results accumulate across runs and machines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of a against b for [0, 1] images (inf when equal)."""
+    mse = float((a.double() - b.double()).pow(2).mean())
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))

@@ -1,0 +1,479 @@
+"""Latency and throughput of whole DiffPIR restorations, every backend in one run on one device.
+
+Backends (all restore the same seeded problem, so outputs are comparable):
+  eager-fp32              engine.sample, Python loop per step, fp32 UNet: the BASELINE
+  eager-fp16 / -bf16      engine.sample with the reduced-precision UNet (channels_last, SDPA)
+  compile-fp16-cudagraph  engine.sample with torch.compile(mode="reduce-overhead") fp16 UNet:
+                          the torch.compile + CUDA-graph recipe
+  graph-fp32-torch        our CUDA-graph runtime, fp32 UNet, engine (torch) step math
+  graph-fp16-torch        our CUDA-graph runtime, fp16 UNet, engine (torch) step math
+  graph-fp16-cupy         our CUDA-graph runtime, fp16 UNet, fused CuPy kernels
+  graph-fp16-cupy-compile the same with a torch.compile'd UNet (mode "default": fused norms
+                          and activations, no cudagraphs of its own) inside our graph
+  graph-fp16-cupy-autotune  the same with mode "max-autotune-no-cudagraphs" (slow to compile)
+
+Per configuration (backend, task, size, batch, steps): warm-up runs (capture and compile
+happen there), >= 5 timed restorations (CUDA events; host clock on CPU), median and p90
+per image, images/s, peak memory, a separate profiling pass splitting UNet time from the
+rest, speedups against the baseline and the compile recipe *measured in the same run*,
+achieved TFLOP/s against a stated peak, and PSNR against the baseline's output.
+
+  python -m benchmarks.latency --device cuda                     # the default star sweep
+  python -m benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1
+
+Sweeps: "star" (default) runs the centre configuration (the first value of every list)
+with all backends, then varies one axis at a time with --sweep-backends; "grid" runs
+every combination. Results go to OUT_DIR/latency.{json,md,png}, JSON rewritten after every
+configuration (partial results survive a kill), and one line per run is appended to
+--history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffpir_rt.engine.degrade import gaussian_kernel, random_mask
+from diffpir_rt.engine.denoiser import UNetDenoiser
+from diffpir_rt.engine.fast_unet import prepare_unet
+from diffpir_rt.engine.graph_runtime import GraphRuntime, GraphSampler
+from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, Operator, SuperResolution
+from diffpir_rt.engine.sampler import DiffPIRConfig, sample
+from diffpir_rt.engine.tasks import OFFICIAL_DEFAULTS
+from diffpir_rt.engine.unet import ARCH_PRESETS, build_unet
+
+from . import harness, report
+
+logger = logging.getLogger("benchmarks.latency")
+
+BASELINE = "eager-fp32"
+COMPILE_RECIPE = "compile-fp16-cudagraph"
+#: H100 SXM dense bf16/fp16 tensor-core rate as measured here (KINDS.md: 798 TFLOP/s on an
+#: 8192^3 bf16 matmul, H200 788); the datasheet says ~990. Override with --peak-tflops.
+DEFAULT_PEAK_TFLOPS = 790.0
+TASKS = ("deblur", "sr4", "inpaint", "denoise")
+SEED = 20261127
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How a backend runs: loop kind, UNet dtype, step-math impl, torch.compile mode."""
+
+    kind: str  # "eager" (engine.sample) or "graph" (GraphSampler)
+    dtype: str  # "fp32" | "fp16" | "bf16"
+    impl: str = "torch"
+    compile_mode: Optional[str] = None
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "eager-fp32": BackendSpec("eager", "fp32"),
+    "eager-fp16": BackendSpec("eager", "fp16"),
+    "eager-bf16": BackendSpec("eager", "bf16"),
+    "compile-fp16-cudagraph": BackendSpec("eager", "fp16", compile_mode="reduce-overhead"),
+    "graph-fp32-torch": BackendSpec("graph", "fp32", "torch"),
+    "graph-fp16-torch": BackendSpec("graph", "fp16", "torch"),
+    "graph-fp16-cupy": BackendSpec("graph", "fp16", "cupy"),
+    "graph-fp16-cupy-compile": BackendSpec("graph", "fp16", "cupy", "default"),
+    "graph-fp16-cupy-autotune": BackendSpec("graph", "fp16", "cupy", "max-autotune-no-cudagraphs"),
+}
+DEFAULT_BACKENDS = {
+    # Compiled backends last: their first call compiles for a minute or more, and a time budget
+    # should cut them, not the rest.
+    "cuda": ["eager-fp32", "graph-fp16-cupy", "graph-fp16-torch", "eager-fp16", "eager-bf16",
+             "graph-fp16-cupy-compile", COMPILE_RECIPE],
+    "cpu": ["eager-fp32", "graph-fp32-torch"],
+}
+DEFAULT_SWEEP_BACKENDS = {
+    "cuda": ["eager-fp32", "graph-fp16-torch", "graph-fp16-cupy"],
+    "cpu": ["eager-fp32", "graph-fp32-torch"],
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark configuration (the backend is chosen separately)."""
+
+    task: str
+    size: int
+    batch: int
+    steps: int
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass
+class Problem:
+    operator: Operator
+    y: torch.Tensor
+    config: DiffPIRConfig
+
+
+def make_problem(cfg: Config, device: torch.device) -> Problem:
+    """A seeded synthetic restoration: smooth random images, the task's operator and defaults."""
+    g = torch.Generator().manual_seed(SEED)
+    coarse = torch.rand(cfg.batch, 3, max(2, cfg.size // 16), max(2, cfg.size // 16), generator=g)
+    clean = F.interpolate(coarse, size=(cfg.size, cfg.size), mode="bicubic", align_corners=False).clamp(0, 1)
+    if cfg.task == "deblur":
+        kernel = gaussian_kernel(0, size=min(61, (cfg.size - 2) | 1))  # the official 61x61 where it fits
+        operator: Operator = Deblur(kernel)
+        defaults = OFFICIAL_DEFAULTS["deblur"]
+    elif cfg.task == "sr4":
+        operator, defaults = SuperResolution(4), OFFICIAL_DEFAULTS["sr"]
+    elif cfg.task == "inpaint":
+        operator, defaults = Inpaint(random_mask(cfg.size, cfg.size, seed=0)), OFFICIAL_DEFAULTS["inpaint"]
+    elif cfg.task == "denoise":
+        operator, defaults = Denoise(), OFFICIAL_DEFAULTS["denoise"]
+    else:
+        raise ValueError(f"task: expected one of {TASKS}, got {cfg.task!r}")
+    y = operator.forward(clean.double()).float()
+    y = y + defaults.sigma_n * torch.randn(y.shape, generator=g)
+    config = DiffPIRConfig(lam=defaults.lam, zeta=defaults.zeta, sigma_n=defaults.sigma_n, steps=cfg.steps)
+    return Problem(operator, y.to(device), config)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class TimedModel:
+    """Wraps an eps-model and times every call (CUDA events, or the host clock on CPU)."""
+
+    def __init__(self, model: Callable, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.size_multiple = getattr(model, "size_multiple", 1)
+        self.marks: list[Any] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.model(x, t)
+            end.record()
+            self.marks.append((start, end))
+            return out
+        t0 = time.perf_counter()
+        out = self.model(x, t)
+        self.marks.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    def total_ms(self) -> float:
+        harness.synchronize(self.device)
+        return float(sum(m if isinstance(m, float) else m[0].elapsed_time(m[1]) for m in self.marks))
+
+
+class Backend:
+    """A named way to restore a Problem, with a profiling pass (UNet ms, total ms)."""
+
+    def __init__(self, name: str, spec: BackendSpec, model: Callable, device: torch.device) -> None:
+        self.name, self.spec, self.model, self.device = name, spec, model, device
+        self._graphs: Optional[GraphSampler] = None
+        if spec.kind == "graph":
+            self._graphs = GraphSampler(model, device, impl=spec.impl)
+
+    def restore(self, p: Problem) -> torch.Tensor:
+        if self._graphs is not None:
+            return self._graphs.sample(p.operator, p.y, p.config, seed=SEED)
+        return sample(self.model, p.operator, p.y, p.config, seed=SEED)
+
+    def profile(self, p: Problem, repeats: int = 3) -> tuple[float, float]:
+        """(UNet ms, total ms) per restoration, from a separate pass."""
+        if self._graphs is None:
+            timed = TimedModel(self.model, self.device)
+            total, _ = harness.time_ms(lambda: sample(timed, p.operator, p.y, p.config, seed=SEED), self.device)
+            return timed.total_ms(), total
+        runtime = self._graphs.runtime_for(p.operator, p.y.shape, p.config)
+        total = float(np.median([harness.time_ms(lambda: self.restore(p), self.device)[0] for _ in range(repeats)]))
+        return unet_only_ms(runtime, repeats), total
+
+    def release(self) -> None:
+        """Drop cached runtimes (static buffers, graph pools) between configurations."""
+        if self._graphs is not None:
+            self._graphs.runtimes.clear()
+
+
+def unet_only_ms(runtime: GraphRuntime, repeats: int = 3) -> float:
+    """The loop's model calls alone, on the runtime's buffers; as a CUDA graph when it captures."""
+    x, timesteps = runtime.buffers["x_T"], runtime.buffers["timesteps"]
+
+    @torch.no_grad()
+    def calls() -> None:
+        for step in runtime.plan.steps:
+            runtime.eps_model(x, timesteps[step.index])
+
+    device = runtime.device
+    if not runtime.capture:
+        calls()
+        return float(np.median([harness.time_ms(calls, device)[0] for _ in range(repeats)]))
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        calls()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        calls()
+    graph.replay()
+    ms = float(np.median([harness.time_ms(graph.replay, device)[0] for _ in range(repeats)]))
+    del graph
+    return ms
+
+
+class Models:
+    """The fp32 reference denoiser (random weights) and its prepared variants, built once."""
+
+    def __init__(self, arch: str, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.fp32 = UNetDenoiser(build_unet(arch), arch=arch).to(device).eval().requires_grad_(False)
+        self.device = device
+        self._cache: dict[tuple[str, Optional[str]], Callable] = {}
+
+    def get(self, spec: BackendSpec) -> Callable:
+        from diffpir_rt.engine.fast_unet import DTYPES
+
+        if spec.dtype == "fp32" and spec.kind == "eager" and spec.compile_mode is None:
+            return self.fp32  # the baseline: the engine's model as loaded, nothing changed
+        key = (spec.dtype, spec.compile_mode)
+        if key not in self._cache:
+            self._cache[key] = prepare_unet(self.fp32, DTYPES[spec.dtype], compile_mode=spec.compile_mode)
+        return self._cache[key]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def flops_per_call(arch: str, size: int) -> float:
+    """FLOPs of one UNet call on one size x size image, counted on the meta device.
+
+    ffhq_10m at 256 gives 387.9 GFLOP, the issue's 388.
+    """
+    with torch.device("meta"):
+        model = build_unet(arch)
+        x, t = torch.empty(1, 3, size, size), torch.zeros(1, dtype=torch.int64)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return float(counter.get_total_flops())
+
+
+def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Namespace, flops: float) -> dict[str, Any]:
+    """Warm up, time `repeats` restorations, profile; one result record."""
+    device = backend.device
+    for _ in range(args.warmup):
+        backend.restore(problem)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    samples, output = [], None
+    for _ in range(args.repeats):
+        ms, output = harness.time_ms(lambda: backend.restore(problem), device)
+        samples.append(ms)
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    total = harness.stats(samples)
+    unet_ms, profiled_ms = backend.profile(problem)
+    calls = problem.config.num_model_calls
+    per_image = {k: total[k] / cfg.batch for k in ("median", "p90", "min", "mean")}
+    achieved = calls * flops * cfg.batch / (total["median"] / 1e3) / 1e12
+    record = {
+        "backend": backend.name,
+        **asdict(cfg),
+        "model_calls": calls,
+        "latency_ms": total,
+        "per_image_ms": per_image,
+        "images_per_s": cfg.batch / (total["median"] / 1e3),
+        "unet_ms": unet_ms,
+        "profiled_total_ms": profiled_ms,
+        "other_ms": max(0.0, profiled_ms - unet_ms),
+        # Two passes, so noise can put unet_ms above the total on a busy CPU: clamp the share.
+        "unet_share": min(1.0, unet_ms / profiled_ms) if profiled_ms > 0 else None,
+        "peak_mem_mb": peak_mb,
+        "tflops": achieved,
+        "compute_fraction": achieved / args.peak_tflops if args.peak_tflops else None,
+        "output": output.detach().float().cpu() if output is not None else None,
+    }
+    return record
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[Config, list[str]]]:
+    """(config, backends) in run order: the centre first (all backends), then the star arms."""
+    axes = {"task": args.tasks, "size": args.sizes, "batch": args.batches, "steps": args.steps}
+    if args.sweep == "grid":
+        grid = [Config(t, s, b, n) for t in args.tasks for s in args.sizes for b in args.batches for n in args.steps]
+        return [(cfg, list(args.backends)) for cfg in grid]
+    centre = Config(args.tasks[0], args.sizes[0], args.batches[0], args.steps[0])
+    runs = [(centre, list(args.backends))]
+    for axis in args.star_order:
+        for value in axes[axis][1:]:
+            cfg = Config(**{**asdict(centre), axis: value})
+            runs.append((cfg, [b for b in args.backends if b in args.sweep_backends]))
+    return runs
+
+
+def derive(results: list[dict[str, Any]]) -> None:
+    """Speedups vs the baseline and the compile recipe, and PSNR vs the baseline, same run."""
+    by_config: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        by_config.setdefault((r["task"], r["size"], r["batch"], r["steps"]), {})[r["backend"]] = r
+    for group in by_config.values():
+        base, recipe = group.get(BASELINE), group.get(COMPILE_RECIPE)
+        for r in group.values():
+            if "error" in r:
+                continue
+            for label, ref in (("speedup_vs_baseline", base), ("speedup_vs_compile", recipe)):
+                ok = ref is not None and "error" not in ref
+                r[label] = ref["per_image_ms"]["median"] / r["per_image_ms"]["median"] if ok else None
+            if base is not None and base.get("output") is not None and r.get("output") is not None:
+                value = harness.psnr_db(r["output"], base["output"])
+                r["psnr_vs_baseline_db"] = None if math.isinf(value) else value
+                r["output_identical_to_baseline"] = math.isinf(value)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python -m benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--arch", default="ffhq_10m", choices=sorted(ARCH_PRESETS))
+    parser.add_argument("--tasks", nargs="+", default=["deblur", "sr4", "inpaint"], choices=TASKS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 64, 512])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32, 16, 4])
+    parser.add_argument("--steps", nargs="+", type=int, default=[20, 5, 10, 100])
+    parser.add_argument("--backends", nargs="+", default=None, choices=sorted(BACKENDS),
+                        help="default: per device (see DEFAULT_BACKENDS)")  # fmt: skip
+    parser.add_argument("--sweep", choices=("star", "grid"), default="star")
+    parser.add_argument("--sweep-backends", nargs="+", default=None, choices=sorted(BACKENDS),
+                        help="backends for the star arms (default: per device)")  # fmt: skip
+    parser.add_argument("--star-order", nargs="+", default=["batch", "steps", "task", "size"],
+                        choices=("batch", "steps", "task", "size"))  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help=f"compute peak for the fraction (default: {DEFAULT_PEAK_TFLOPS} on CUDA, none on CPU)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                        help="cuDNN autotuning, for every backend alike")  # fmt: skip
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds; later configurations are skipped")
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/latest"))
+    parser.add_argument("--history", default="benchmarks/results/latency_history.jsonl", help="'none' to skip")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    device_type = torch.device(args.device).type
+    args.backends = args.backends or DEFAULT_BACKENDS["cuda" if device_type == "cuda" else "cpu"]
+    args.sweep_backends = args.sweep_backends or DEFAULT_SWEEP_BACKENDS["cuda" if device_type == "cuda" else "cpu"]
+    if args.peak_tflops is None and device_type == "cuda":
+        args.peak_tflops = DEFAULT_PEAK_TFLOPS
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole sweep; torch's thread count and cuDNN autotuning are restored afterwards."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    threads, autotune = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        return _sweep(args, device)
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = autotune
+
+
+def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    started = time.monotonic()
+    meta = harness.environment(device) | {
+        "arch": args.arch,
+        "peak_tflops": args.peak_tflops,
+        "peak_note": "dense fp16/bf16 tensor-core rate (measured ~790-798 TFLOP/s on H100/H200 here)"
+        if args.peak_tflops else None,
+        "baseline": BASELINE,
+        "compile_recipe": COMPILE_RECIPE,
+        "backends": {name: asdict(BACKENDS[name]) for name in args.backends},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "seed": SEED,
+    }
+    models = Models(args.arch, device)
+    backends: dict[str, Backend] = {}
+    flops_cache: dict[int, float] = {}
+    results: list[dict[str, Any]] = []
+    document = {"meta": meta, "results": results}
+    out_dir: Path = args.out_dir
+
+    def save() -> None:
+        from diffpir_rt.kernels._loader import ORIGINS
+
+        document["meta"]["kernel_origins"] = {f"{name}@cuda:{index}": origin for (name, index), origin in ORIGINS.items()}
+        derive(results)
+        for r in results:  # outputs only serve the PSNR of their finished configuration
+            r.pop("output", None)
+        document["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+        harness.write_json(out_dir / "latency.json", document)
+
+    for cfg, names in configurations(args):
+        problem = make_problem(cfg, device)
+        if cfg.size not in flops_cache:
+            flops_cache[cfg.size] = flops_per_call(args.arch, cfg.size)
+        for name in names:
+            if args.time_budget is not None and time.monotonic() - started > args.time_budget:
+                results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
+                continue
+            logger.info("%s %s", name, cfg)
+            try:
+                if name not in backends:
+                    spec = BACKENDS[name]
+                    backends[name] = Backend(name, spec, models.get(spec), device)
+                record = measure(backends[name], cfg, problem, args, flops_cache[cfg.size])
+                record["flops_per_call"] = flops_cache[cfg.size]
+                results.append(record)
+                print(report.one_line(record), flush=True)
+                harness.write_json(out_dir / "latency.json", {**document, "results": [
+                    {k: v for k, v in r.items() if k != "output"} for r in results]})  # fmt: skip
+            except Exception as exc:  # keep going: one failing backend must not lose the sweep
+                if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
+                    torch.cuda.empty_cache()
+                results.append({"backend": name, **asdict(cfg), "error": f"{type(exc).__name__}: {exc}"[:500]})
+                print(f"[E] {name} {cfg}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                if name in backends:
+                    backends[name].release()
+        save()
+    save()
+    (out_dir / "latency.md").write_text(report.markdown(document))
+    if not args.no_plot:
+        report.plot(document, out_dir / "latency.png")
+    if args.history.lower() != "none":
+        harness.append_history(Path(args.history), document)
+    return document
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[I] %(name)s: %(message)s")
+    args = parse_args(argv)
+    document = run(args)
+    print(report.markdown(document))
+    failures = [r for r in document["results"] if "error" in r and not r["error"].startswith("skipped")]
+    return 1 if failures and len(failures) == len(document["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The Fourier data step's spectral update (kernels/fourier_correction.cu) and its torch twin.
+
+The torch path *is* `engine.operators.FourierDataStep.correction`. The CUDA path fuses
+its multiply, sf x sf block average, division, tiling and final multiply into one
+pass that reads the spectrum once and writes the correction once: deblurring is sf = 1
+(one elementwise complex kernel), super-resolution sf = 2..4.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.engine.operators import FourierDataStep
+
+from . import _loader
+from ._loader import Impl, pointer
+
+NAME = "fourier_correction"
+SCALES = (1, 2, 3, 4)
+CUDA_FUNCTIONS = tuple(f"fourier_correction_sf{sf}" for sf in SCALES)
+
+
+def fourier_correction(
+    data_step: FourierDataStep,
+    x0_spectrum: Tensor,
+    rho: float,
+    *,
+    impl: Impl = "auto",
+    out: Optional[Tensor] = None,
+) -> Tensor:
+    """otf_conj * tile((Y - fold(otf * X0)) / (fold(|otf|^2) + rho)), spec §6.2-6.3.
+
+    Args:
+        data_step: the operator's bound Fourier step (otf, folded |otf|^2, Y, sf).
+        x0_spectrum: FFT(x0), (B, C, H, W) complex64, x0 in [0, 1].
+        rho: rho_t.
+        out: optional (B, C, H, W) complex64 result buffer; may be x0_spectrum.
+    Returns:
+        The correction spectrum, (B, C, H, W) complex64.
+    """
+    if _loader.resolve_impl(impl, x0_spectrum, NAME) == "torch":
+        result = data_step.correction(x0_spectrum, rho)
+        return result if out is None else out.copy_(result)
+    sf = data_step.sf
+    if sf not in SCALES:
+        raise DiffPIRError(f"{NAME}: scale expected one of {SCALES}, got {sf}")
+    if x0_spectrum.ndim != 4:
+        raise DiffPIRError(f"{NAME}: x0_spectrum expected (B, C, H, W), got shape {tuple(x0_spectrum.shape)}")
+    batch, channels, height, width = x0_spectrum.shape
+    h, w = height // sf, width // sf
+    otf, abs2, y_spectrum = data_step.otf, data_step.otf_abs2_folded, data_step.y_spectrum
+    expected = {
+        "otf": (otf, (1, height, width)),
+        "otf_abs2_folded": (abs2, (1, h, w)),
+    }
+    for label, (t, tail) in expected.items():
+        if t.ndim != 4 or tuple(t.shape[1:]) != tail or t.shape[0] not in (1, batch):
+            raise DiffPIRError(f"{NAME}: {label} expected (1 or {batch}, {', '.join(map(str, tail))}), got {tuple(t.shape)}")
+    if height % sf or width % sf or tuple(y_spectrum.shape) != (batch, channels, h, w):
+        raise DiffPIRError(
+            f"{NAME}: y_spectrum {tuple(y_spectrum.shape)} does not fit a {height}x{width} spectrum at scale {sf}"
+        )
+    if out is None:
+        out = torch.empty_like(x0_spectrum)
+    complex64 = torch.complex64
+    _loader.check_tensors(
+        NAME,
+        x0_spectrum.device,
+        x0_spectrum=(x0_spectrum, complex64),
+        otf=(otf, complex64),
+        otf_abs2_folded=(abs2, torch.float32),
+        y_spectrum=(y_spectrum, complex64),
+        out=(out, complex64),
+    )
+    if out.shape != x0_spectrum.shape:
+        raise DiffPIRError(f"{NAME}: out has shape {tuple(out.shape)}, expected {tuple(x0_spectrum.shape)}")
+    for label, t in (("x0_spectrum", x0_spectrum), ("otf", otf), ("y_spectrum", y_spectrum)):
+        if t.is_conj():
+            raise DiffPIRError(f"{NAME}: {label} has torch's lazy conjugate bit set; pass t.resolve_conj()")
+    n_low = batch * channels * h * w
+    args = (
+        pointer(x0_spectrum), pointer(otf), pointer(abs2), pointer(y_spectrum), pointer(out),
+        np.int64(n_low), np.int64(channels), np.int64(h), np.int64(w),
+        np.int64(0 if otf.shape[0] == 1 else height * width), np.int64(0 if abs2.shape[0] == 1 else h * w),
+        np.float32(rho),
+    )  # fmt: skip
+    _loader.launch(NAME, f"fourier_correction_sf{sf}", n_low, args, x0_spectrum)
+    return out
