@@ -27,6 +27,7 @@ import torch
 
 import diffpir_rt
 from diffpir_rt.engine import DiffPIRConfig, DiffPIRError, UNetDenoiser, build_unet, load_unet, sample
+from diffpir_rt.engine.device import resolve_device
 from diffpir_rt.engine.tasks import defaults_for
 
 from . import baselines, metrics
@@ -421,18 +422,6 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise DiffPIRError(f"--device: unknown device {name!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffPIRError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def _testsets_root(args: argparse.Namespace) -> Path:
     if args.testsets_root is not None:
         return args.testsets_root
@@ -537,7 +526,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     out = args.out or RESULTS_ROOT / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise DiffPIRError(f"--out {out}: exists and is not a folder")
-    return _Plan(datasets, tasks, methods, wants_model, _resolve_device(args.device), out)
+    return _Plan(datasets, tasks, methods, wants_model, resolve_device(args.device), out)
 
 
 def _progress(total: int, enabled: bool) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backends import BACKENDS, check_backend_arguments
+from .device import resolve_device
 from .errors import DiffPIRError
 from .tasks import TASKS, defaults_for
 
@@ -98,18 +99,6 @@ def write_output(path: Path, x: torch.Tensor, bit_depth: int, protect: Sequence[
         write_npy(path, x, protect=protect)
     else:
         write_image(path, x, bit_depth=bit_depth, protect=protect)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise DiffPIRError(f"--device: unknown device {name!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffPIRError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _check_output_path(output: Path, inputs: Sequence[Optional[Path]]) -> None:
@@ -275,7 +264,7 @@ def run_restore(args: argparse.Namespace) -> int:
         skip=args.skip,
         t_start=args.t_start,
     )
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     y = read_measurement(args.input)
     operator = build_operator(args.task, args.kernel, args.kernel_index, args.mask, args.scale)
     operator.data_step(y[None])  # size checks (kernel vs image, mask vs image) before the model loads

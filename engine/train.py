@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DiffPIRError
+from .prior import sha256_file
 from .schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, linear_schedule
 from .unet import ARCH_PRESETS, AttentionBlock, ResBlock, UNetModel, build_unet, resolve_arch
 
@@ -589,14 +589,6 @@ def train(recipe: Optional[Recipe], stage: Stage, stop: Optional[Callable[[], bo
 # ----------------------------------------------------------------------------- export
 
 
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @torch.no_grad()
 def fp16_roundtrip_error(config_arch: str, fp32_state: dict[str, Tensor], fp16_path: Path, seed: int = 0) -> dict[str, Any]:
     """max |eps(fp16-rounded weights) - eps(fp32 weights)|, both computed in fp32.
@@ -747,7 +739,7 @@ def export_prior(
         "params": sum(v.numel() for v in ema.values()),
         "dtype": "float16",
         "bytes": weights_path.stat().st_size,
-        "sha256": _hash_file(weights_path),
+        "sha256": sha256_file(weights_path),
         "schedule": {
             "type": "linear",
             "num_timesteps": NUM_TRAIN_TIMESTEPS,

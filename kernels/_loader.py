@@ -80,7 +80,7 @@ def resolve_impl(impl: str, like: Tensor, kernel: str) -> Literal["cupy", "torch
         if problem is not None:
             raise DiffPIRError(
                 f"{kernel}: impl='cupy' needs CUDA tensors and CuPy, but {problem} "
-                "(install the extra: pip install 'diffpir-rt[gpu]', a cupy-cuda1Nx matching your CUDA)"
+                "(install the extra matching your CUDA: pip install 'diffpir-rt[gpu-cuda12]' or '[gpu-cuda13]')"
             )
         return "cupy"
     choice = "torch" if problem is not None else "cupy"
