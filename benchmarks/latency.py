@@ -6,6 +6,7 @@ Backends (all restore the same seeded problem, so outputs are comparable):
   compile-fp16-cudagraph  engine.sample with torch.compile(mode="reduce-overhead") fp16 UNet:
                           the torch.compile + CUDA-graph recipe
   graph-fp32-torch        our CUDA-graph runtime, fp32 UNet, engine (torch) step math
+  eager-onnxruntime-fp32  engine.sample with the same fp32 weights exported to ONNX, run by ONNX Runtime
   graph-fp16-torch        our CUDA-graph runtime, fp16 UNet, engine (torch) step math
   graph-fp16-cupy         our CUDA-graph runtime, fp16 UNet, fused CuPy kernels
   graph-fp16-cupy-compile the same with a torch.compile'd UNet (mode "default": fused norms
@@ -75,6 +76,7 @@ class BackendSpec:
     dtype: str  # "fp32" | "fp16" | "bf16"
     impl: str = "torch"
     compile_mode: Optional[str] = None
+    runtime: str = "torch"  # what runs the UNet: "torch" or "onnxruntime" (exported from the same weights)
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -87,13 +89,14 @@ BACKENDS: dict[str, BackendSpec] = {
     "graph-fp16-cupy": BackendSpec("graph", "fp16", "cupy"),
     "graph-fp16-cupy-compile": BackendSpec("graph", "fp16", "cupy", "default"),
     "graph-fp16-cupy-autotune": BackendSpec("graph", "fp16", "cupy", "max-autotune-no-cudagraphs"),
+    "eager-onnxruntime-fp32": BackendSpec("eager", "fp32", runtime="onnxruntime"),
 }
 DEFAULT_BACKENDS = {
     # Compiled backends last: their first call compiles for a minute or more, and a time budget
     # should cut them, not the rest.
     "cuda": ["eager-fp32", "graph-fp16-cupy", "graph-fp16-torch", "eager-fp16", "eager-bf16",
              "graph-fp16-cupy-compile", COMPILE_RECIPE],
-    "cpu": ["eager-fp32", "graph-fp32-torch"],
+    "cpu": ["eager-fp32", "graph-fp32-torch", "eager-onnxruntime-fp32"],
 }
 DEFAULT_SWEEP_BACKENDS = {
     "cuda": ["eager-fp32", "graph-fp16-torch", "graph-fp16-cupy"],
@@ -242,11 +245,35 @@ class Models:
     def get(self, spec: BackendSpec) -> Callable:
         from diffpir_rt.engine.fast_unet import DTYPES
 
+        if spec.runtime == "onnxruntime":
+            return self._onnxruntime()
         if spec.dtype == "fp32" and spec.kind == "eager" and spec.compile_mode is None:
             return self.fp32  # the baseline: the engine's model as loaded, nothing changed
         key = (spec.dtype, spec.compile_mode)
         if key not in self._cache:
             self._cache[key] = prepare_unet(self.fp32, DTYPES[spec.dtype], compile_mode=spec.compile_mode)
+        return self._cache[key]
+
+
+    def _onnxruntime(self) -> Callable:
+        """The same fp32 weights exported to ONNX (dynamic batch and size), run by ONNX Runtime."""
+        key = ("onnxruntime", None)
+        if key not in self._cache:
+            import tempfile
+
+            from safetensors.torch import save_file
+
+            from diffpir_rt.engine.backends import make_denoiser
+            from diffpir_rt.export import OnnxExportConfig, export_onnx
+
+            folder = Path(tempfile.mkdtemp(prefix="diffpir-bench-onnx-"))
+            weights = folder / "unet.safetensors"
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.fp32.unet.state_dict().items()}, str(weights))
+            size = self.fp32.size_multiple * 2
+            onnx = export_onnx(weights, folder / "unet.onnx",
+                               OnnxExportConfig(dynamic_batch=True, dynamic_size=True, height=size, width=size),
+                               arch=self.fp32.arch)
+            self._cache[key] = make_denoiser("onnxruntime", onnx=onnx, device=self.device)
         return self._cache[key]
 
 

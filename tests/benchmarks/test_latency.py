@@ -37,7 +37,7 @@ def test_runs_and_writes_json_markdown_plot_history(tiny_run) -> None:
 def test_numbers_are_consistent(tiny_run) -> None:
     document, _ = tiny_run
     results = {r["backend"]: r for r in document["results"]}
-    assert set(results) == {"eager-fp32", "graph-fp32-torch"}
+    assert set(results) == {"eager-fp32", "graph-fp32-torch", "eager-onnxruntime-fp32"}
     base = results["eager-fp32"]
     for r in results.values():
         assert "error" not in r, r.get("error")
@@ -55,6 +55,8 @@ def test_numbers_are_consistent(tiny_run) -> None:
     assert base["speedup_vs_baseline"] == 1.0 and base["output_identical_to_baseline"]
     graph = results["graph-fp32-torch"]
     assert graph["psnr_vs_baseline_db"] is None or graph["psnr_vs_baseline_db"] > 60  # fp32, SDPA rounding only
+    ort = results["eager-onnxruntime-fp32"]  # the same fp32 weights through ONNX Runtime
+    assert ort["psnr_vs_baseline_db"] is None or ort["psnr_vs_baseline_db"] > 60
 
 
 def test_star_and_grid_configurations() -> None:
@@ -74,7 +76,7 @@ def test_star_and_grid_configurations() -> None:
 def test_the_time_budget_skips_and_still_writes(tmp_path) -> None:
     args = latency.parse_args([*TINY, "--out-dir", str(tmp_path), "--history", "none", "--no-plot", "--time-budget", "0"])
     document = latency.run(args)
-    assert [r["error"] for r in document["results"]] == ["skipped: time budget spent"] * 2
+    assert [r["error"] for r in document["results"]] == ["skipped: time budget spent"] * len(latency.DEFAULT_BACKENDS["cpu"])
     assert "skipped: time budget" in (tmp_path / "latency.md").read_text()
 
 
