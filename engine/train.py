@@ -77,7 +77,7 @@ class Recipe:
         seed: seeds the init and the one generator that draws crops, t and eps.
     """
 
-    arch: str = "compact_3m"
+    arch: str = "compact_fast"
     crop: int = 64
     batch_size: int = 8
     lr: float = 4e-4
@@ -650,13 +650,16 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Task defaults",
         "",
-        "Placeholders (the official DiffPIR values) until tuned for this prior:",
+        "Used by `diffpir restore` with this prior when --lam/--zeta/--steps are not given "
+        "(each row's source says how it was chosen):",
         "",
         "| task | lam | zeta | steps | sigma_n | source |",
         "|---|---|---|---|---|---|",
     ]
     for task, d in card["task_defaults"].items():
         lines.append(f"| {task} | {d['lam']} | {d['zeta']} | {d['steps']} | {d['sigma_n']} | {d['source']} |")
+    if card.get("quality"):
+        lines += ["", "## Measured quality", "", card["quality"]]
     lines += [
         "",
         "## Reproduce / re-export",
@@ -782,10 +785,10 @@ def export_prior(
 
 TRAIN_EXAMPLE = """example (CPU, one core, in 2-hour stages):
   python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
-      --arch compact_3m --threads 1 --max-minutes 125
+      --arch compact_fast --threads 1 --max-minutes 125
   python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
       --resume --threads 1 --max-minutes 120
-  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt --name compact_3m_bsd432
+  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt --name compact_fast_bsd432
 """
 
 
@@ -852,11 +855,11 @@ def _export_parser() -> argparse.ArgumentParser:
         description="Write a checkpoint's EMA weights as fp16 safetensors into the weights folder, with "
         "bundled_prior.json and MODEL_CARD.md (task defaults kept from the previous card).",
         epilog="example:\n  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt "
-        "--name compact_3m_bsd432",
+        "--name compact_fast_bsd432",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (<out>/checkpoint.pt)")
-    parser.add_argument("--name", default="compact_3m_bsd432", help="weights file stem (default: %(default)s)")
+    parser.add_argument("--name", default="compact_fast_bsd432", help="weights file stem (default: %(default)s)")
     parser.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR), help="destination (default: engine/weights)")
     return parser
 

@@ -149,21 +149,11 @@ ARCH_PRESETS: dict[str, UNetConfig] = {
         num_head_channels=64,
         dropout=0.1,
     ),
-    # The bundled prior (engine/weights/, trained by engine/train.py): 3.7 M params,
-    # mc 32 is GroupNorm32's minimum width; attention only at ds 8 and the middle.
-    "compact_3m": UNetConfig(
-        image_size=64,
-        model_channels=32,
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        channel_mult=(1, 2, 2, 4),
-        num_heads=4,
-        num_head_channels=32,
-    ),
-    # The bundled prior (engine/weights/): ~3.1 M params, 18 GFLOP per 256x256 call, about
-    # 2.5x cheaper than compact_3m. Parameter-free resampling (resblock_updown=False,
-    # conv_resample=False, both guided-diffusion options) keeps the 256x256 levels cheap;
-    # five levels give a 16x16 attention level a wide receptive field for SR and inpainting.
+    # The bundled prior (engine/weights/, trained by engine/train.py): 3.1 M params, 18 GFLOP
+    # per 256x256 call. mc 32 is GroupNorm32's minimum width; parameter-free resampling
+    # (resblock_updown=False, conv_resample=False, both guided-diffusion options) keeps the
+    # full-resolution levels cheap (resampling ResBlocks would cost 2.5x); five levels and
+    # attention at ds 8 and 16 give a wide receptive field for SR and inpainting.
     "compact_fast": UNetConfig(
         image_size=64,
         model_channels=32,

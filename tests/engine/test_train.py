@@ -113,8 +113,8 @@ def test_resume_errors(image_dir: Path, tmp_path: Path) -> None:
 
 
 def test_input_errors(image_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(DiffPIRError, match="crop: expected a positive multiple of 8"):
-        tr.Recipe(arch="compact_3m", crop=60)
+    with pytest.raises(DiffPIRError, match="crop: expected a positive multiple of 16"):
+        tr.Recipe(arch="compact_fast", crop=60)
     with pytest.raises(DiffPIRError, match="unknown UNet arch"):
         tr.Recipe(arch="nope")
     with pytest.raises(DiffPIRError, match="not a folder"):
@@ -205,10 +205,10 @@ def test_stop_request_ends_stage_with_checkpoint(image_dir: Path, tmp_path: Path
 
 def test_compact_preset_is_a_few_million_params_and_any_size() -> None:
     with torch.device("meta"):
-        unet = tr.build_unet("compact_3m")
+        unet = tr.build_unet("compact_fast")
     params = sum(p.numel() for p in unet.parameters())
     assert 2e6 <= params <= 6e6
-    assert unet.config.out_channels == 6 and unet.size_multiple == 8
+    assert unet.config.out_channels == 6 and unet.size_multiple == 16
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
