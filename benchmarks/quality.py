@@ -27,6 +27,7 @@ import torch
 
 import diffpir_rt
 from diffpir_rt.engine import DiffPIRConfig, DiffPIRError, UNetDenoiser, build_unet, load_unet, sample
+from diffpir_rt.engine import argtypes
 from diffpir_rt.engine.device import resolve_device
 from diffpir_rt.engine.tasks import defaults_for
 
@@ -307,39 +308,11 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
     return parse
 
 
-def _noise(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"noise level {text}: expected a number in [0, 1]")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _steps(text: str) -> int:
-    value = int(text)
-    if not 2 <= value <= 1000:
-        raise ValueError(f"steps {text}: expected an integer in [2, 1000]")
-    return value
-
-
-def _lam(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and np.isfinite(value)):
-        raise ValueError(f"lambda {text}: expected a finite number > 0")
-    return value
-
-
-def _zeta(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"zeta {text}: expected a number in [0, 1]")
-    return value
+_noise = argtypes.unit_float
+_positive_int = argtypes.positive_int
+_steps = argtypes.num_steps
+_lam = argtypes.positive_float
+_zeta = argtypes.unit_float
 
 
 def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:

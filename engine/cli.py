@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backends import BACKENDS, check_backend_arguments
+from . import argtypes
 from .device import resolve_device
 from .errors import DiffPIRError
 from .tasks import TASKS, defaults_for
@@ -44,26 +45,10 @@ EXAMPLES_DEGRADE = """examples:
 # ----------------------------------------------------------------------------- argument types
 
 
-def _in_range(kind: type, low: float, high: float, low_open: bool = False) -> Callable[[str], Any]:
-    """An argparse type: `kind` parsed from text, within [low, high] (or (low, high])."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if not (low < value if low_open else low <= value) or not value <= high:
-            raise argparse.ArgumentTypeError(f"expected a value in {'(' if low_open else '['}{low}, {high}], got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-_positive_float = _in_range(float, 0.0, float("inf"), low_open=True)
-_unit_float = _in_range(float, 0.0, 1.0)
-_steps = _in_range(int, 2, 1000)
-_timestep = _in_range(int, 0, 999)
+_positive_float = argtypes.positive_float
+_unit_float = argtypes.unit_float
+_steps = argtypes.num_steps
+_timestep = argtypes.timestep
 
 
 # ----------------------------------------------------------------------------- shared helpers
