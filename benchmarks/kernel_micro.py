@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from diffpir_rt.engine.degrade import gaussian_kernel
+from diffpir_rt.engine.graph_runtime import capture_cuda_graph
 from diffpir_rt.engine.operators import Deblur, Inpaint, SuperResolution
 from diffpir_rt.engine.schedule import linear_schedule
 from diffpir_rt.engine.step import StepCoefficients
@@ -73,14 +74,7 @@ def per_call_ms(fn: Callable[[], Any], device: torch.device, mode: str, calls: i
 
     many()  # warm-up: module loads, FFT plans
     if mode == "graph":
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            many()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            many()
+        graph = capture_cuda_graph(many, device)
         graph.replay()
         run = graph.replay
     else:

@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffpir_rt.engine.degrade import gaussian_kernel, random_mask
 from diffpir_rt.engine.denoiser import UNetDenoiser
 from diffpir_rt.engine.fast_unet import prepare_unet
-from diffpir_rt.engine.graph_runtime import GraphRuntime, GraphSampler
+from diffpir_rt.engine.graph_runtime import GraphRuntime, GraphSampler, capture_cuda_graph
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, Operator, SuperResolution
 from diffpir_rt.engine.sampler import DiffPIRConfig, sample
 from diffpir_rt.engine.tasks import OFFICIAL_DEFAULTS
@@ -219,14 +219,7 @@ def unet_only_ms(runtime: GraphRuntime, repeats: int = 3) -> float:
     if not runtime.capture:
         calls()
         return float(np.median([harness.time_ms(calls, device)[0] for _ in range(repeats)]))
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        calls()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        calls()
+    graph = capture_cuda_graph(calls, device)
     graph.replay()
     ms = float(np.median([harness.time_ms(graph.replay, device)[0] for _ in range(repeats)]))
     del graph

@@ -1,5 +1,24 @@
+"""The DiffPIR engine: schedule, operators, sampler, UNet and its loader (the public API)."""
+
+from .denoiser import UNetDenoiser, load_state_dict_file, load_unet
 from .errors import DiffPIRError
-from .unet import UNetModel, UNetConfig, ARCH_PRESETS, build_unet
-from .denoiser import UNetDenoiser, load_unet, load_state_dict_file
 from .operators import Deblur, Denoise, Inpaint, SuperResolution
 from .sampler import DiffPIRConfig, sample
+from .unet import ARCH_PRESETS, UNetConfig, UNetModel, build_unet
+
+__all__ = [
+    "ARCH_PRESETS",
+    "Deblur",
+    "Denoise",
+    "DiffPIRConfig",
+    "DiffPIRError",
+    "Inpaint",
+    "SuperResolution",
+    "UNetConfig",
+    "UNetDenoiser",
+    "UNetModel",
+    "build_unet",
+    "load_state_dict_file",
+    "load_unet",
+    "sample",
+]

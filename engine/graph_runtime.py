@@ -15,7 +15,7 @@ runs eagerly, which is how its equality with engine.sample is tested on CPU.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -33,6 +33,21 @@ from .schedule import linear_schedule
 logger = logging.getLogger(__name__)
 
 Noise = Union[Sequence[Tensor], Tensor]
+
+
+def capture_cuda_graph(fn: Callable[[], Any], device: torch.device, warmup: int = 1) -> "torch.cuda.CUDAGraph":
+    """Warm `fn` up on a side stream (cuFFT plans, cuDNN algorithms, kernel loads), then record
+    one call of it as a CUDA graph; replay with `graph.replay()`."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup)):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
 
 
 class GraphRuntime:
@@ -177,17 +192,7 @@ class GraphRuntime:
 
     @torch.no_grad()
     def _capture(self) -> None:
-        device = self.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(max(1, self.warmup)):
-                self.loop()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.loop()
-        self._graph = graph
+        self._graph = capture_cuda_graph(self.loop, self.device, warmup=self.warmup)
         logger.info("captured the %d-step %s loop for %s (impl %s)", len(self.plan.steps), self.plan.family,
                     self.plan.image_shape, self.impl)  # fmt: skip
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .errors import DiffPIRError
 from .prior import sha256_file
