@@ -163,3 +163,20 @@ def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "invalid choice: 'colorize'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_channels_last_matches_the_reference_to_rounding(clean: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    outs = []
+    for name, extra in (("ref.npy", []), ("nhwc.npy", ["--channels-last"])):
+        out = tmp_path / name
+        assert _restore(["--task", "denoise", "--input", str(clean), "--output", str(out), *extra], tiny_checkpoint) == 0
+        outs.append(np.load(out))
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-4
+
+
+def test_channels_last_is_a_torch_backend_option(clean: Path, tmp_path: Path, capsys) -> None:
+    onnx = tmp_path / "unet.onnx"
+    onnx.write_bytes(b"placeholder")
+    err = _error(capsys, ["restore", "--task", "denoise", "--input", str(clean), "--output", str(tmp_path / "o.png"),
+                          "--backend", "onnxruntime", "--onnx", str(onnx), "--channels-last"])
+    assert "--channels-last apply to another backend" in err
