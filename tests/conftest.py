@@ -24,3 +24,14 @@ def device() -> torch.device:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+def cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run `diffpir argv`; assert the user-error contract (exit 2, one stderr line, no traceback)."""
+    from diffpir_rt.engine.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    return err

@@ -96,12 +96,7 @@ def test_help_teaches(capsys: pytest.CaptureFixture) -> None:
     assert "examples:" in text and "--sigma-n" in text and "--kernel" in text
 
 
-def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("\n") == 1
-    return err
+from ..conftest import cli_error as _error
 
 
 @pytest.mark.parametrize(

@@ -33,12 +33,7 @@ def cli_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out, stdout.getvalue()
 
 
-def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("\n") == 1
-    return err
+from ..conftest import cli_error as _error
 
 
 def test_export_onnx_prints_parity_and_writes_sidecar(cli_onnx: tuple[Path, str], tiny_checkpoint: Path) -> None:
