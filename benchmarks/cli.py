@@ -1,4 +1,4 @@
-"""Sub-commands of the benchmarks room, plugged into `diffpir` by engine/cli.py.
+"""Sub-commands of the benchmarks room, plugged into `diffpir` by diffpir_rt/cli.py.
 
 * `diffpir eval`: the quality benchmark (benchmarks/quality.py).
 * `diffpir bench`: the latency/throughput harness, benchmarks/latency.py's
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 LATENCY_MODULE = "diffpir_rt.benchmarks.latency"
 
@@ -42,7 +42,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register `eval` and `bench` (called by engine.cli._optional_registrars)."""
+    """Register `eval` and `bench` (called by diffpir_rt.cli)."""
     from .quality import add_eval_parser
 
     add_eval_parser(subparsers)

@@ -26,8 +26,8 @@ from diffpir_rt.engine.graph_runtime import capture_cuda_graph
 from diffpir_rt.engine.operators import Deblur, Inpaint, SuperResolution
 from diffpir_rt.engine.schedule import linear_schedule
 from diffpir_rt.engine.step import StepCoefficients
-from diffpir_rt.kernels import fourier_correction, predict_x0_01, step_elementwise, step_fourier
-from diffpir_rt.kernels._loader import cupy_problem
+from diffpir_rt.engine.fused import fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.kernels import cupy_problem
 
 from . import harness
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 PathLike = str | os.PathLike
 

@@ -664,7 +664,7 @@ def _run_ablation(args, plan: _Plan, images, configs, model, lpips, record: dict
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m benchmarks.quality ARGS` = `diffpir eval ARGS` (same parser, same error handling)."""
-    from diffpir_rt.engine.cli import main as cli_main
+    from diffpir_rt.cli import main as cli_main
 
     return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 

@@ -1,3 +1,3 @@
-from diffpir_rt.engine.cli import main
+from diffpir_rt.cli import main
 
 raise SystemExit(main())

@@ -19,7 +19,7 @@ import scipy.io
 import scipy.ndimage
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 PathLike = str | os.PathLike
 

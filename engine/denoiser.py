@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .unet import ARCH_PRESETS, UNetConfig, UNetModel, build_unet, resolve_arch
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 
 def resolve_device(name: str) -> torch.device:

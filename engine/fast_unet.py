@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from .denoiser import UNetDenoiser
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .unet import ATTENTION_IMPLS, set_attention_impl
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -15,7 +15,7 @@ from typing import Any, Hashable
 
 import torch
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .operators import Inpaint, Operator, _FourierOperator
 from .sampler import DiffPIRConfig
 from .schedule import linear_schedule

@@ -20,10 +20,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from diffpir_rt.kernels import fourier_correction, predict_x0_01, step_elementwise, step_fourier
-from diffpir_rt.kernels._loader import Impl, resolve_impl
+from .fused import fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.kernels import Impl, resolve_impl
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .graph_plan import GraphPlan, operator_family, plan_graph
 from .imageio import from_model
 from .operators import ElementwiseDataStep, FourierDataStep, Operator, check_image_batch

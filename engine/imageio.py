@@ -22,7 +22,7 @@ import png  # pypng, pure Python: 16-bit PNG (tifffile, for 16-bit TIFF, is impo
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 PathLike = str | os.PathLike
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)

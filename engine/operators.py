@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 ArrayLike = Union[np.ndarray, Tensor]
 SR_SCALES = (2, 3, 4)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 PAD_MODES = ("circular", "reflect")
 

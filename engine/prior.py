@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .denoiser import UNetDenoiser, load_unet
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CARD_PATH = WEIGHTS_DIR / "bundled_prior.json"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .imageio import from_model, to_model
 from .operators import Operator, check_image_batch
 from .padding import pad_to_multiple

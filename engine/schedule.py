@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 TASKS = ("deblur", "sr", "inpaint", "denoise")
 

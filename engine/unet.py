@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 #: GroupNorm32 settings (GD `nn.py` normalization).
 NORM_GROUPS = 32

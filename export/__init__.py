@@ -5,7 +5,12 @@ Three stages, each a function from paths to a path: `export_onnx(checkpoint, out
 onnx, onnxruntime and tensorrt are imported only by the functions that need them.
 """
 
-from .contract import IOContract, Precision, ShapeRange, TensorSpec, unet_contract
+from diffpir_rt._rooms import require_qualified_name
+
+require_qualified_name(__name__, "export")
+
+
+from diffpir_rt.engine.backends.contract import IOContract, Precision, ShapeRange, TensorSpec, unet_contract
 from .onnx_export import OnnxExportConfig, export_onnx
 from .tensorrt_build import EngineKey, build_engine, check_plan, plan_profile
 

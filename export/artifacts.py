@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 #: Bumped when a sidecar's layout changes.
 SIDECAR_VERSION = 1

@@ -1,6 +1,6 @@
 """`diffpir export onnx | trt`: thin handlers over `export_onnx` and `build_engine`.
 
-Registered by engine/cli.py through `add_export_parser`. Every argument is checked
+Registered by diffpir_rt/cli.py through `add_export_parser`. Every argument is checked
 before a model is loaded; DiffPIRErrors become one line on stderr and exit 2.
 """
 
@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 EXAMPLES_ONNX = """examples:
   diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet.onnx --dynamic-size

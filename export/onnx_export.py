@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from diffpir_rt.engine.denoiser import UNetDenoiser, load_unet
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.engine.unet import UNetConfig, build_unet, resolve_arch
 
 from .artifacts import sha256_files, tool_versions, write_sidecar
-from .contract import BATCH, HEIGHT, METADATA_KEYS, WIDTH, CONTRACT_VERSION, IOContract, Precision, contract_from_dims, fix_axes, unet_contract
+from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, METADATA_KEYS, WIDTH, CONTRACT_VERSION, IOContract, Precision, contract_from_dims, fix_axes, unet_contract
 
 logger = logging.getLogger(__name__)
 

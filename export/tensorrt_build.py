@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 from .artifacts import canonical_sha256, read_sidecar, sha256_files, tool_versions, write_bytes, write_sidecar
-from .contract import BATCH, HEIGHT, WIDTH, IOContract, Precision, Profile, ShapeRange
+from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, WIDTH, IOContract, Precision, Profile, ShapeRange
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def build_engine(
     """
     import onnx as onnx_lib
 
-    from .contract import METADATA_KEYS, unet_contract
+    from diffpir_rt.engine.backends.contract import METADATA_KEYS, unet_contract
     from .onnx_export import check_onnx_contract
 
     onnx_path, plan = Path(onnx), Path(output)

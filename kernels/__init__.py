@@ -1,19 +1,26 @@
-"""CUDA kernels for the DiffPIR fast path, each a pair `<name>.cu` + `<name>.py` (style.md kernels/).
+"""CUDA kernels of the DiffPIR fast path, each a pair `<name>.cu` + `<name>.py`.
 
-Every public function takes `impl="auto" | "cupy" | "torch"`; the torch path is the
-engine's own function, so the kernels and the engine compute one formula.
+The Python half of each pair checks raw tensors and launches the CUDA code through
+CuPy; it imports nothing of the engine. The torch formulas the kernels equal, and
+the choice between a kernel and its torch twin, are the engine's
+(`diffpir_rt.engine.fused`).
 """
 
-from ._loader import IMPLS, Impl, resolve_impl
-from .diffpir_step import predict_x0_01, step_elementwise, step_fourier
-from .fourier_correction import fourier_correction
+from diffpir_rt._rooms import require_qualified_name
+
+require_qualified_name(__name__, "kernels")
+
+from ._loader import IMPLS, Impl, cupy_problem, resolve_impl  # noqa: E402
+from .diffpir_step import launch_predict_x0_01, launch_step_correction, launch_step_mask  # noqa: E402
+from .fourier_correction import launch_fourier_correction  # noqa: E402
 
 __all__ = [
     "IMPLS",
     "Impl",
+    "cupy_problem",
+    "launch_fourier_correction",
+    "launch_predict_x0_01",
+    "launch_step_correction",
+    "launch_step_mask",
     "resolve_impl",
-    "predict_x0_01",
-    "step_elementwise",
-    "step_fourier",
-    "fourier_correction",
 ]

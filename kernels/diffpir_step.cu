@@ -7,7 +7,7 @@
 //     mask        x0_01 = x0_01 + m (y - x0_01) / (m + rho)           spec §6.1 (inpaint, denoise)
 //     correction  x0_01 = x0_01 + Re(IFFT(C))   C from fourier_correction.cu, spec §6.2-6.3
 //   x0      = 2 x0_01 - 1
-//   eps_hat = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)                                    spec §4 2b
+//   eps_hat = (x_t - sqrt(a_t) x0) * (1 / sqrt(1 - a_t))                                  spec §4 2b
 //   x_t'    = sqrt(a_t') x0 + sqrt(1 - a_t') (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)  spec §4 2c
 //
 // Entry points (extern "C", unmangled for cupy.RawModule.get_function):
@@ -23,7 +23,7 @@
 // so every operation rounds as torch's eager kernels do. NaN propagates (no fminf clamp).
 
 struct Coefficients {
-    float sqrt_recip_a, sqrt_recipm1_a, sqrt_a, sqrt_1m_a, sqrt_a_next, sqrt_1m_a_next;
+    float sqrt_recip_a, sqrt_recipm1_a, sqrt_a, inv_sqrt_1m_a, sqrt_a_next, sqrt_1m_a_next;
     float w_eps;  // sqrt(1 - zeta)
     float w_z;    // sqrt(zeta)
 };
@@ -39,7 +39,8 @@ __device__ __forceinline__ float predict_x0_01(float x, float eps, const Coeffic
 
 __device__ __forceinline__ float renoise_01(float x, float x0_01, float z, const Coefficients& c) {
     const float x0 = 2.0f * x0_01 - 1.0f;
-    const float eps_hat = (x - c.sqrt_a * x0) / c.sqrt_1m_a;
+    // torch on CUDA divides by a scalar as a multiply by its fp32 reciprocal; so does this.
+    const float eps_hat = (x - c.sqrt_a * x0) * c.inv_sqrt_1m_a;
     const float mixed = c.w_eps * eps_hat + c.w_z * z;
     return c.sqrt_a_next * x0 + c.sqrt_1m_a_next * mixed;
 }
@@ -60,10 +61,10 @@ __device__ __forceinline__ float step_correction(float x, float eps, float z, fl
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
 #define COEFFICIENT_PARAMS                                                                    \
-    float sqrt_recip_a, float sqrt_recipm1_a, float sqrt_a, float sqrt_1m_a, float sqrt_a_next, \
+    float sqrt_recip_a, float sqrt_recipm1_a, float sqrt_a, float inv_sqrt_1m_a, float sqrt_a_next, \
         float sqrt_1m_a_next, float w_eps, float w_z
 #define COEFFICIENTS \
-    Coefficients { sqrt_recip_a, sqrt_recipm1_a, sqrt_a, sqrt_1m_a, sqrt_a_next, sqrt_1m_a_next, w_eps, w_z }
+    Coefficients { sqrt_recip_a, sqrt_recipm1_a, sqrt_a, inv_sqrt_1m_a, sqrt_a_next, sqrt_1m_a_next, w_eps, w_z }
 
 extern "C" __global__ void diffpir_predict_x0_01(const float* __restrict__ x_t, const float* __restrict__ eps,
                                                  float* __restrict__ x0_01, long long n, float sqrt_recip_a,

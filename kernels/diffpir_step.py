@@ -1,27 +1,23 @@
-"""The fused DiffPIR step (kernels/diffpir_step.cu) and its torch twin, engine/step.py.
+"""Launchers of the fused DiffPIR step (kernels/diffpir_step.cu).
 
-One formula, two executions: the torch path *is* `engine.step.diffpir_update` with the
-engine's data step, so the sampler, the CUDA-graph runtime's torch path and the tests'
-reference are the same code. The CUDA path does predict-x0, the data step and the
-re-noising in one pass over the image (fp32; impl="cupy" needs CUDA tensors and CuPy).
+The kernel computes predict-x0, the data step and the re-noising in one pass over the
+image, fp32. Its torch twin, and the choice between the two, live in the engine
+(`diffpir_rt.engine.fused`): this module only checks raw tensors and launches, so the
+kernels room depends on nothing of the engine.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffpir_rt.engine.errors import DiffPIRError
-from diffpir_rt.engine.imageio import from_model
-from diffpir_rt.engine.operators import ElementwiseDataStep, FourierDataStep
-from diffpir_rt.engine.step import StepCoefficients, diffpir_update, predict_x0
+from diffpir_rt.errors import DiffPIRError
 
 from . import _loader
-from ._loader import Impl, pointer
+from ._loader import pointer
 
 NAME = "diffpir_step"
 #: The extern "C" entry points of diffpir_step.cu, as RawModule.get_function names them.
@@ -32,42 +28,27 @@ CUDA_FUNCTIONS = (
     "diffpir_step_correction_v1",
     "diffpir_step_correction_v4",
 )
+#: The step's scalars, in the kernel's parameter order.
+COEFFICIENT_NAMES = (
+    "sqrt_recip_a", "sqrt_recipm1_a", "sqrt_a", "inv_sqrt_1m_a", "sqrt_a_next", "sqrt_1m_a_next", "w_eps", "w_z",
+)  # fmt: skip
 
 
-def _coefficient_args(c: StepCoefficients) -> tuple[np.float32, ...]:
-    """The kernel's coefficient parameters, rounded to fp32 as torch rounds Python scalars."""
-    values = (
-        c.sqrt_recip_a,
-        c.sqrt_recipm1_a,
-        c.sqrt_a,
-        c.sqrt_1m_a,
-        c.sqrt_a_next,
-        c.sqrt_1m_a_next,
-        math.sqrt(1.0 - c.zeta),
-        math.sqrt(c.zeta),
-    )
-    return tuple(np.float32(v) for v in values)
+def _float32_args(coefficients: Sequence[float]) -> tuple[np.float32, ...]:
+    """The coefficients rounded to fp32, as torch rounds Python scalars for fp32 tensors."""
+    if len(coefficients) != len(COEFFICIENT_NAMES):
+        raise DiffPIRError(f"{NAME}: expected {len(COEFFICIENT_NAMES)} coefficients {COEFFICIENT_NAMES}, got {len(coefficients)}")
+    return tuple(np.float32(v) for v in coefficients)
 
 
-def _check_state(kernel: str, x_t: Tensor, **others: Tensor) -> None:
+def _check_state(x_t: Tensor, **others: Tensor) -> None:
     """fp32, contiguous, same device and shape (B, C, H, W) as x_t."""
     if x_t.ndim != 4:
-        raise DiffPIRError(f"{kernel}: x_t expected (B, C, H, W), got shape {tuple(x_t.shape)}")
+        raise DiffPIRError(f"{NAME}: x_t expected (B, C, H, W), got shape {tuple(x_t.shape)}")
     for label, t in others.items():
         if t.shape != x_t.shape:
-            raise DiffPIRError(f"{kernel}: {label} has shape {tuple(t.shape)}, expected {tuple(x_t.shape)}")
-    _loader.check_tensors(
-        kernel, x_t.device, x_t=(x_t, torch.float32), **{k: (t, torch.float32) for k, t in others.items()}
-    )
-
-
-def _output(x_t: Tensor, out: Optional[Tensor]) -> Tensor:
-    return torch.empty_like(x_t, memory_format=torch.contiguous_format) if out is None else out
-
-
-def _into(out: Optional[Tensor], result: Tensor) -> Tensor:
-    """The torch path's result, written into `out` when one is given (same contract as CUDA)."""
-    return result if out is None else out.copy_(result)
+            raise DiffPIRError(f"{NAME}: {label} has shape {tuple(t.shape)}, expected {tuple(x_t.shape)}")
+    _loader.check_tensors(NAME, x_t.device, x_t=(x_t, torch.float32), **{k: (t, torch.float32) for k, t in others.items()})
 
 
 def _mask_strides(mask: Tensor, batch: int, channels: int, height: int, width: int) -> tuple[int, int, int]:
@@ -87,53 +68,20 @@ def _vectorizable(n: int, hw: int, *tensors: Tensor) -> bool:
     return n % 4 == 0 and hw % 4 == 0 and _loader.is_aligned(*tensors)
 
 
-def predict_x0_01(
-    x_t: Tensor, eps: Tensor, c: StepCoefficients, *, impl: Impl = "auto", out: Optional[Tensor] = None
-) -> Tensor:
-    """x0 from eps, clamped, then in [0, 1] (spec §3, §1): the Fourier data step's FFT input.
-
-    Args:
-        x_t, eps: (B, C, H, W) fp32 in model units.
-        out: optional result buffer (fp32, contiguous, not aliasing the inputs).
-    Returns:
-        from_model(predict_x0(x_t, eps, c)), (B, C, H, W).
-    """
-    if _loader.resolve_impl(impl, x_t, NAME) == "torch":
-        return _into(out, from_model(predict_x0(x_t, eps, c)))
-    out = _output(x_t, out)
-    _check_state(NAME, x_t, eps=eps, out=out)
+def launch_predict_x0_01(x_t: Tensor, eps: Tensor, sqrt_recip_a: float, sqrt_recipm1_a: float, out: Tensor) -> Tensor:
+    """out = clamp(sqrt_recip_a x_t - sqrt_recipm1_a eps, -1, 1) / 2 + 1/2, all (B, C, H, W) fp32."""
+    _check_state(x_t, eps=eps, out=out)
     n = x_t.numel()
-    args = (pointer(x_t), pointer(eps), pointer(out), np.int64(n), *_coefficient_args(c)[:2])
+    args = (pointer(x_t), pointer(eps), pointer(out), np.int64(n), np.float32(sqrt_recip_a), np.float32(sqrt_recipm1_a))
     _loader.launch(NAME, "diffpir_predict_x0_01", n, args, x_t)
     return out
 
 
-def step_elementwise(
-    x_t: Tensor,
-    eps: Tensor,
-    z: Tensor,
-    c: StepCoefficients,
-    data_step: ElementwiseDataStep,
-    rho: float,
-    *,
-    impl: Impl = "auto",
-    out: Optional[Tensor] = None,
+def launch_step_mask(
+    x_t: Tensor, eps: Tensor, z: Tensor, mask: Tensor, y: Tensor, rho: float, coefficients: Sequence[float], out: Tensor
 ) -> Tensor:
-    """One whole step with the mask prox (inpaint, denoise; spec §3, §4, §6.1) folded in.
-
-    Args:
-        x_t, eps, z: (B, C, H, W) fp32: state, model output, fresh N(0, I) noise.
-        data_step: the operator's bound mask step (mask (Bm, Cm, H, W) or a scalar, y).
-        rho: rho_t.
-        out: optional result buffer (fp32, contiguous, not aliasing the inputs).
-    Returns:
-        x_t' (B, C, H, W) = diffpir_update(x_t, eps, z, c, data_step(., rho)).
-    """
-    if _loader.resolve_impl(impl, x_t, NAME) == "torch":
-        return _into(out, diffpir_update(x_t, eps, z, c, lambda x0: data_step(x0, rho)))
-    mask, y = data_step.mask, data_step.y
-    out = _output(x_t, out)
-    _check_state(NAME, x_t, eps=eps, z=z, y=y, out=out)
+    """One whole step with the mask prox folded in; mask a scalar or (1|B, 1|C, H, W)."""
+    _check_state(x_t, eps=eps, z=z, y=y, out=out)
     batch, channels, height, width = x_t.shape
     hw = height * width
     strides = _mask_strides(mask, batch, channels, height, width)
@@ -143,47 +91,25 @@ def step_elementwise(
     args = (
         pointer(x_t), pointer(eps), pointer(z), pointer(mask), pointer(y), pointer(out),
         np.int64(n), np.int64(hw), np.int64(channels), *(np.int64(s) for s in strides), np.float32(rho),
-        *_coefficient_args(c),
+        *_float32_args(coefficients),
     )  # fmt: skip
     function = "diffpir_step_mask_v4" if vector else "diffpir_step_mask_v1"
     _loader.launch(NAME, function, n // 4 if vector else n, args, x_t)
     return out
 
 
-def step_fourier(
-    x_t: Tensor,
-    eps: Tensor,
-    z: Tensor,
-    c: StepCoefficients,
-    data_step: FourierDataStep,
-    correction: Tensor,
-    *,
-    impl: Impl = "auto",
-    out: Optional[Tensor] = None,
+def launch_step_correction(
+    x_t: Tensor, eps: Tensor, z: Tensor, correction_image: Tensor, coefficients: Sequence[float], out: Tensor
 ) -> Tensor:
-    """One whole step whose data step adds a Fourier correction (deblur, SR; spec §6.2-6.3).
-
-    Args:
-        x_t, eps, z: (B, C, H, W) fp32.
-        data_step: the operator's bound Fourier step (its `apply_correction` is the reference).
-        correction: (B, C, H, W) complex64 correction spectrum, from `fourier_correction`.
-        out: optional result buffer (fp32, contiguous, not aliasing the inputs).
-    Returns:
-        x_t' = diffpir_update(x_t, eps, z, c, data_step.apply_correction(., correction)).
-        The CUDA path runs the inverse FFT through torch, then one kernel reads its real part.
-    """
-    if _loader.resolve_impl(impl, x_t, NAME) == "torch":
-        return _into(out, diffpir_update(x_t, eps, z, c, lambda x0: data_step.apply_correction(x0, correction)))
-    out = _output(x_t, out)
-    _check_state(NAME, x_t, eps=eps, z=z, out=out)
-    if correction.shape != x_t.shape:
-        raise DiffPIRError(f"{NAME}: correction has shape {tuple(correction.shape)}, expected {tuple(x_t.shape)}")
-    correction_image = torch.fft.ifft2(correction)
+    """One whole step adding Re(correction_image), the inverse FFT of the Fourier correction (complex64)."""
+    _check_state(x_t, eps=eps, z=z, out=out)
+    if correction_image.shape != x_t.shape:
+        raise DiffPIRError(f"{NAME}: correction has shape {tuple(correction_image.shape)}, expected {tuple(x_t.shape)}")
     _loader.check_tensors(NAME, x_t.device, correction=(correction_image, torch.complex64))
     n = x_t.numel()
     vector = _vectorizable(n, 4, x_t, eps, z, correction_image, out)
     args = (pointer(x_t), pointer(eps), pointer(z), pointer(correction_image), pointer(out), np.int64(n),
-            *_coefficient_args(c))  # fmt: skip
+            *_float32_args(coefficients))  # fmt: skip
     function = "diffpir_step_correction_v4" if vector else "diffpir_step_correction_v1"
     _loader.launch(NAME, function, n // 4 if vector else n, args, x_t)
     return out

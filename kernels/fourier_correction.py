@@ -1,59 +1,44 @@
-"""The Fourier data step's spectral update (kernels/fourier_correction.cu) and its torch twin.
+"""Launcher of the Fourier data step's spectral update (kernels/fourier_correction.cu).
 
-The torch path *is* `engine.operators.FourierDataStep.correction`. The CUDA path fuses
-its multiply, sf x sf block average, division, tiling and final multiply into one
-pass that reads the spectrum once and writes the correction once: deblurring is sf = 1
-(one elementwise complex kernel), super-resolution sf = 2..4.
+The kernel fuses the multiply, sf x sf block average, division, tiling and final
+multiply of the correction into one pass that reads the spectrum once and writes the
+correction once: deblurring is sf = 1, super-resolution sf = 2..4. Its torch twin
+(`FourierDataStep.correction`) and the choice between the two live in the engine.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffpir_rt.engine.errors import DiffPIRError
-from diffpir_rt.engine.operators import FourierDataStep
+from diffpir_rt.errors import DiffPIRError
 
 from . import _loader
-from ._loader import Impl, pointer
+from ._loader import pointer
 
 NAME = "fourier_correction"
 SCALES = (1, 2, 3, 4)
 CUDA_FUNCTIONS = tuple(f"fourier_correction_sf{sf}" for sf in SCALES)
 
 
-def fourier_correction(
-    data_step: FourierDataStep,
-    x0_spectrum: Tensor,
-    rho: float,
-    *,
-    impl: Impl = "auto",
-    out: Optional[Tensor] = None,
+def launch_fourier_correction(
+    x0_spectrum: Tensor, otf: Tensor, abs2: Tensor, y_spectrum: Tensor, sf: int, rho: float, out: Tensor
 ) -> Tensor:
-    """otf_conj * tile((Y - fold(otf * X0)) / (fold(|otf|^2) + rho)), spec §6.2-6.3.
+    """out = otf_conj * tile((Y - fold(otf * X0)) / (fold(|otf|^2) + rho)), all complex64 but abs2.
 
     Args:
-        data_step: the operator's bound Fourier step (otf, folded |otf|^2, Y, sf).
-        x0_spectrum: FFT(x0), (B, C, H, W) complex64, x0 in [0, 1].
-        rho: rho_t.
-        out: optional (B, C, H, W) complex64 result buffer; may be x0_spectrum.
-    Returns:
-        The correction spectrum, (B, C, H, W) complex64.
+        x0_spectrum: FFT(x0), (B, C, H, W), x0 in [0, 1].
+        otf: (1 or B, 1, H, W); abs2: fold(|otf|^2), (1 or B, 1, H/sf, W/sf) fp32.
+        y_spectrum: (B, C, H/sf, W/sf).
+        out: (B, C, H, W) result buffer; may be x0_spectrum.
     """
-    if _loader.resolve_impl(impl, x0_spectrum, NAME) == "torch":
-        result = data_step.correction(x0_spectrum, rho)
-        return result if out is None else out.copy_(result)
-    sf = data_step.sf
     if sf not in SCALES:
         raise DiffPIRError(f"{NAME}: scale expected one of {SCALES}, got {sf}")
     if x0_spectrum.ndim != 4:
         raise DiffPIRError(f"{NAME}: x0_spectrum expected (B, C, H, W), got shape {tuple(x0_spectrum.shape)}")
     batch, channels, height, width = x0_spectrum.shape
     h, w = height // sf, width // sf
-    otf, abs2, y_spectrum = data_step.otf, data_step.otf_abs2_folded, data_step.y_spectrum
     expected = {
         "otf": (otf, (1, height, width)),
         "otf_abs2_folded": (abs2, (1, h, w)),
@@ -65,8 +50,6 @@ def fourier_correction(
         raise DiffPIRError(
             f"{NAME}: y_spectrum {tuple(y_spectrum.shape)} does not fit a {height}x{width} spectrum at scale {sf}"
         )
-    if out is None:
-        out = torch.empty_like(x0_spectrum)
     complex64 = torch.complex64
     _loader.check_tensors(
         NAME,

@@ -28,7 +28,7 @@ def data_dir() -> Path:
 
 def cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     """Run `diffpir argv`; assert the user-error contract (exit 2, one stderr line, no traceback)."""
-    from diffpir_rt.engine.cli import main
+    from diffpir_rt.cli import main
 
     code = main(argv)
     err = capsys.readouterr().err

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .base import Denoiser
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 
 @runtime_checkable

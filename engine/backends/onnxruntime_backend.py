@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffpir_rt.export.contract import CONTRACT_VERSION, METADATA_KEYS, IOContract, contract_from_dims, unet_contract
+from .contract import CONTRACT_VERSION, METADATA_KEYS, IOContract, contract_from_dims, unet_contract
 
-from ..errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .base import batch_timesteps, check_image_input
 
 logger = logging.getLogger(__name__)

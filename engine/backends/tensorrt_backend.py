@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffpir_rt.export.contract import contract_from_dict, contract_from_dims
+from .contract import contract_from_dict, contract_from_dims
 from diffpir_rt.export.tensorrt_build import check_plan, current_gpu, import_tensorrt, shapes_outside_profile
 
-from ..errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from .base import batch_timesteps, check_image_input
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import UNetDenoiser, load_unet
-from ..errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from diffpir_rt.benchmarks import baselines, metrics, quality, quality_report
 from diffpir_rt.benchmarks.protocol import TaskSpec, TestImage, load_images, make_measurement, task_matrix
 from diffpir_rt.engine import DiffPIRError, UNetDenoiser, build_unet, degrade
-from diffpir_rt.engine.cli import main
+from diffpir_rt.cli import main
 from diffpir_rt.engine.imageio import read_image, write_image
 
 BUTTERFLY = Path(__file__).parents[1] / "data" / "images" / "butterfly.png"

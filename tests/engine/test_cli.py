@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffpir_rt.engine import build_unet, prior
-from diffpir_rt.engine.cli import main
+from diffpir_rt.cli import main
 from diffpir_rt.engine.imageio import read_image, write_image
 
 TEST_IMAGE = Path(__file__).parents[1] / "data" / "images" / "butterfly.png"

@@ -34,7 +34,7 @@ from diffpir_rt.engine.degrade import (
     motion_kernel,
     random_mask,
 )
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 DATA = Path(__file__).parents[1] / "data"
 DERIVED = DATA / "derived"

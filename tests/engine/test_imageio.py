@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from diffpir_rt.engine import imageio
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.engine.imageio import check_finite, from_model, read_image, read_mask, to_model, write_image
 
 DATA = Path(__file__).parents[1] / "data"

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from diffpir_rt.engine.cli import main  # noqa: E402
+from diffpir_rt.cli import main  # noqa: E402
 from diffpir_rt.engine.imageio import read_image, write_image  # noqa: E402
 from diffpir_rt.export.artifacts import sha256_files  # noqa: E402
 

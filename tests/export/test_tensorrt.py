@@ -13,7 +13,7 @@ import torch
 
 from diffpir_rt.engine import DiffPIRError
 from diffpir_rt.export.artifacts import sha256_files, write_sidecar
-from diffpir_rt.export.contract import BATCH, HEIGHT, WIDTH, ShapeRange, fix_axes, unet_contract
+from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, WIDTH, ShapeRange, fix_axes, unet_contract
 from diffpir_rt.export.tensorrt_build import (
     TRT_MISSING,
     EngineKey,

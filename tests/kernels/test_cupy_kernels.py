@@ -17,7 +17,8 @@ import torch
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
 from diffpir_rt.engine.schedule import linear_schedule
 from diffpir_rt.engine.step import StepCoefficients
-from diffpir_rt.kernels import _loader, fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.engine.fused import fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.kernels import _loader
 
 from ..gpu_support import requires_cupy
 

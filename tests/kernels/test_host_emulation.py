@@ -22,7 +22,9 @@ import torch
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
 from diffpir_rt.engine.schedule import linear_schedule
 from diffpir_rt.engine.step import StepCoefficients
-from diffpir_rt.kernels import _loader, fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.engine import fused
+from diffpir_rt.engine.fused import fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.kernels import _loader
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not on PATH")
 
@@ -73,7 +75,7 @@ def launches(monkeypatch, host_libraries) -> list[str]:
         launched.append(function)
 
     monkeypatch.setattr(_loader, "launch", launch)
-    monkeypatch.setattr(_loader, "resolve_impl", lambda impl, like, kernel: impl if impl == "torch" else "cupy")
+    monkeypatch.setattr(fused, "resolve_impl", lambda impl, like, kernel: impl if impl == "torch" else "cupy")
     return launched
 
 

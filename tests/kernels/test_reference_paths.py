@@ -13,7 +13,8 @@ from diffpir_rt.engine import DiffPIRError
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
 from diffpir_rt.engine.schedule import linear_schedule
 from diffpir_rt.engine.step import StepCoefficients, predict_x0
-from diffpir_rt.kernels import _loader, fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.engine.fused import fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.kernels import _loader
 
 from ..engine.reference_diffpir import fourier_solution
 

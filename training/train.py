@@ -7,8 +7,8 @@ v = 0 means GD's variance halfway (in log) between beta_t and beta_tilde_t.
 
 Two commands, one module:
 
-    python -m diffpir_rt.engine.train --data DIR --out runs/prior ...   # train / --resume
-    python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt
+    diffpir train --data DIR --out runs/prior ...   # train / --resume
+    diffpir train export --checkpoint runs/prior/checkpoint.pt
 
 Training state lives in one file, ``<out>/checkpoint.pt`` (model, EMA, optimizer,
 step, RNG state, recipe), written atomically every few minutes, at the end of a
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DiffPIRError
-from .prior import sha256_file
-from .schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, linear_schedule
-from .unet import ARCH_PRESETS, AttentionBlock, ResBlock, UNetModel, build_unet, resolve_arch
+from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.engine.prior import sha256_file
+from diffpir_rt.engine.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, linear_schedule
+from diffpir_rt.engine.unet import ARCH_PRESETS, AttentionBlock, ResBlock, UNetModel, build_unet, resolve_arch
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ CHECKPOINT_FORMAT = "diffpir-rt-train/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: final_loss = mean eps-MSE over this many most recent steps.
 LOSS_WINDOW = 500
-DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "weights"
 BSDS_NOTE = (
     "Berkeley Segmentation Dataset images (BSDS500 minus the 68 CBSD68 test images, 'BSD432'); "
     "BSDS terms: non-commercial research and educational use. Weights trained on it inherit that note."
@@ -129,6 +128,8 @@ class Stage:
         log_every: steps per row of loss.csv.
         resume: continue from <out>/checkpoint.pt.
         progress: show a tqdm bar.
+        init_weights: a new run starts from these weights (model and EMA) instead of a
+            random init, so a lost run folder never throws away the shipped training.
     """
 
     data: str
@@ -141,6 +142,7 @@ class Stage:
     log_every: int = 10
     resume: bool = False
     progress: bool = True
+    init_weights: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -323,6 +325,16 @@ class Trainer:
     @property
     def final_loss(self) -> Optional[float]:
         return float(np.mean(self.recent_losses)) if self.recent_losses else None
+
+    @torch.no_grad()
+    def init_from_weights(self, path: str | os.PathLike[str]) -> None:
+        """Copy exported (e.g. fp16 safetensors) weights into the model and the EMA."""
+        from .denoiser import load_unet
+
+        source = load_unet(path, self.recipe.arch, device="cpu", dtype=torch.float32).unet.state_dict()
+        self.model.load_state_dict(source, strict=True)
+        for key, value in source.items():
+            self.ema[key].copy_(value)
 
     # -- checkpoints
 
@@ -509,6 +521,9 @@ def train(recipe: Optional[Recipe], stage: Stage, stop: Optional[Callable[[], bo
     if state is not None:
         trainer.load_state_dict(state)
         logger.info("resumed %s at step %d", ckpt_path, trainer.step)
+    elif stage.init_weights is not None:
+        trainer.init_from_weights(stage.init_weights)
+        logger.info("new run initialised from %s", stage.init_weights)
     csv_path = out / "loss.csv"
     _truncate_csv(csv_path, trainer.step)
     if not csv_path.is_file():
@@ -523,6 +538,7 @@ def train(recipe: Optional[Recipe], stage: Stage, stop: Optional[Callable[[], bo
         "data": str(stage.data),
         "images": len(images),
         "from_step": trainer.step,
+        **({"init_weights": str(stage.init_weights)} if state is None and stage.init_weights else {}),
         "to_step": trainer.step,
         "seconds": 0.0,
     }
@@ -596,7 +612,7 @@ def fp16_roundtrip_error(config_arch: str, fp32_state: dict[str, Tensor], fp16_p
     Inputs: x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps at several t, with a
     smooth random x0 (B=2, the arch's training size), the regime DiffPIR evaluates the prior in.
     """
-    from .denoiser import load_unet
+    from diffpir_rt.engine.denoiser import load_unet
 
     reference = build_unet(config_arch)
     reference.load_state_dict(fp32_state, strict=True)
@@ -665,10 +681,10 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         "## Reproduce / re-export",
         "",
         "```",
-        "python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior "
+        "diffpir train --data ../shared/data/trainsets/BSDS432 --out runs/prior "
         f"--arch {card['arch']} --threads 1 --max-minutes 125",
-        "python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior --resume --threads 1 --max-minutes 120",
-        f"python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt --name {card['name']}",
+        "diffpir train --data ../shared/data/trainsets/BSDS432 --out runs/prior --resume --threads 1 --max-minutes 120",
+        f"diffpir train export --checkpoint runs/prior/checkpoint.pt --name {card['name']}",
         "```",
         "",
     ]
@@ -678,7 +694,7 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
 def export_prior(
     checkpoint: str | os.PathLike[str],
     name: str,
-    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    weights_dir: str | os.PathLike[str],
     task_defaults: Optional[dict[str, dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """Write the checkpoint's EMA weights as fp16 safetensors plus the model card.
@@ -689,7 +705,7 @@ def export_prior(
     Args:
         checkpoint: a training checkpoint (`<out>/checkpoint.pt`).
         name: weights file stem.
-        weights_dir: destination folder (engine/weights by default).
+        weights_dir: destination folder (engine/weights of a source checkout ships them).
         task_defaults: per-task {lam, zeta, steps, sigma_n, source}; default: the
             previous card's, else OFFICIAL_DEFAULTS as placeholders.
 
@@ -698,7 +714,7 @@ def export_prior(
     """
     from safetensors.torch import save_file
 
-    from .tasks import OFFICIAL_DEFAULTS
+    from diffpir_rt.engine.tasks import OFFICIAL_DEFAULTS
 
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise DiffPIRError(f"name: expected a plain file stem, got {name!r}")
@@ -751,7 +767,7 @@ def export_prior(
             "spec": "spec §2.1",
         },
         "training": {
-            "program": "python -m diffpir_rt.engine.train (engine/train.py)",
+            "program": "diffpir train (training/train.py)",
             "objective": "DDPM eps-MSE, uniform t in 0..999; variance channels: zero-target MSE "
             f"x {recipe.var_loss_weight} (DiffPIR reads only eps)",
             "recipe": recipe.to_dict(),
@@ -784,11 +800,11 @@ def export_prior(
 # ----------------------------------------------------------------------------- CLI
 
 TRAIN_EXAMPLE = """example (CPU, one core, in 2-hour stages):
-  python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
+  diffpir train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
       --arch compact_fast --threads 1 --max-minutes 125
-  python -m diffpir_rt.engine.train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
+  diffpir train --data ../shared/data/trainsets/BSDS432 --out runs/prior \\
       --resume --threads 1 --max-minutes 120
-  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt --name compact_fast_bsd432
+  diffpir train export --checkpoint runs/prior/checkpoint.pt --name compact_fast_bsd432
 """
 
 
@@ -816,7 +832,7 @@ def _nonneg_float(text: str) -> float:
 def _train_parser() -> argparse.ArgumentParser:
     defaults = Recipe()
     parser = argparse.ArgumentParser(
-        prog="python -m diffpir_rt.engine.train",
+        prog="diffpir train",
         description="Train a small guided-diffusion UNet prior (DDPM eps-objective, linear 1000-step "
         "schedule) on random crops. Subcommand 'export' writes the bundled weights. "
         "Recipe flags (marked *) default to the values shown for a new run and to the checkpoint's on --resume.",
@@ -833,6 +849,8 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0, help="checkpoint period (default: 10)")
     parser.add_argument("--log-every", type=_positive_int, default=10, help="steps per loss.csv row (default: 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--init-weights", default=None,
+                        help="start a new run from these weights (e.g. the shipped prior) instead of a random init")
     recipe = parser.add_argument_group("recipe (*)")
     recipe.add_argument("--arch", choices=sorted(ARCH_PRESETS), default=None, help=f"UNet preset (default: {defaults.arch})")
     recipe.add_argument("--crop", type=_positive_int, default=None, help=f"crop side in pixels (default: {defaults.crop})")
@@ -851,16 +869,17 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m diffpir_rt.engine.train export",
+        prog="diffpir train export",
         description="Write a checkpoint's EMA weights as fp16 safetensors into the weights folder, with "
         "bundled_prior.json and MODEL_CARD.md (task defaults kept from the previous card).",
-        epilog="example:\n  python -m diffpir_rt.engine.train export --checkpoint runs/prior/checkpoint.pt "
-        "--name compact_fast_bsd432",
+        epilog="example (from a source checkout, to ship new weights):\n  diffpir train export --checkpoint "
+        "runs/prior/checkpoint.pt --name compact_fast_bsd432 --weights-dir engine/weights",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (<out>/checkpoint.pt)")
     parser.add_argument("--name", default="compact_fast_bsd432", help="weights file stem (default: %(default)s)")
-    parser.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR), help="destination (default: engine/weights)")
+    parser.add_argument("--weights-dir", required=True,
+                        help="destination folder; engine/weights of a source checkout replaces the shipped prior")
     return parser
 
 
@@ -882,7 +901,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stage = Stage(
             data=args.data, out=args.out, device=args.device, threads=args.threads, max_steps=args.max_steps,
             max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-            resume=args.resume, progress=not args.quiet,
+            resume=args.resume, progress=not args.quiet, init_weights=args.init_weights,
         )
         if args.resume:
             stored = Recipe(**read_checkpoint(Path(args.out) / CHECKPOINT_NAME)["recipe"])

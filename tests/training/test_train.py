@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffpir_rt.engine import train as tr
+from diffpir_rt.training import train as tr
 from diffpir_rt.engine.denoiser import load_unet
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 RECIPE = tr.Recipe(arch="tiny", crop=16, batch_size=2, lr=1e-3, warmup_steps=2, seed=3)
 

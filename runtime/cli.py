@@ -18,11 +18,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .backends import BACKENDS, check_backend_arguments
-from . import argtypes
-from .device import resolve_device
-from .errors import DiffPIRError
-from .tasks import TASKS, defaults_for
+from diffpir_rt.engine.backends import BACKENDS, check_backend_arguments
+from diffpir_rt.engine import argtypes
+from diffpir_rt.engine.device import resolve_device
+from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.engine.tasks import TASKS, defaults_for
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _timestep = argtypes.timestep
 
 def read_measurement(path: Path) -> torch.Tensor:
     """A [0, 1] (C, H, W) measurement: an image file, or .npy (C, H, W) float kept unclipped."""
-    from .imageio import check_finite, read_image
+    from diffpir_rt.engine.imageio import check_finite, read_image
 
     if path.suffix.lower() == ".npy":
         try:
@@ -78,7 +78,7 @@ def read_measurement(path: Path) -> torch.Tensor:
 
 def write_output(path: Path, x: torch.Tensor, bit_depth: int, protect: Sequence[Path]) -> None:
     """Write an image, or a float32 .npy (unclipped, for exact measurements), atomically."""
-    from .imageio import write_image, write_npy
+    from diffpir_rt.engine.imageio import write_image, write_npy
 
     if path.suffix.lower() == ".npy":
         write_npy(path, x, protect=protect)
@@ -87,7 +87,7 @@ def write_output(path: Path, x: torch.Tensor, bit_depth: int, protect: Sequence[
 
 
 def _check_output_path(output: Path, inputs: Sequence[Optional[Path]]) -> None:
-    from .imageio import WRITE_FORMATS
+    from diffpir_rt.engine.imageio import WRITE_FORMATS
 
     suffix = output.suffix.lower()
     if suffix not in (*WRITE_FORMATS, ".npy"):
@@ -152,15 +152,15 @@ def add_restore_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_kernel_arg(path: Path, index: Optional[int]) -> np.ndarray:
-    from .degrade import load_kernel
+    from diffpir_rt.engine.degrade import load_kernel
 
     return load_kernel(path, index)
 
 
 def build_operator(task: str, kernel: Optional[Path], kernel_index: Optional[int], mask: Optional[Path], scale: int):
     """The operator for a CLI task, from files (checked, small)."""
-    from .imageio import read_mask
-    from .operators import Deblur, Denoise, Inpaint, SuperResolution
+    from diffpir_rt.engine.imageio import read_mask
+    from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
 
     if task == "deblur":
         if kernel is None:
@@ -176,7 +176,7 @@ def build_operator(task: str, kernel: Optional[Path], kernel_index: Optional[int
 
 
 def _load_model(args: argparse.Namespace, device: torch.device):
-    from .backends import make_denoiser
+    from diffpir_rt.engine.backends import make_denoiser
 
     return make_denoiser(
         args.backend,
@@ -193,7 +193,7 @@ def _load_model(args: argparse.Namespace, device: torch.device):
 
 def _artifact_card(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """The bundled prior's card if the --onnx/--engine artifact was exported from it (its sidecar says)."""
-    from .prior import bundled_card
+    from diffpir_rt.engine.prior import bundled_card
 
     card = bundled_card()
     artifact = args.engine if args.backend == "tensorrt" else args.onnx
@@ -217,8 +217,8 @@ def _checkpoint_label(args: argparse.Namespace, card: Optional[dict[str, Any]]) 
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    from .prior import bundled_card
-    from .sampler import DiffPIRConfig, sample
+    from diffpir_rt.engine.prior import bundled_card
+    from diffpir_rt.engine.sampler import DiffPIRConfig, sample
 
     # 1. Check everything cheap first: paths, task options, hyperparameters, device.
     for flag in ("input", "kernel", "mask", "checkpoint", "onnx", "engine"):
@@ -233,13 +233,13 @@ def run_restore(args: argparse.Namespace) -> int:
     if args.arch is not None and args.checkpoint is None:
         raise DiffPIRError("--arch applies to --checkpoint; the bundled prior knows its own arch")
     if args.arch is not None:
-        from .unet import resolve_arch
+        from diffpir_rt.engine.unet import resolve_arch
 
         resolve_arch(args.arch)
     if args.backend == "torch":
         card = bundled_card() if args.checkpoint is None else None
         if args.checkpoint is None and card is None:
-            from .prior import bundled_weights_path
+            from diffpir_rt.engine.prior import bundled_weights_path
 
             bundled_weights_path()  # raises the "no checkpoint" message
     else:
@@ -285,7 +285,7 @@ def run_restore(args: argparse.Namespace) -> int:
         "device": str(device),
         "seconds": round(seconds, 3),
     }
-    from .imageio import write_text
+    from diffpir_rt.engine.imageio import write_text
 
     write_text(args.output.with_name(args.output.name + ".json"), json.dumps(record, indent=2) + "\n")
     if not args.quiet:
@@ -325,8 +325,8 @@ def add_degrade_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_degrade(args: argparse.Namespace) -> int:
-    from . import degrade
-    from .imageio import read_image, read_mask, write_image, write_npy
+    from diffpir_rt.engine import degrade
+    from diffpir_rt.engine.imageio import read_image, read_mask, write_image, write_npy
 
     if not args.input.is_file():
         raise DiffPIRError(f"--input {args.input}: no such file")
@@ -387,51 +387,10 @@ def _existing_file_or_error(text: str, flag: str) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- entry point
-
-#: Sub-command registrars: each adds its parser and sets `handler`. Other rooms plug in here.
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_restore_parser, add_degrade_parser]
+# ----------------------------------------------------------------------------- registration
 
 
-def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands that live in other rooms (export/, benchmarks/), when installed."""
-    found = []
-    for module, name in (("diffpir_rt.export.cli", "add_export_parser"), ("diffpir_rt.benchmarks.cli", "add_parsers")):
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        found.append(getattr(mod, name))
-    return found
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="diffpir",
-        description="DiffPIR-RT: diffusion plug-and-play image restoration (deblur, SR, inpaint, denoise).",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in REGISTRARS + _optional_registrars():
-        register(subparsers)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[%(levelname)s] %(message)s")
-    try:
-        return int(args.handler(args) or 0)
-    except DiffPIRError as e:
-        print(f"diffpir {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("diffpir: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register `restore` and `degrade` (called by diffpir_rt.cli)."""
+    add_restore_parser(subparsers)
+    add_degrade_parser(subparsers)

@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from diffpir_rt.engine.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError
 
 #: Symbolic axis names; an int axis is fixed.
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"

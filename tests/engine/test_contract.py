@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from diffpir_rt.engine import DiffPIRError
-from diffpir_rt.export.contract import (
+from diffpir_rt.engine.backends.contract import (
     BATCH,
     HEIGHT,
     WIDTH,

@@ -1,0 +1,75 @@
+"""`diffpir`: one command line over every room's sub-commands.
+
+Each room registers its own sub-commands (restore/degrade/generate from the runtime,
+export, eval/bench, train, serve/request/batch); this module only assembles them, so
+it sits above every room. User errors (DiffPIRError, bad arguments) print one line on
+stderr and exit with code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import platform
+import sys
+from typing import Optional, Sequence
+
+from diffpir_rt import __version__
+from diffpir_rt.errors import DiffPIRError
+
+#: (module, registrar): each registrar adds its sub-parsers and sets `handler`.
+REGISTRARS = (
+    ("diffpir_rt.runtime.cli", "add_parsers"),
+    ("diffpir_rt.export.cli", "add_export_parser"),
+    ("diffpir_rt.benchmarks.cli", "add_parsers"),
+    ("diffpir_rt.training.cli", "add_parsers"),
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def version_text() -> str:
+    import torch
+
+    return f"diffpir-rt {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="diffpir",
+        description="DiffPIR-RT: diffusion plug-and-play image restoration (deblur, SR, inpaint, denoise).",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    for module, name in REGISTRARS:
+        getattr(importlib.import_module(module), name)(subparsers)
+    for sub in subparsers.choices.values():
+        # -v is accepted after the sub-command too; SUPPRESS keeps the top-level value otherwise.
+        if "-v" not in sub._option_string_actions and "+" not in sub.prefix_chars:
+            sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log what the engine does")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[%(levelname)s] %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except DiffPIRError as e:
+        print(f"diffpir {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffpir: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
