@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import png  # pypng, pure Python: 16-bit PNG (tifffile, for 16-bit TIFF, is imported lazily: 0.2 s)
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -47,8 +46,23 @@ _DECODE_ERRORS = (
     EOFError,
     zlib.error,
     struct.error,
-    png.Error,
 )
+
+
+def _pypng():
+    """pypng, imported only where a 16-bit PNG is read or written.
+
+    The GPU image installs the project with --no-deps and has no pypng: every module of the
+    GPU path imports this one through `engine`, so a module-level import would break them all.
+    (tifffile, for 16-bit TIFF, is imported lazily too: 0.2 s.)
+    """
+    try:
+        import png  # pypng, pure Python
+    except ImportError as e:
+        raise DiffPIRError(
+            f"16-bit PNG needs pypng, which is not installed ({e}); run `pip install pypng`"
+        ) from e
+    return png
 
 
 def to_model(x01: ArrayOrTensor) -> ArrayOrTensor:
@@ -101,7 +115,7 @@ def _read_pixels(path: Path, what: str) -> tuple[np.ndarray, int]:
                     f"{what} {path}: unsupported format {im.format}; expected one of {', '.join(READ_FORMATS)}"
                 )
             if im.format == "PNG" and _png_bit_depth(path) == 16:
-                pixels = _read_png16(path)
+                pixels = _read_png16(path, what)
             elif im.format == "TIFF" and max(_tiff_bits_per_sample(im)) > 8:
                 pixels = _read_tiff16(path)
             else:  # 8-bit samples in any mode (palette, grey+alpha, CMYK JPEG, ...)
@@ -109,7 +123,7 @@ def _read_pixels(path: Path, what: str) -> tuple[np.ndarray, int]:
     except DiffPIRError:
         raise
     except _DECODE_ERRORS as e:
-        raise DiffPIRError(f"{what} {path}: cannot decode ({type(e).__name__}: {e})") from e
+        raise _decode_error(what, path, e) from e
     if pixels.dtype == np.uint8:
         max_value = 255
     elif pixels.dtype == np.uint16:
@@ -125,16 +139,24 @@ def _read_pixels(path: Path, what: str) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(pixels), max_value
 
 
+def _decode_error(what: str, path: Path, e: BaseException) -> DiffPIRError:
+    return DiffPIRError(f"{what} {path}: cannot decode ({type(e).__name__}: {e})")
+
+
 def _png_bit_depth(path: Path) -> int:
     """Bit depth byte of the IHDR chunk (Pillow has already checked that it is there)."""
     with open(path, "rb") as f:
         return f.read(25)[24]
 
 
-def _read_png16(path: Path) -> np.ndarray:
+def _read_png16(path: Path, what: str) -> np.ndarray:
     """16-bit PNG via pypng: (H, W, planes) uint16."""
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    png = _pypng()
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except png.Error as e:  # pypng's own errors (not in _DECODE_ERRORS, which must not import it)
+        raise _decode_error(what, path, e) from e
     pixels = pixels.reshape(height, width, info["planes"])
     if info["bitdepth"] != 16:  # an sBIT chunk made pypng rescale to fewer bits
         pixels = np.round(pixels * (65535 / (2 ** info["bitdepth"] - 1))).astype(np.uint16)
@@ -267,7 +289,7 @@ def _encode(pixels: np.ndarray, fmt: str, bit_depth: int) -> bytes:
         im = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
         im.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
     elif fmt == "PNG":
-        writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=16)
+        writer = _pypng().Writer(width, height, greyscale=channels == 1, bitdepth=16)
         writer.write(buffer, pixels.reshape(height, width * channels))
     else:
         import tifffile  # lazy: only 16-bit TIFF output needs it

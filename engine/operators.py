@@ -37,11 +37,55 @@ SR_SCALES = (2, 3, 4)
 SPECTRA_CACHE_SIZE = 4
 
 
+#: Singular values at or below this are treated as zero (the null space) by the
+#: pseudo-inverse and the range filters. Blur kernels sum to 1, so the largest singular
+#: value of every built-in operator is 1 and the threshold is relative. 3e-2 is the
+#: cut-off DDRM's deblurring operator uses.
+RCOND = 3e-2
+
+
 @runtime_checkable
 class DataStep(Protocol):
-    """The data proximal step bound to one measurement: (x0 in [0,1], rho) -> x."""
+    """An operator bound to one measurement y: the data step and the linear algebra of A.
 
-    def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor: ...
+    A acts on [0, 1] images (B, C, H, W) -> (B, C, h, w). Every method builds its data
+    consistency from these primitives; each is a closed form in the operator's own basis
+    (Fourier for blur and SR, pixels for masks). Range filters and the pseudo-inverse treat
+    singular values <= rcond as zero.
+    """
+
+    def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor:
+        """prox: argmin_x ||y - A x||^2 + rho ||x - x0||^2 = x0 + A^T (A A^T + rho)^-1 (y - A x0)."""
+        ...
+
+    def measurement(self) -> Tensor:
+        """y, (B, C, h, w) in [0, 1]."""
+        ...
+
+    def forward(self, x: Tensor) -> Tensor:
+        """A x."""
+        ...
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        """A^T r."""
+        ...
+
+    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
+        """(A A^T + mu I)^-1 r for mu > 0."""
+        ...
+
+    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
+        """A^+ r, singular values <= rcond dropped."""
+        ...
+
+    def singular_values(self) -> Tensor:
+        """The singular values s of A on its basis grid (broadcastable, see range_filter)."""
+        ...
+
+    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
+        """sum_i f(s_i) v_i v_i^T x over the range of A (s_i > rcond); `coefficients` holds
+        f(s_i) on the grid of `singular_values()`. With f = 1 it is the projector A^+ A."""
+        ...
 
 
 @runtime_checkable
@@ -159,6 +203,38 @@ class FourierDataStep:
     def apply_correction(self, x0: Tensor, correction: Tensor) -> Tensor:
         """x0 + Re(IFFT(correction)): the residual form's last step."""
         return x0 + torch.fft.ifft2(correction).real
+
+    # The linear algebra of A = decimate_sf(k * .): A A^T is diagonal in the low-resolution
+    # Fourier basis with entries fold(|otf|^2), so every solve is one division there.
+
+    def measurement(self) -> Tensor:
+        return torch.fft.ifft2(self.y_spectrum).real
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.fft.ifft2(fold_mean(self.otf * torch.fft.fft2(x), self.sf)).real
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        return torch.fft.ifft2(self.otf.conj() * tile(torch.fft.fft2(r), self.sf)).real
+
+    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
+        return torch.fft.ifft2(torch.fft.fft2(r) / (self.otf_abs2_folded + mu)).real
+
+    def _range_weights(self, coefficients: Tensor | float, rcond: float) -> Tensor:
+        """coefficients / s^2 on the range (s > rcond), 0 on the null space."""
+        abs2 = self.otf_abs2_folded
+        keep = abs2 > rcond * rcond
+        return torch.where(keep, coefficients / torch.where(keep, abs2, torch.ones_like(abs2)), torch.zeros_like(abs2))
+
+    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
+        weighted = torch.fft.fft2(r) * self._range_weights(1.0, rcond)
+        return torch.fft.ifft2(self.otf.conj() * tile(weighted, self.sf)).real
+
+    def singular_values(self) -> Tensor:
+        return self.otf_abs2_folded.sqrt()
+
+    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
+        low = fold_mean(self.otf * torch.fft.fft2(x), self.sf) * self._range_weights(coefficients, rcond)
+        return torch.fft.ifft2(self.otf.conj() * tile(low, self.sf)).real
 
 
 @dataclass(frozen=True, eq=False)
@@ -282,6 +358,31 @@ class ElementwiseDataStep:
 
     def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor:
         return x0 + self.mask * (self.y - x0) / (self.mask + rho)
+
+    # A = diag(m): every solve is elementwise. (For a binary mask the prox above equals
+    # x0 + m (y - m x0) / (m^2 + rho); grey masks keep the official formula.)
+
+    def measurement(self) -> Tensor:
+        return self.y
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mask * x
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        return self.mask * r
+
+    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
+        return r / (self.mask * self.mask + mu)
+
+    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
+        keep = self.mask > rcond
+        return torch.where(keep, r / torch.where(keep, self.mask, torch.ones_like(self.mask)), torch.zeros_like(r))
+
+    def singular_values(self) -> Tensor:
+        return self.mask
+
+    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
+        return torch.where(self.mask > rcond, coefficients * x, torch.zeros_like(x))
 
 
 class Inpaint:

@@ -355,15 +355,22 @@ def sdpa_qkv_attention(qkv: Tensor, num_heads: int, head_channels: int) -> Tenso
     on k, and its fused kernels keep the logits and softmax in float32. Only the
     rounding differs from the legacy path.
 
+    q, k and v are handed over as contiguous (B, H, L, c) tensors: the fused kernels (flash,
+    memory-efficient, cuDNN; the CPU flash kernel too) need the head dimension innermost
+    (stride 1), and a transposed view of the (B, H, c, L) channels sends SDPA to its math
+    fallback, which builds the L x L matrix. One copy of qkv makes all three.
+
     Args:
         qkv: (B, 3·C, L) with C = num_heads·head_channels.
 
     Returns:
         (B, C, L).
     """
-    q, k, v = qkv.unflatten(1, (num_heads, 3 * head_channels)).split(head_channels, dim=2)  # (B, H, c, L)
-    out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-    return out.transpose(-1, -2).flatten(1, 2)  # (B, H, L, c) -> (B, C, L)
+    # (B, H, [q k v], c, L) -> (3, B, H, L, c), one contiguous copy; unbind gives contiguous views.
+    # Channel sizes come in as arguments (as in the legacy path), so B and L stay dynamic in traces.
+    q, k, v = qkv.unflatten(1, (num_heads, 3, head_channels)).permute(2, 0, 1, 4, 3).contiguous().unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, L, c)
+    return out.transpose(-1, -2).flatten(1, 2)  # (B, H, c, L) -> (B, C, L)
 
 
 #: Attention implementations by name; "legacy" is the default everywhere.

@@ -9,9 +9,9 @@ import torch
 from diffpir_rt.engine import DiffPIRError
 from diffpir_rt.engine.denoiser import UNetDenoiser
 from diffpir_rt.engine.fast_unet import prepare_unet
-from diffpir_rt.engine.graph_plan import plan_graph
 from diffpir_rt.engine.graph_runtime import GraphRuntime, GraphSampler
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
+from diffpir_rt.engine.methods import build_method
 from diffpir_rt.engine.sampler import DiffPIRConfig, sample
 from diffpir_rt.engine.unet import AttentionBlock, build_unet
 
@@ -29,6 +29,15 @@ def gaussian(size: int, std: float) -> np.ndarray:
 def model() -> UNetDenoiser:
     torch.manual_seed(0)
     return UNetDenoiser(build_unet("tiny")).eval().requires_grad_(False)
+
+
+def runtime_for(model, op, y_shape, config=None, **kwargs) -> GraphRuntime:
+    """A GraphRuntime serving op's layout for measurements of y_shape."""
+    config = config or CONFIG
+    data = op.data_step(torch.rand(y_shape))
+    image_shape = tuple(op.image_shape(torch.Size(y_shape)))
+    return GraphRuntime(model, build_method(config, impl=kwargs.pop("impl", "torch")), data, tuple(y_shape), image_shape,
+                        op.pad_mode, "cpu", **kwargs)  # fmt: skip
 
 
 def problems(rng: np.random.Generator) -> dict[str, tuple[object, tuple[int, ...]]]:
@@ -53,7 +62,7 @@ def test_static_buffer_loop_equals_sample_with_explicit_noise(task: str, model, 
     x_T = torch.randn(shape)
     noise = [torch.randn(shape) for _ in range(CONFIG.num_model_calls)]
     expected = sample(model, op, y, CONFIG, x_T=x_T, noise=noise)
-    runtime = GraphRuntime(model, plan_graph(op, y_shape, CONFIG), "cpu", impl="torch")
+    runtime = runtime_for(model, op, y_shape)
     assert not runtime.capture
     got = runtime.restore(op, y, x_T=x_T, noise=noise)
     assert torch.equal(got, expected)  # the same engine functions in the same order: bit-identical
@@ -73,8 +82,8 @@ def test_new_operator_refills_buffers_without_a_new_runtime(model, rng) -> None:
                  Inpaint((rng.random((16, 16)) > 0.3).astype(np.float64)), Denoise()]  # fmt: skip
     for seed, op in enumerate(operators):
         assert torch.equal(sampler.sample(op, y, SHORT, seed=seed), sample(model, op, y, SHORT, seed=seed))
-    # Inpaint and Denoise share the elementwise plan; the two blurs share the Fourier one.
-    assert len(sampler.runtimes) == 2
+    # The two blurs share one runtime; a mask and Denoise's scalar ones are two layouts.
+    assert len(sampler.runtimes) == 3
 
 
 def test_unbatched_input(model) -> None:
@@ -98,21 +107,21 @@ def test_reduced_precision_model_only_changes_the_unet(model) -> None:
 
 def test_errors(model) -> None:
     op = Deblur(gaussian(5, 1.0))
-    runtime = GraphRuntime(model, plan_graph(op, (1, 3, 16, 16), CONFIG), "cpu")
+    runtime = runtime_for(model, op, (1, 3, 16, 16))
     with pytest.raises(DiffPIRError, match="graph runtime: load"):
         runtime.run()
-    with pytest.raises(DiffPIRError, match=r"y: shape \(2, 3, 16, 16\) does not fit this runtime's plan \(1, 3, 16, 16\)"):
+    with pytest.raises(DiffPIRError, match=r"y: shape \(2, 3, 16, 16\) does not fit this runtime's \(1, 3, 16, 16\)"):
         runtime.load(op, torch.rand(2, 3, 16, 16))
-    with pytest.raises(DiffPIRError, match="operator: Inpaint .* does not fit this runtime's plan \\('fourier', sf 1\\)"):
+    with pytest.raises(DiffPIRError, match="operator: Inpaint does not fit this runtime's layout"):
         runtime.load(Inpaint(np.ones((16, 16))), torch.rand(1, 3, 16, 16))
     with pytest.raises(DiffPIRError, match="noise: expected 5 tensors"):
         runtime.load(op, torch.rand(1, 3, 16, 16), noise=[torch.randn(1, 3, 16, 16)])
     with pytest.raises(DiffPIRError, match="x_T: expected shape"):
         runtime.load(op, torch.rand(1, 3, 16, 16), x_T=torch.randn(1, 3, 8, 8))
-    shared = GraphRuntime(model, plan_graph(Inpaint(np.ones((16, 16))), (1, 3, 16, 16), CONFIG), "cpu")
-    with pytest.raises(DiffPIRError, match="operator: a 3-channel mask does not fit this runtime's 1-channel mask buffer"):
+    shared = runtime_for(model, Inpaint(np.ones((16, 16))), (1, 3, 16, 16))
+    with pytest.raises(DiffPIRError, match="operator: Inpaint does not fit this runtime's layout"):
         shared.load(Inpaint(np.ones((1, 3, 16, 16))), torch.rand(1, 3, 16, 16))
     with pytest.raises(DiffPIRError, match="capture: CUDA graphs need a CUDA device, got cpu"):
-        GraphRuntime(model, plan_graph(op, (1, 3, 16, 16), CONFIG), "cpu", capture=True)
+        runtime_for(model, op, (1, 3, 16, 16), capture=True)
     with pytest.raises(DiffPIRError, match="impl='cupy' needs CUDA tensors"):
-        GraphRuntime(model, plan_graph(op, (1, 3, 16, 16), CONFIG), "cpu", impl="cupy")
+        runtime_for(model, op, (1, 3, 16, 16), impl="cupy").restore(op, torch.rand(1, 3, 16, 16), seed=0)

@@ -340,3 +340,23 @@ def test_write_npy_and_text(tmp_path):
         imageio.write_text(text, "x", protect=text)
     with _raises("sub: is a directory"):
         imageio.write_text(tmp_path / "sub", "x")
+
+
+# ----------------------------------------------------------------------------- without pypng
+
+
+def test_without_pypng_only_16bit_png_needs_it(tmp_path, monkeypatch, rng):
+    """The GPU image has no pypng (--no-deps install): 8-bit I/O works, 16-bit PNG says what to install."""
+    pixels16 = rng.integers(0, 65536, size=(3, 4, 3), dtype=np.uint16)
+    write_image(tmp_path / "deep.png", _as_tensor(pixels16, 65535), bit_depth=16)
+    monkeypatch.setitem(__import__("sys").modules, "png", None)  # `import png` now raises ImportError
+    pixels8 = rng.integers(0, 256, size=(3, 4, 3), dtype=np.uint8)
+    out = write_image(tmp_path / "a.png", _as_tensor(pixels8, 255))
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), pixels8)
+    np.testing.assert_array_equal(read_image(out).permute(1, 2, 0).numpy() * 255, pixels8.astype(np.float32))
+    write_image(tmp_path / "b.tif", _as_tensor(pixels16, 65535), bit_depth=16)  # tifffile, not pypng
+    with _raises(r"16-bit PNG needs pypng, which is not installed .*; run `pip install pypng`"):
+        write_image(tmp_path / "c.png", _as_tensor(pixels16, 65535), bit_depth=16)
+    with _raises("pip install pypng"):
+        read_image(tmp_path / "deep.png")
+    assert not (tmp_path / "c.png").exists()

@@ -10,7 +10,8 @@ import torch
 
 from diffpir_rt.engine import DiffPIRError
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
-from diffpir_rt.engine.sampler import DiffPIRConfig, initial_state, sample
+from diffpir_rt.engine.methods.diffpir import initial_state
+from diffpir_rt.engine.sampler import DiffPIRConfig, sample
 from diffpir_rt.engine.schedule import linear_schedule, timesteps
 
 from .reference_diffpir import reference_sample

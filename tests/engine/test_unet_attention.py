@@ -36,6 +36,19 @@ def test_sdpa_equals_legacy_attention(heads: int, head_channels: int, length: in
     )
 
 
+@pytest.mark.parametrize("heads, head_channels, length", [(2, 32, 1024), (4, 16, 64)])
+def test_sdpa_runs_the_fused_kernel(heads: int, head_channels: int, length: int) -> None:
+    """q/k/v go in with the head dimension innermost: with only the (CPU) flash kernel allowed,
+    a transposed view would fail with 'No available kernel' (it would fall back to the math path)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qkv = torch.randn(2, 3 * heads * head_channels, length, generator=torch.Generator().manual_seed(1))
+    expected = legacy_qkv_attention(qkv, heads, head_channels)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        got = sdpa_qkv_attention(qkv, heads, head_channels)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_unet_with_sdpa_matches_legacy_and_keeps_its_state_dict() -> None:
     model = seeded_tiny()
     assert all(b.attention_impl == "legacy" for b in model.modules() if isinstance(b, AttentionBlock))
@@ -48,6 +61,10 @@ def test_unet_with_sdpa_matches_legacy_and_keeps_its_state_dict() -> None:
     assert list(model.state_dict()) == keys
     assert sum(isinstance(b, AttentionBlock) and b.attention_impl == "sdpa" for b in model.modules()) >= 2
     torch.testing.assert_close(fused, legacy, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # channels_last weights and input: the same numbers
+        model_cl = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model_cl(x.contiguous(memory_format=torch.channels_last), t), legacy,
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 def test_unknown_attention_impl() -> None:

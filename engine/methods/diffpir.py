@@ -1,0 +1,128 @@
+"""DiffPIR (Zhu et al., CVPR-W 2023): the engine's default method (docs/algorithm.md).
+
+Per step t -> t': x0 from eps, clamped; the closed-form data step on [0, 1] images with
+rho_t = lam sigma_n^2 / sigma_bar_t^2; then re-noising to t' with the effective noise of
+x_t mixed with fresh noise by zeta. The update runs the seam of engine/fused.py, so the
+same code is the eager reference (impl "torch") and, on CUDA, the fused kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from diffpir_rt.errors import DiffPIRError
+
+from .. import fused
+from ..imageio import from_model, to_model
+from ..operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator
+from ..schedule import NUM_TRAIN_TIMESTEPS, SKIP_TYPES, Schedule, linear_schedule, timesteps
+from ..step import StepCoefficients
+from .base import MethodConfig, Step, check_config
+
+
+@dataclass(frozen=True)
+class DiffPIRConfig(MethodConfig):
+    """DiffPIR hyperparameters (docs/algorithm.md, "Hyperparameters").
+
+    Args:
+        lam: lambda, the data-term weight in rho_t = lam sigma^2 / sigma_bar_t^2.
+        zeta: noise mixing in [0, 1]: 0 = deterministic (DDIM-like), 1 = fresh noise.
+        sigma_n: measurement noise std in [0, 1] image units (0.05 = 12.75/255).
+        steps: number of timesteps N (model calls: N - 1 for 'quad', N for 'uniform',
+            since the official final call's output is discarded and skipped here).
+        skip: step spacing, 'quad' (dense near t = 0) or 'uniform'.
+        t_start: start timestep; entries above it are skipped.
+    """
+
+    method: ClassVar[str] = "diffpir"
+
+    lam: float
+    zeta: float
+    sigma_n: float
+    steps: int
+    skip: str = "quad"
+    t_start: int = NUM_TRAIN_TIMESTEPS - 1
+
+    def __post_init__(self) -> None:
+        self._check_finite("lam", "zeta", "sigma_n")
+        if self.lam <= 0:
+            raise DiffPIRError(f"lam: expected > 0, got {self.lam}")
+        self._check_range("zeta", 0.0, 1.0)
+        self._check_range("sigma_n", 0.0, 1.0)
+        if self.skip not in SKIP_TYPES:
+            raise DiffPIRError(f"skip: expected one of {SKIP_TYPES}, got {self.skip!r}")
+        self._check_int("t_start", 0, NUM_TRAIN_TIMESTEPS - 1)
+        if len(self.timesteps()) < 2:
+            raise DiffPIRError(f"t_start: {self.t_start} leaves fewer than 2 of the {self.steps} timesteps")
+
+    def timesteps(self) -> list[int]:
+        """Model-call timesteps at or below t_start, high noise first, ending at 0."""
+        return [t for t in timesteps(self.steps, self.skip) if t <= self.t_start]
+
+    @property
+    def num_model_calls(self) -> int:
+        return len(self.timesteps()) - 1
+
+
+def initial_state(operator: Operator, y: Tensor, config: DiffPIRConfig, z: Tensor, schedule: Schedule) -> Tensor:
+    """y-informed x_T at T = t_start (docs/algorithm.md, "Initialisation").
+
+    Deblur/inpaint/denoise treat the init estimate as already noisy at t_y, the
+    timestep whose sigma_bar is nearest 2 sigma_n, and diffuse it forward to T;
+    SR starts from the bicubic upsampling as if noiseless:
+    x_T = sqrt(a_T/a_y) (2 x_init - 1) + sqrt((1 - a_T) - (a_T/a_y)(1 - a_y)) z.
+    """
+    a_T = float(schedule.alpha_bar[config.t_start])
+    a_y = float(schedule.alpha_bar[schedule.nearest_timestep(2.0 * config.sigma_n)]) if operator.init_is_noisy else 1.0
+    signal = math.sqrt(a_T / a_y)
+    noise_std = math.sqrt(max(0.0, (1.0 - a_T) - (a_T / a_y) * (1.0 - a_y)))
+    return signal * to_model(operator.init_estimate(y)) + noise_std * z
+
+
+class DiffPIR:
+    """The DiffPIR loop for one config; `impl` picks the fused kernels or the torch math."""
+
+    tasks = ("fourier", "mask")
+    needs_grad = False
+    needs_variance = False
+
+    def __init__(self, config: DiffPIRConfig, impl: fused.Impl = "torch") -> None:
+        check_config(config, DiffPIRConfig)
+        self.config = config
+        self.impl = impl
+        self.schedule = linear_schedule()
+
+    def steps(self) -> tuple[Step, ...]:
+        rho = self.schedule.rho(self.config.lam, self.config.sigma_n)
+        ts = self.config.timesteps()
+        return tuple(
+            Step(i, t, t_next, values={"c": StepCoefficients.at(self.schedule, t, t_next, self.config.zeta), "rho": float(rho[t])})
+            for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:]))
+        )
+
+    def init_noise(self) -> int:
+        return 1
+
+    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
+        return initial_state(operator, y, self.config, z[0], self.schedule)
+
+    def update(self, x: Tensor, eps: Any, step: Step, data: Optional[DataStep], z: Optional[Tensor]) -> Tensor:
+        c, rho, noise = step["c"], step["rho"], z[0]
+        # The step's three parts: x0 from eps (clamped), the data step on [0, 1] images
+        # with rho_t, and re-noising to t_next. Fused on CUDA, the engine's torch math elsewhere.
+        eps = eps.contiguous()
+        if isinstance(data, FourierDataStep):
+            x0_01 = fused.predict_x0_01(x, eps, c, impl=self.impl)
+            correction = fused.fourier_correction(data, torch.fft.fft2(x0_01), rho, impl=self.impl)
+            return fused.step_fourier(x, eps, noise, c, data, correction, impl=self.impl)
+        if isinstance(data, ElementwiseDataStep):
+            return fused.step_elementwise(x, eps, noise, c, data, rho, impl=self.impl)
+        raise DiffPIRError(f"diffpir: no data step for {type(data).__name__}")
+
+    def finish(self, x: Tensor) -> Tensor:
+        return from_model(x).clamp(0.0, 1.0)
