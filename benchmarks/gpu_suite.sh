@@ -5,18 +5,27 @@
 #
 # Stages, each under `timeout` and a shared time budget (default 470 s, under 8 minutes):
 #   env      nvidia-smi, versions
-#   install  pip install --no-deps --no-build-isolation -e .   (fallback: a PYTHONPATH shim)
+#   install  pip install --no-deps --no-build-isolation -e .  (no fallback: the repository's own
+#            diffpir_rt/ shadows any PYTHONPATH shim; if diffpir_rt is not importable, the suite stops)
+#   imports  every module of the GPU path imports with pypng absent (the GPU image has none:
+#            --no-deps); a failure stops the suite before any stage spends time
 #   fatbin   cmake build of kernels/*.cu into kernels/prebuilt/ (else CuPy compiles with NVRTC)
-#   tests    pytest -m gpu (kernels == torch references, graph == eager, fp16 PSNR) -> pytest.xml
-#   kernels  python -m benchmarks.kernel_micro -> kernels.json
-#   latency  python -m benchmarks.latency (star sweep, its own budget) -> latency.{json,md,png}
-#   summary  summary.md + summary.json (stage table, test counts, kernel table, targets)
+#   tests    pytest -m gpu (kernels == torch references, graph == eager, fp16 PSNR) -> pytest.xml;
+#            figures the tests measure (fp16/bf16 PSNR) go to summary.json "measurements"
+#   kernels  python -m diffpir_rt.benchmarks.kernel_micro -> kernels.json
+#   latency  python -m diffpir_rt.benchmarks.latency (star sweep, torch.compile backends last,
+#            its own budget) -> latency.{json,md,png}
+#   summary  summary.md + summary.json (stage table, test counts, measurements, kernel table, targets)
 # OUTDIR receives at most 8 files (the device tool returns no more): suite.log, summary.md,
 # summary.json, pytest.xml, kernels.json, latency.json, latency.md, latency.png.
+# Modules run as `python -m diffpir_rt.benchmarks.X`: a top-level `benchmarks` import fails by design.
+# Exit status: 0 when the stages ran (each stage's status is in summary.md), 3 when the suite
+# stopped early (diffpir_rt not importable, or the import check failed).
 #
 # Environment knobs: PYTHON (default python3), DIFFPIR_SUITE_BUDGET_S (470),
 # DIFFPIR_SUITE_DEVICE (cuda), DIFFPIR_SUITE_QUICK=1 (tiny CPU-sized smoke configuration),
 # DIFFPIR_SUITE_SKIP_INSTALL=1, DIFFPIR_SUITE_ARCHS (CMake archs, default all),
+# DIFFPIR_SUITE_IMPORTS (modules the import check loads; default: the GPU path below),
 # DIFFPIR_RT_KERNEL_DIR (fatbin folder, default kernels/prebuilt).
 set -u -o pipefail
 
@@ -35,6 +44,14 @@ STAGES="$WORK/stages.tsv"
 START=$SECONDS
 # Where CMake writes the fatbins and kernels/_loader.py looks for them.
 export DIFFPIR_RT_KERNEL_DIR=${DIFFPIR_RT_KERNEL_DIR:-$ROOT/kernels/prebuilt}
+# GPU tests append the figures they measure here (tests/gpu_support.py record_measurement).
+export DIFFPIR_SUITE_MEASUREMENTS="$WORK/measurements.jsonl"
+# Every module a GPU stage imports, and the restore CLI's (`diffpir restore --device cuda`);
+# "pkg.*" is the package and every module under it (new modules are checked without a list).
+DEFAULT_IMPORTS="diffpir_rt.engine.* diffpir_rt.kernels.* diffpir_rt.runtime.* diffpir_rt.cli \
+diffpir_rt.benchmarks.latency diffpir_rt.benchmarks.kernel_micro diffpir_rt.benchmarks.suite_summary \
+tests.kernels.test_cupy_kernels tests.engine.test_graph_runtime_gpu"
+export DIFFPIR_SUITE_IMPORTS=${DIFFPIR_SUITE_IMPORTS:-$DEFAULT_IMPORTS}
 export PYTHONUNBUFFERED=1 ROOT PY WORK
 : >"$LOG"
 printf 'stage\tstatus\tseconds\tlimit\n' >"$STAGES"
@@ -85,15 +102,57 @@ EOF
   git -C "$ROOT" status --short 2>/dev/null | head -20 || true
 }
 
-importable() { "$PY" -c "import diffpir_rt.engine, diffpir_rt.kernels, diffpir_rt.benchmarks" >/dev/null 2>&1; }
+# Whether the installed package resolves (run from the root, as every stage is).
+importable() { "$PY" -c "import diffpir_rt.engine, diffpir_rt.kernels, diffpir_rt.benchmarks" >>"$LOG" 2>&1; }
 
-# A PYTHONPATH shim with the pyproject package mapping, if pip install is not possible.
-shim() {
-  mkdir -p "$WORK/shim/diffpir_rt"
-  cp "$ROOT/diffpir_rt/"*.py "$WORK/shim/diffpir_rt/"
-  for pkg in engine export kernels benchmarks; do ln -sfn "$ROOT/$pkg" "$WORK/shim/diffpir_rt/$pkg"; done
-  export PYTHONPATH="$WORK/shim:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  log "install: using the PYTHONPATH shim $WORK/shim"
+# Import every module of $DIFFPIR_SUITE_IMPORTS with pypng made unimportable, as on the GPU
+# image; one line per module, and a last line that says what to fix.
+import_check() {
+  "$PY" - <<'EOF'
+import importlib, os, pkgutil, sys, traceback
+sys.modules["png"] = None  # `import png` now raises ImportError, as on an image without pypng
+failed = []
+
+def check(name):
+    try:
+        module = importlib.import_module(name)
+        print(f"imports: ok      {name}")
+        return module
+    except BaseException as exc:  # report every failure, then stop the suite
+        failed.append(name)
+        print(f"imports: FAILED  {name}: {type(exc).__name__}: {exc}")
+        traceback.print_exc(limit=-3)
+
+for name in os.environ["DIFFPIR_SUITE_IMPORTS"].split():
+    walk = name.endswith(".*")
+    package = check(name[:-2] if walk else name)
+    if walk and package is not None:
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".", onerror=lambda name: None):
+            check(info.name)
+if failed:
+    print(f"imports: {len(failed)} module(s) of the GPU path fail to import without pypng: {' '.join(failed)}")
+    sys.exit(1)
+print("imports: every module of the GPU path imports without pypng")
+EOF
+}
+
+# Write the summary (the Python one, else the stage table alone).
+summarise() {
+  "$PY" -m diffpir_rt.benchmarks.suite_summary --stages "$STAGES" --out-dir "$OUT" --kernels-markdown "$WORK/kernels.md" \
+    --measurements "$DIFFPIR_SUITE_MEASUREMENTS" >>"$LOG" 2>&1 || {
+    log "summary: python summary failed; writing the stage table only"
+    { echo "# DiffPIR GPU suite (fallback summary)"; echo; column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"; } >"$OUT/summary.md"
+  }
+}
+
+# Stop early: say why, summarise what ran, exit 3.
+stop() {
+  log "STOPPED: $*"
+  printf 'stopped\t%s\t0\t0\n' "$*" >>"$STAGES"
+  summarise
+  ls -la "$OUT" | tee -a "$LOG"
+  rm -rf "$WORK"
+  exit 3
 }
 
 build_fatbins() {
@@ -120,10 +179,12 @@ stage env 60 env_info
 if [[ ${DIFFPIR_SUITE_SKIP_INSTALL:-0} == 1 ]]; then
   log "install: skipped (DIFFPIR_SUITE_SKIP_INSTALL=1)"
 else
-  stage install 150 "$PY" -m pip install --no-deps --no-build-isolation -e "$ROOT"
+  stage install 150 "$PY" -m pip install --no-deps --no-build-isolation -e "$ROOT" ||
+    stop "install: pip install --no-deps --no-build-isolation -e . failed (its output is above)"
 fi
-importable || shim
-importable || log "install: diffpir_rt is still not importable; later stages will fail"
+importable || stop "diffpir_rt is not importable from $ROOT (see the install stage above):" \
+  "pip install --no-deps --no-build-isolation -e . must succeed"
+stage imports 120 import_check || stop "a module of the GPU path does not import (see the 'imports:' lines above)"
 
 if command -v cmake >/dev/null && command -v nvcc >/dev/null; then
   stage fatbin 150 build_fatbins || log "fatbin: build failed; CuPy compiles the sources with NVRTC instead"
@@ -134,18 +195,15 @@ fi
 
 stage tests 200 "$PY" -m pytest -q -rA -p no:cacheprovider --continue-on-collection-errors \
   --junitxml="$OUT/pytest.xml" "${PYTEST_ARGS[@]}"
-stage kernels 90 "$PY" -m benchmarks.kernel_micro "${MICRO_ARGS[@]}" --json "$OUT/kernels.json" --markdown "$WORK/kernels.md"
+stage kernels 90 "$PY" -m diffpir_rt.benchmarks.kernel_micro "${MICRO_ARGS[@]}" --json "$OUT/kernels.json" --markdown "$WORK/kernels.md"
 
 # The latency tool stops starting configurations at its own budget and rewrites latency.json
 # after every one, so a timeout still leaves the finished rows.
 left=$((BUDGET - (SECONDS - START)))
-stage latency "$left" "$PY" -m benchmarks.latency "${LATENCY_ARGS[@]}" --time-budget "$((left > 60 ? left - 45 : left / 2))" \
+stage latency "$left" "$PY" -m diffpir_rt.benchmarks.latency "${LATENCY_ARGS[@]}" --time-budget "$((left > 60 ? left - 45 : left / 2))" \
   --out-dir "$OUT" --history none
 
-"$PY" -m benchmarks.suite_summary --stages "$STAGES" --out-dir "$OUT" --kernels-markdown "$WORK/kernels.md" >>"$LOG" 2>&1 || {
-  log "summary: python summary failed; writing the stage table only"
-  { echo "# DiffPIR GPU suite (fallback summary)"; echo; column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"; } >"$OUT/summary.md"
-}
+summarise
 log "done in $((SECONDS - START))s; files in $OUT:"
 ls -la "$OUT" | tee -a "$LOG"
 rm -rf "$WORK"

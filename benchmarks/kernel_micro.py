@@ -8,7 +8,7 @@ times it alone, so the kernel-only ratio is (torch - ifft2) / (cupy - ifft2).
 `min_bytes` counts each input read once and each output written once (METHOD.md), and
 GB/s is min_bytes over the CuPy time.
 
-  python -m benchmarks.kernel_micro --device cuda --json OUT/kernels.json
+  python -m diffpir_rt.benchmarks.kernel_micro --device cuda --json OUT/kernels.json
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_micro", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m diffpir_rt.benchmarks.kernel_micro", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--size", type=int, default=256)

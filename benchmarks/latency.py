@@ -19,14 +19,15 @@ per image, images/s, peak memory, a separate profiling pass splitting UNet time 
 rest, speedups against the baseline and the compile recipe *measured in the same run*,
 achieved TFLOP/s against a stated peak, and PSNR against the baseline's output.
 
-  python -m benchmarks.latency --device cuda                     # the default star sweep
-  python -m benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1
+  python -m diffpir_rt.benchmarks.latency --device cuda                     # the default star sweep
+  python -m diffpir_rt.benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1
 
 Sweeps: "star" (default) runs the centre configuration (the first value of every list)
 with all backends, then varies one axis at a time with --sweep-backends; "grid" runs
-every combination. Results go to OUT_DIR/latency.{json,md,png}, JSON rewritten after every
-configuration (partial results survive a kill), and one line per run is appended to
---history.
+every combination. Backends that torch.compile run after every other configuration
+(their first call compiles for minutes), so a time budget cuts them, not the sweep arms.
+Results go to OUT_DIR/latency.{json,md,png}, JSON rewritten after every configuration
+(partial results survive a kill), and one line per run is appended to --history.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffpir_rt.engine.degrade import gaussian_kernel, random_mask
 from diffpir_rt.engine.denoiser import UNetDenoiser
-from diffpir_rt.engine.fast_unet import prepare_unet
+from diffpir_rt.engine.fast_unet import check_capturable, prepare_unet
 from diffpir_rt.engine.graph_runtime import GraphRuntime, GraphSampler, capture_cuda_graph
+from diffpir_rt.engine.methods.loop import pad_model
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, Operator, SuperResolution
 from diffpir_rt.engine.sampler import DiffPIRConfig, sample
 from diffpir_rt.engine.tasks import OFFICIAL_DEFAULTS
@@ -94,8 +96,9 @@ BACKENDS: dict[str, BackendSpec] = {
 DEFAULT_BACKENDS = {
     # Compiled backends last: their first call compiles for a minute or more, and a time budget
     # should cut them, not the rest.
+    # The compile recipe first among those: the ">= 1.5x torch.compile" target needs it.
     "cuda": ["eager-fp32", "graph-fp16-cupy", "graph-fp16-torch", "eager-fp16", "eager-bf16",
-             "graph-fp16-cupy-compile", COMPILE_RECIPE],
+             COMPILE_RECIPE, "graph-fp16-cupy-compile"],
     "cpu": ["eager-fp32", "graph-fp32-torch", "eager-onnxruntime-fp32"],
 }
 DEFAULT_SWEEP_BACKENDS = {
@@ -183,6 +186,7 @@ class Backend:
         self.name, self.spec, self.model, self.device = name, spec, model, device
         self._graphs: Optional[GraphSampler] = None
         if spec.kind == "graph":
+            check_capturable(model)  # a cudagraph-making torch.compile mode fails inside our capture
             self._graphs = GraphSampler(model, device, impl=spec.impl)
 
     def restore(self, p: Problem) -> torch.Tensor:
@@ -196,9 +200,9 @@ class Backend:
             timed = TimedModel(self.model, self.device)
             total, _ = harness.time_ms(lambda: sample(timed, p.operator, p.y, p.config, seed=SEED), self.device)
             return timed.total_ms(), total
-        runtime = self._graphs.runtime_for(p.operator, p.y.shape, p.config)
+        runtime = self._graphs.runtime_for(p.operator, p.y, p.config)
         total = float(np.median([harness.time_ms(lambda: self.restore(p), self.device)[0] for _ in range(repeats)]))
-        return unet_only_ms(runtime, repeats), total
+        return unet_only_ms(runtime, self.model, repeats), total
 
     def release(self) -> None:
         """Drop cached runtimes (static buffers, graph pools) between configurations."""
@@ -206,14 +210,16 @@ class Backend:
             self._graphs.runtimes.clear()
 
 
-def unet_only_ms(runtime: GraphRuntime, repeats: int = 3) -> float:
+def unet_only_ms(runtime: GraphRuntime, model: Callable, repeats: int = 3) -> float:
     """The loop's model calls alone, on the runtime's buffers; as a CUDA graph when it captures."""
     x, timesteps = runtime.buffers["x_T"], runtime.buffers["timesteps"]
+    padded = pad_model(model, runtime.pad_mode)  # as the runtime calls it
+    model_steps = [step for step in runtime.steps if step.t is not None]
 
     @torch.no_grad()
     def calls() -> None:
-        for step in runtime.plan.steps:
-            runtime.eps_model(x, timesteps[step.index])
+        for step in model_steps:
+            padded(x, timesteps[step.index])
 
     device = runtime.device
     if not runtime.capture:
@@ -323,19 +329,55 @@ def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Name
     return record
 
 
+def is_compiled(name: str) -> bool:
+    """Whether a backend runs torch.compile (its first call compiles, for a minute or more)."""
+    return BACKENDS[name].compile_mode is not None
+
+
 def configurations(args: argparse.Namespace) -> list[tuple[Config, list[str]]]:
-    """(config, backends) in run order: the centre first (all backends), then the star arms."""
+    """(config, backends) in run order.
+
+    Every configuration with the backends that do not compile first: the centre (all
+    backends), then the star arms (--sweep-backends), or the whole grid; then the same
+    configurations again with the torch.compile backends only. Compiling takes minutes
+    per backend, so a time budget cuts the compiled backends, never an arm (batch 32 holds
+    the images/s target).
+    """
     axes = {"task": args.tasks, "size": args.sizes, "batch": args.batches, "steps": args.steps}
     if args.sweep == "grid":
         grid = [Config(t, s, b, n) for t in args.tasks for s in args.sizes for b in args.batches for n in args.steps]
-        return [(cfg, list(args.backends)) for cfg in grid]
-    centre = Config(args.tasks[0], args.sizes[0], args.batches[0], args.steps[0])
-    runs = [(centre, list(args.backends))]
-    for axis in args.star_order:
-        for value in axes[axis][1:]:
-            cfg = Config(**{**asdict(centre), axis: value})
-            runs.append((cfg, [b for b in args.backends if b in args.sweep_backends]))
-    return runs
+        runs = [(cfg, list(args.backends)) for cfg in grid]
+    else:
+        centre = Config(args.tasks[0], args.sizes[0], args.batches[0], args.steps[0])
+        runs = [(centre, list(args.backends))]
+        for axis in args.star_order:
+            for value in axes[axis][1:]:
+                cfg = Config(**{**asdict(centre), axis: value})
+                runs.append((cfg, [b for b in args.backends if b in args.sweep_backends]))
+    first = [(cfg, [b for b in names if not is_compiled(b)]) for cfg, names in runs]
+    last = [(cfg, [b for b in names if is_compiled(b)]) for cfg, names in runs]
+    return [(cfg, names) for cfg, names in first + last if names]
+
+
+def onnxruntime_problem(device: torch.device | str) -> Optional[str]:
+    """Why ONNX Runtime must not run the UNet on `device`, or None if it may.
+
+    On a CUDA device it needs a GPU provider: a CPU build of onnxruntime (the GPU image
+    has one) would run every UNet call on the host and copy each step's tensors back and
+    forth, or fail. On the CPU it needs onnxruntime importable.
+    """
+    device = torch.device(device)
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return f"onnxruntime is not importable ({exc})"
+    if device.type != "cuda":
+        return None
+    available = list(onnxruntime.get_available_providers())
+    if not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(available):
+        return (f"onnxruntime {onnxruntime.__version__} is a CPU build (providers {available}); "
+                "a CUDA run needs onnxruntime-gpu")  # fmt: skip
+    return None
 
 
 def derive(results: list[dict[str, Any]]) -> None:
@@ -362,10 +404,10 @@ def derive(results: list[dict[str, Any]]) -> None:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.latency",
+        prog="python -m diffpir_rt.benchmarks.latency",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="example: python -m benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1",
+        epilog="example: python -m diffpir_rt.benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--arch", default="ffhq_10m", choices=sorted(ARCH_PRESETS))
@@ -455,6 +497,9 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         for name in names:
             if args.time_budget is not None and time.monotonic() - started > args.time_budget:
                 results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
+                continue
+            if BACKENDS[name].runtime == "onnxruntime" and (why := onnxruntime_problem(device)) is not None:
+                results.append({"backend": name, **asdict(cfg), "error": f"skipped: {why}"})
                 continue
             logger.info("%s %s", name, cfg)
             try:

@@ -2,7 +2,7 @@
 
 `evaluate` restores a list of test images for one task with DiffPIR and/or baselines
 and scores them (PSNR/SSIM on uint8, optional LPIPS), one image at a time with the
-image's own seed. `diffpir eval` (= `python -m benchmarks.quality`) runs it over test
+image's own seed. `diffpir eval` (= `python -m diffpir_rt.benchmarks.quality`) runs it over test
 sets x tasks x noise levels and writes results.json first, then per_image.csv,
 summary.md, image grids, or with --ablation the steps and λ x ζ sweeps with a plot.
 Examples: see EXAMPLES (`diffpir eval --help`).
@@ -326,7 +326,7 @@ def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `diffpir eval` options (also `python -m benchmarks.quality`)."""
+    """The `diffpir eval` options (also `python -m diffpir_rt.benchmarks.quality`)."""
     data = p.add_argument_group("data")
     data.add_argument("--dataset", action="append", choices=TESTSETS, help="a project test set, repeatable (default: set3c unless --data)")
     data.add_argument("--data", action="append", type=Path, metavar="DIR", help="a folder of test images, repeatable")
@@ -663,7 +663,7 @@ def _run_ablation(args, plan: _Plan, images, configs, model, lpips, record: dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m benchmarks.quality ARGS` = `diffpir eval ARGS` (same parser, same error handling)."""
+    """`python -m diffpir_rt.benchmarks.quality ARGS` = `diffpir eval ARGS` (same parser, same error handling)."""
     from diffpir_rt.cli import main as cli_main
 
     return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])

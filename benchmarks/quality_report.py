@@ -2,7 +2,7 @@
 
 The JSON record (see quality.py) is the source of truth; every function here reads
 only it (grids also take the images, which the record does not hold), so reports can
-be rebuilt from the JSON alone: `python -m benchmarks.quality_report results.json`.
+be rebuilt from the JSON alone: `python -m diffpir_rt.benchmarks.quality_report results.json`.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Rebuild the reports of a results.json / ablation.json beside it."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m benchmarks.quality_report RESULTS.json", file=sys.stderr)
+        print("usage: python -m diffpir_rt.benchmarks.quality_report RESULTS.json", file=sys.stderr)
         return 2
     path = Path(args[0])
     for written in write_reports(json.loads(path.read_text()), path.parent):

@@ -1,4 +1,4 @@
-"""Summarise a gpu_suite.sh run: stage table, test counts, kernel table, latency targets.
+"""Summarise a gpu_suite.sh run: stage table, test counts, measured figures, kernel table, latency targets.
 
 Reads whatever the stages left (any may be missing or partial) and writes summary.md and
 summary.json into the output folder; regenerates latency.md / latency.png from latency.json
@@ -49,16 +49,34 @@ def read_json(path: Path) -> Optional[dict[str, Any]]:
         return {"error": f"unreadable {path.name}: {exc}"}
 
 
+def read_measurements(path: Optional[Path]) -> list[dict[str, Any]]:
+    """The figures GPU tests recorded (tests/gpu_support.record_measurement), one JSON object a line."""
+    if path is None or not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                rows.append({"error": f"unreadable line: {exc}", "line": line[:200]})
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite_summary", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m diffpir_rt.benchmarks.suite_summary",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
     parser.add_argument("--stages", type=Path, required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--kernels-markdown", type=Path, default=None)
+    parser.add_argument("--measurements", type=Path, default=None,
+                        help="JSON lines the GPU tests wrote ($DIFFPIR_SUITE_MEASUREMENTS)")  # fmt: skip
     args = parser.parse_args(argv)
     out: Path = args.out_dir
 
     stages = read_stages(args.stages)
     tests = read_pytest(out / "pytest.xml")
+    measurements = read_measurements(args.measurements)
     kernels = read_json(out / "kernels.json")
     latency = read_json(out / "latency.json")
     if latency and "results" in latency:
@@ -79,6 +97,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         lines.append(f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
                      f"{tests['skipped']} skipped (of {tests['tests']})")  # fmt: skip
         lines += [f"- FAILED {name}" for name in tests["failed"]]
+    if measurements:
+        lines += ["", "Measured by the tests (thresholds marked provisional were never measured before):", "",
+                  "| figure | value | threshold | context |", "|---|---|---|---|"]  # fmt: skip
+        for m in measurements:
+            context = {k: v for k, v in m.items() if k not in ("name", "value", "threshold")}
+            value = f"{m['value']:.2f}" if isinstance(m.get("value"), (int, float)) else m.get("value")
+            lines.append(f"| {m.get('name')} | {value} | {m.get('threshold')} | {json.dumps(context, sort_keys=True)} |")
     lines += [""]
     if args.kernels_markdown and args.kernels_markdown.is_file():
         lines.append(args.kernels_markdown.read_text())
@@ -96,7 +121,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         lines.append("no latency.json (the latency stage did not run or failed early)")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    harness.write_json(out / "summary.json", {"stages": stages, "tests": tests, "kernels": kernels, "targets": checks})
+    harness.write_json(out / "summary.json", {"stages": stages, "tests": tests, "measurements": measurements,
+                                              "kernels": kernels, "targets": checks})  # fmt: skip
     print("\n".join(lines))
     return 0
 

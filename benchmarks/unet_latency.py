@@ -1,6 +1,6 @@
 """CPU UNet latency: torch eager fp32 vs ONNX Runtime fp32, one forward (x_t, t) -> eps.
 
-    python -m benchmarks.unet_latency --arch ffhq_10m --size 256 --repeats 5 --out benchmarks/results/
+    python -m diffpir_rt.benchmarks.unet_latency --arch ffhq_10m --size 256 --repeats 5 --out benchmarks/results/
 
 Public API only: random weights are saved as a checkpoint, loaded by
 `make_denoiser("torch")`, exported by `export_onnx` and run by
@@ -167,7 +167,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.unet_latency",
+        prog="python -m diffpir_rt.benchmarks.unet_latency",
         description="CPU latency of one UNet forward: torch eager fp32 vs ONNX Runtime fp32 (ORT_ENABLE_ALL).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -1,29 +1,46 @@
-"""The DiffPIR engine: schedule, operators, sampler, UNet and its loader (the public API)."""
+"""The DiffPIR engine, the public API: schedule, operators, methods and their one loop,
+the UNet and its loader, the backends, the CUDA-graph runtime, image io and the task
+registry. Other rooms import from here, not from the engine's modules.
+"""
 
 from diffpir_rt._rooms import require_qualified_name
 
 require_qualified_name(__name__, "engine")
 
+from diffpir_rt.errors import DiffPIRError  # noqa: E402
 
-from .denoiser import UNetDenoiser, load_state_dict_file, load_unet
-from diffpir_rt.errors import DiffPIRError
-from .operators import Deblur, Denoise, Inpaint, SuperResolution
-from .sampler import DiffPIRConfig, sample
-from .unet import ARCH_PRESETS, UNetConfig, UNetModel, build_unet
+from . import argtypes, imageio  # noqa: E402
+from .denoiser import UNetDenoiser, load_state_dict_file, load_unet  # noqa: E402
+from .device import resolve_device  # noqa: E402
+from .fast_unet import prepare_unet  # noqa: E402
+from .graph_runtime import GraphRuntime, GraphSampler, capture_cuda_graph  # noqa: E402
+from .imageio import from_model, read_image, to_model, write_image  # noqa: E402
+from .methods import METHODS, Method, MethodConfig, build_method, method_names  # noqa: E402
+from .methods.diffpir import DiffPIRConfig  # noqa: E402
+from .model_source import DEFAULT_CHECKPOINT_ARCH, ModelSource, arch_names  # noqa: E402
+from .operators import Deblur, Denoise, Inpaint, Operator, SuperResolution  # noqa: E402
+from .prior import bundled_card, load_bundled_prior  # noqa: E402
+from .sampler import generate, sample  # noqa: E402
+from .schedule import linear_schedule, timesteps  # noqa: E402
+from .tasks import OFFICIAL_DEFAULTS, TASKS, TaskDefaults, build_operator, defaults_for, make_measurement, operator_from_files  # noqa: E402
+from .unet import ARCH_PRESETS, AttentionBlock, ResBlock, UNetConfig, UNetModel, build_unet, resolve_arch  # noqa: E402
 
 __all__ = [
-    "ARCH_PRESETS",
-    "Deblur",
-    "Denoise",
-    "DiffPIRConfig",
-    "DiffPIRError",
-    "Inpaint",
-    "SuperResolution",
-    "UNetConfig",
-    "UNetDenoiser",
-    "UNetModel",
-    "build_unet",
-    "load_state_dict_file",
-    "load_unet",
-    "sample",
-]
+    "ARCH_PRESETS", "AttentionBlock", "DEFAULT_CHECKPOINT_ARCH", "Deblur", "Denoise", "DiffPIRConfig",
+    "DiffPIRError", "GraphRuntime", "GraphSampler", "Inpaint", "METHODS", "Method", "MethodConfig",
+    "ModelSource", "OFFICIAL_DEFAULTS", "Operator", "ResBlock", "SuperResolution", "TASKS", "TaskDefaults",
+    "UNetConfig", "UNetDenoiser", "UNetModel", "arch_names", "argtypes", "build_method", "build_operator",
+    "build_unet", "bundled_card", "capture_cuda_graph", "defaults_for", "degrade", "from_model", "generate",
+    "imageio", "linear_schedule", "load_bundled_prior", "load_state_dict_file", "load_unet",
+    "make_measurement", "method_names", "operator_from_files", "prepare_unet", "read_image",
+    "resolve_arch", "resolve_device", "sample", "timesteps", "to_model", "write_image",
+]  # fmt: skip
+
+
+def __getattr__(name: str):
+    # engine.degrade pulls in scipy and h5py (~0.5 s): loaded on first use only.
+    if name == "degrade":
+        import importlib
+
+        return importlib.import_module(".degrade", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -79,6 +79,40 @@ class UNetDenoiser(nn.Module):
         t = t.to(device=x_t.device, dtype=torch.int64).reshape(-1).expand(x_t.shape[0])
         return self.unet(x_t, t)[:, : self.config.in_channels]
 
+    def eps_and_variance(self, x_t: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
+        """eps and the learned-variance interpolation v from one UNet call (learn_sigma UNets).
+
+        v is the output's second half, in [-1, 1] for a trained model: the sampler's
+        log-variance is frac * log(beta_t) + (1 - frac) * log(posterior variance_t) with
+        frac = (v + 1) / 2 (guided-diffusion's "learned_range").
+
+        Args:
+            x_t, t: as in `forward`.
+
+        Returns:
+            (eps, v), each (B, C, H, W) in x_t's dtype.
+
+        Raises:
+            DiffPIRError: a UNet built without learn_sigma (it predicts eps only), or
+                bad inputs as in `forward`.
+        """
+        if not self.config.learn_sigma:
+            raise DiffPIRError(
+                "eps_and_variance: this UNet was built without learn_sigma and predicts eps only; "
+                "use a fixed variance ('fixed_small' or 'fixed_large')"
+            )
+        if not isinstance(t, Tensor):
+            try:
+                t = torch.tensor(operator.index(t), dtype=torch.int64, device=x_t.device)
+            except TypeError:
+                raise DiffPIRError(f"t: expected an integer timestep, got {t!r}") from None
+        if not _is_tracing():
+            self._check_inputs(x_t, t)
+        t = t.to(device=x_t.device, dtype=torch.int64).reshape(-1).expand(x_t.shape[0])
+        out = self.unet(x_t, t)
+        channels = self.config.in_channels
+        return out[:, :channels], out[:, channels : 2 * channels]
+
     def _check_inputs(self, x_t: Tensor, t: Tensor) -> None:
         channels, multiple = self.config.in_channels, self.size_multiple
         if x_t.ndim != 4 or x_t.shape[1] != channels:

@@ -88,9 +88,14 @@ def check_finite(x: np.ndarray | torch.Tensor, name: str) -> None:
 
 def read_image(path: PathLike) -> torch.Tensor:
     """Read a PNG / JPEG / TIFF (8 or 16 bit) as a (3, H, W) float32 tensor in [0, 1]."""
+    return read_image_and_depth(path)[0]
+
+
+def read_image_and_depth(path: PathLike) -> tuple[torch.Tensor, int]:
+    """read_image, and the file's bit depth (8 or 16), so outputs can keep it."""
     pixels, max_value = _read_pixels(Path(path), "image")
     x = torch.from_numpy(pixels.astype(np.float32) / np.float32(max_value))
-    return x.permute(2, 0, 1).contiguous()
+    return x.permute(2, 0, 1).contiguous(), 16 if max_value > 255 else 8
 
 
 def read_mask(path: PathLike) -> torch.Tensor:

@@ -448,3 +448,51 @@ class Denoise(Inpaint):
     def _mask_for(self, x: Tensor, name: str) -> Tensor:
         check_image_batch(x, name)
         return torch.ones((), device=x.device, dtype=x.dtype)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _centre_pad(kernel: Tensor, height: int, width: int) -> Tensor:
+    """Zero-pad a (kh, kw) kernel to (height, width) keeping its centre pixel (kh//2, kw//2) centred."""
+    kh, kw = kernel.shape[-2:]
+    top, left = height // 2 - kh // 2, width // 2 - kw // 2
+    out = kernel.new_zeros(height, width)
+    out[top : top + kh, left : left + kw] = kernel
+    return out
+
+
+def stack_operators(operators: list) -> Operator:
+    """One operator for a batch whose samples each have their own operator of one kind.
+
+    Kernels of different sizes are zero-padded to the largest (same blur, same centre);
+    masks must share the image size. Used to batch independent requests together.
+
+    Raises:
+        DiffPIRError: operators of different kinds or SR scales.
+    """
+    if not operators:
+        raise DiffPIRError("operators: expected at least one")
+    kinds = {type(op) for op in operators}
+    if len(kinds) != 1:
+        raise DiffPIRError(f"operators: cannot batch different kinds ({', '.join(sorted(k.__name__ for k in kinds))})")
+    first = operators[0]
+    if len(operators) == 1:
+        return first
+    if isinstance(first, Denoise):
+        return first
+    if isinstance(first, Inpaint):
+        masks = [op.mask for op in operators]
+        if any(m.shape[0] != 1 for m in masks) or len({tuple(m.shape) for m in masks}) != 1:
+            raise DiffPIRError("operators: masks to batch must be single masks of one size")
+        return Inpaint(torch.cat(masks))
+    scales = {op.sf for op in operators}
+    if len(scales) != 1:
+        raise DiffPIRError(f"operators: cannot batch SR scales {sorted(scales)} together")
+    if any(op.kernel.shape[0] != 1 for op in operators):
+        raise DiffPIRError("operators: kernels to batch must be single kernels")
+    height = max(op.kernel.shape[-2] for op in operators)
+    width = max(op.kernel.shape[-1] for op in operators)
+    height, width = height + 1 - height % 2, width + 1 - width % 2  # odd: one centre pixel
+    kernels = torch.stack([_centre_pad(op.kernel[0], height, width) for op in operators])
+    return Deblur(kernels) if isinstance(first, Deblur) else SuperResolution(first.sf, kernels)

@@ -10,24 +10,18 @@ import argparse
 import json
 from pathlib import Path
 
+from diffpir_rt.engine import DEFAULT_CHECKPOINT_ARCH, arch_names, argtypes
 from diffpir_rt.errors import DiffPIRError
 
 EXAMPLES_ONNX = """examples:
-  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet.onnx --dynamic-size
-  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet_fp16.onnx --fp16 --dynamic-batch --dynamic-size
+  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet.onnx
+  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet_fp16.onnx --fp16
   diffpir export onnx --arch ffhq_10m --random-weights --output bench.onnx   # benchmarks only
 """
 EXAMPLES_TRT = """examples:
   diffpir export trt --onnx unet_fp16.onnx --output unet.plan --fp16 --batch 1:1:4 --height 128:256:512 --width 128:256:512
   diffpir restore --task deblur --input y.png --kernel k.npy --output x.png --backend tensorrt --engine unet.plan --device cuda
 """
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,16 +45,18 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
     p.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
-    p.add_argument("--arch", default=None, help="UNet preset of --checkpoint or --random-weights (default: ffhq_10m)")
+    p.add_argument("--arch", choices=arch_names(), default=None,
+                   help=f"UNet preset of --checkpoint or --random-weights (default for those: {DEFAULT_CHECKPOINT_ARCH})")
     p.add_argument("--random-weights", action="store_true", help="export randomly initialised weights (benchmarks only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default: 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of --random-weights (default: 0)")
     p.add_argument("--opset", type=int, choices=list(OPSETS), default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="fp16 weights/activations; GroupNorm and softmax stay fp32, I/O fp32")
-    p.add_argument("--dynamic-batch", action="store_true", help="batch axis dynamic (default: fixed to --batch)")
-    p.add_argument("--dynamic-size", action="store_true", help="H and W dynamic, any multiple of the UNet's size multiple")
-    p.add_argument("--batch", type=_positive_int, default=1, help="traced batch (the fixed one without --dynamic-batch; default: 1)")
-    p.add_argument("--height", type=_positive_int, help="traced height (default: the arch's image_size)")
-    p.add_argument("--width", type=_positive_int, help="traced width (default: the arch's image_size)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch (default: dynamic)")
+    p.add_argument("--static-size", action="store_true",
+                   help="fix H and W to --height x --width (default: dynamic, any multiple of the UNet's size multiple)")
+    p.add_argument("--batch", type=argtypes.positive_int, default=1, help="traced batch (the fixed one with --static-batch; default: 1)")
+    p.add_argument("--height", type=argtypes.positive_int, help="traced height (default: the arch's image_size)")
+    p.add_argument("--width", type=argtypes.positive_int, help="traced width (default: the arch's image_size)")
     p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
                    help="weights in <output>.data beside the .onnx (auto: above ~1.8 GB, e.g. imagenet256_uncond)")
     p.set_defaults(handler=run_export_onnx)
@@ -107,8 +103,8 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     config = OnnxExportConfig(
         opset=args.opset,
         precision="fp16" if args.fp16 else "fp32",
-        dynamic_batch=args.dynamic_batch,
-        dynamic_size=args.dynamic_size,
+        dynamic_batch=not args.static_batch,
+        dynamic_size=not args.static_size,
         batch=args.batch,
         height=args.height,
         width=args.width,

@@ -1,79 +1,112 @@
-"""`diffpir`: restore and degrade images from the command line.
+"""`diffpir restore`, `diffpir degrade` and `diffpir generate`.
 
-Each handler is thin: parse -> check every argument (before loading anything
-heavy) -> public API -> write atomically. User errors (DiffPIRError) print one line
-on stderr and exit with code 2; bugs keep their traceback.
+Each handler is thin: parse -> check every argument and every path (before loading
+anything heavy) -> a `Restorer` -> write atomically. User errors (DiffPIRError) print one
+line on stderr and exit with code 2 (diffpir_rt.cli); bugs keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from diffpir_rt.engine.backends import BACKENDS, check_backend_arguments
-from diffpir_rt.engine import argtypes
-from diffpir_rt.engine.device import resolve_device
+from diffpir_rt.engine import METHODS, TASKS, ModelSource, arch_names, argtypes, bundled_card, defaults_for
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.engine.tasks import TASKS, defaults_for
 
-logger = logging.getLogger(__name__)
+from .restorer import BACKENDS, PRECISIONS, Restorer
 
 EXAMPLES_RESTORE = """examples:
   diffpir restore --task deblur --input blurry.png --kernel kernel.npy --output restored.png
   diffpir restore --task sr --scale 4 --input small.png --output large.png --steps 20
-  diffpir restore --task inpaint --input holes.png --mask mask.png --output filled.png
+  diffpir restore --task inpaint --input holes.png --mask mask.png --output filled.png --method ddnm
   diffpir restore --task denoise --sigma-n 0.1 --input noisy.png --output clean.png \\
       --checkpoint ffhq_10m.pt --arch ffhq_10m --device cuda
-  diffpir restore --task deblur --input blurry.png --kernel kernel.npy --output restored.png \\
-      --backend onnxruntime --onnx unet.onnx     # from `diffpir export onnx --dynamic-size`
+  diffpir restore --task deblur --input blurry.png --kernel kernel.npy --output restored.png --reference
 """
 EXAMPLES_DEGRADE = """examples:
   diffpir degrade --task deblur --kernel gaussian --index 0 --input clean.png --output y.png --save-kernel k.npy
   diffpir degrade --task sr --scale 4 --input clean.png --output y.npy
   diffpir degrade --task inpaint --mask random --input clean.png --output y.png --save-mask mask.png
 """
-
-
-# ----------------------------------------------------------------------------- argument types
-
-
-_positive_float = argtypes.positive_float
-_unit_float = argtypes.unit_float
-_steps = argtypes.num_steps
-_timestep = argtypes.timestep
+EXAMPLES_GENERATE = """examples:
+  diffpir generate --method ddim --steps 20 --num 16 --output grid.png
+  diffpir generate --method ddpm --steps 100 --num 4 --size 128 --output samples.png --seed 3
+"""
 
 
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def read_measurement(path: Path) -> torch.Tensor:
-    """A [0, 1] (C, H, W) measurement: an image file, or .npy (C, H, W) float kept unclipped."""
-    from diffpir_rt.engine.imageio import check_finite, read_image
+def _defaults_table() -> str:
+    """The bundled prior's per-task defaults, for --help (read from its model card, cheap)."""
+    card = bundled_card()
+    if card is None:
+        return "defaults: the official DiffPIR values per task"
+    rows = [f"  {task:8s} lam {d.lam:g}, zeta {d.zeta:g}, steps {d.steps}, sigma_n {d.sigma_n:g}"
+            for task in TASKS for d in [defaults_for(task, card.get("task_defaults"))]]  # fmt: skip
+    return "defaults of the bundled prior (diffpir method; other models: their card's, or the official values):\n" + "\n".join(rows)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Model source, backend, device and precision: the same flags for every command that restores."""
+    g = p.add_argument_group("model and runtime")
+    g.add_argument("--checkpoint", type=Path, help="guided-diffusion UNet weights (.pt/.safetensors); default: the bundled prior")
+    g.add_argument("--arch", choices=arch_names(), default=None,
+                   help="UNet architecture of --checkpoint (default for a checkpoint: ffhq_10m)")
+    g.add_argument("--onnx", type=Path, help="an ONNX graph from `diffpir export onnx` instead of torch weights")
+    g.add_argument("--engine", type=Path, help="a TensorRT plan from `diffpir export trt`")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    g.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="what runs the UNet; auto = the fastest tested path for the device (default: %(default)s)")
+    g.add_argument("--dtype", choices=PRECISIONS, default="auto",
+                   help="UNet precision; auto = fp16 on CUDA, fp32 on CPU (fp16 is refused on CPU) (default: %(default)s)")
+    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads (default: torch's / the physical cores)")
+    g.add_argument("--reference", action="store_true", help="run the exact fp32 eager reference loop (slow, for checking)")
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    return ModelSource.from_arguments(args.checkpoint, args.arch, args.onnx, args.engine)
+
+
+def make_restorer(args: argparse.Namespace) -> Restorer:
+    return Restorer(model_source(args), backend=args.backend, device=args.device, precision=args.dtype,
+                    reference=args.reference, threads=args.threads)  # fmt: skip
+
+
+def check_inputs_exist(args: argparse.Namespace, flags: Sequence[str]) -> None:
+    from diffpir_rt.engine.paths import check_input_file
+
+    for flag in flags:
+        path = getattr(args, flag, None)
+        if path is not None:
+            check_input_file(path, f"--{flag.replace('_', '-')}")
+
+
+def read_measurement(path: Path) -> tuple[torch.Tensor, int]:
+    """A [0, 1] (3, H, W) measurement and its bit depth: an image file, or a (C, H, W) .npy kept unclipped."""
+    from diffpir_rt.engine.imageio import check_finite, read_image_and_depth
+    from diffpir_rt.engine.paths import read_npy
 
     if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DiffPIRError(f"input {path}: cannot read .npy ({e})") from e
+        array = read_npy(path, "input", ndim=(2, 3))
         if array.ndim == 2:
-            array = np.repeat(array[None], 3, axis=0)
-        if array.ndim != 3 or array.shape[0] not in (1, 3):
+            array = array[None]
+        if array.shape[0] not in (1, 3):
             raise DiffPIRError(f"input {path}: expected a (C, H, W) array with C in {{1, 3}}, got shape {array.shape}")
         if array.shape[0] == 1:
             array = np.repeat(array, 3, axis=0)
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        x, depth = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), 16
     else:
-        x = read_image(path)
+        x, depth = read_image_and_depth(path)
     check_finite(x, f"input {path}")
-    return x
+    return x, depth
 
 
 def write_output(path: Path, x: torch.Tensor, bit_depth: int, protect: Sequence[Path]) -> None:
@@ -86,211 +119,111 @@ def write_output(path: Path, x: torch.Tensor, bit_depth: int, protect: Sequence[
         write_image(path, x, bit_depth=bit_depth, protect=protect)
 
 
-def _check_output_path(output: Path, inputs: Sequence[Optional[Path]]) -> None:
-    from diffpir_rt.engine.imageio import WRITE_FORMATS
-
-    suffix = output.suffix.lower()
-    if suffix not in (*WRITE_FORMATS, ".npy"):
-        raise DiffPIRError(f"--output {output}: unsupported suffix {suffix!r}; expected one of {', '.join((*WRITE_FORMATS, '.npy'))}")
-    for p in inputs:
-        if p is not None and p.resolve() == output.resolve():
-            raise DiffPIRError(f"--output {output}: is the input {p}; refusing to overwrite an input")
-
-
-def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
-    """A tqdm progress bar over steps, as a sampler callback, plus its close function."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, file=sys.stderr)
-    return (lambda info: bar.update(1)), bar.close
-
-
 # ----------------------------------------------------------------------------- restore
 
 
 def add_restore_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "restore",
-        help="restore a degraded image with DiffPIR",
-        description="Restore a measurement y = H(x) + n with DiffPIR (Zhu et al. 2023). "
-        "Unset --lam/--zeta/--steps/--sigma-n take the task's defaults (the bundled prior's tuned "
-        "values, or the official ones with --checkpoint).",
+        help="restore a degraded image (DiffPIR or another method of the family)",
+        description="Restore a measurement y = H(x) + n with a diffusion prior. Unset hyperparameters take the "
+        "model's defaults for the task.\n\n" + _defaults_table(),
         epilog=EXAMPLES_RESTORE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", required=True, choices=TASKS, help="degradation to invert")
     p.add_argument("--input", required=True, type=Path, help="measurement y: PNG/JPEG/TIFF (8/16-bit) or .npy (C,H,W) in [0,1]")
-    p.add_argument("--output", required=True, type=Path, help="restored image: .png/.jpg/.tif or .npy")
+    p.add_argument("--output", required=True, type=Path, help="restored image: .png/.jpg/.tif or .npy; <output>.json records the run")
     p.add_argument("--kernel", type=Path, help="blur kernel (.npy, .png, .mat); deblur: required, sr: default bicubic")
-    p.add_argument("--kernel-index", type=int, default=None, help="which kernel of a .mat cell array (default 0)")
+    p.add_argument("--kernel-index", type=argtypes.non_negative_int, default=None, help="which kernel of a .mat cell array (default: 0)")
     p.add_argument("--mask", type=Path, help="inpainting mask image, nonzero = observed (required for inpaint)")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4, help="SR factor (default: 4)")
-    p.add_argument("--sigma-n", type=_unit_float, help="measurement noise std in [0,1] units (0.05 = 12.75/255)")
-    p.add_argument("--lam", type=_positive_float, help="lambda: data-term weight")
-    p.add_argument("--zeta", type=_unit_float, help="zeta in [0,1]: fresh-noise share of each step")
-    p.add_argument("--steps", type=_steps, help="number of timesteps N (N-1 UNet calls with 'quad')")
-    p.add_argument("--skip", choices=("quad", "uniform"), default="quad", help="step spacing (default: quad)")
-    p.add_argument("--t-start", type=_timestep, default=999, help="start timestep (default: 999)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
-    p.add_argument("--arch", default=None, help="UNet architecture of --checkpoint (default: ffhq_10m)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="what runs the UNet: torch (--checkpoint or the bundled prior), onnxruntime (--onnx), "
-                   "tensorrt (--engine) (default: torch)")
-    p.add_argument("--onnx", type=Path, help="ONNX graph from `diffpir export onnx` (--backend onnxruntime)")
-    p.add_argument("--engine", type=Path, help="TensorRT plan from `diffpir export trt` (--backend tensorrt)")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="torch backend compute dtype; norms and softmax stay fp32 (default: fp32)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: physical cores)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="torch backend: NHWC convolutions (faster on CPU and with cuDNN; same math, "
-                   "rounding-level differences from the fp32 reference)")
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output bit depth (default: 8)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="SR factor (default: 4)")
+    p.add_argument("--method", choices=tuple(METHODS), default="diffpir", help="restoration method (default: %(default)s)")
+    h = p.add_argument_group("hyperparameters (unset: the model's default for the task, see above)")
+    h.add_argument("--sigma-n", type=argtypes.unit_float, help="measurement noise std in [0,1] units (0.05 = 12.75/255)")
+    h.add_argument("--steps", type=argtypes.num_steps, help="number of timesteps")
+    h.add_argument("--lam", type=argtypes.positive_float, help="diffpir: lambda, the data-term weight")
+    h.add_argument("--zeta", type=argtypes.unit_float, help="diffpir: fresh-noise share of each step, in [0,1]")
+    h.add_argument("--skip", choices=("quad", "uniform"), default=None, help="diffpir: step spacing (default: quad)")
+    h.add_argument("--t-start", type=argtypes.timestep, default=None, help="diffpir: start timestep (default: 999)")
+    h.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other parameter of the method's config (repeatable), e.g. --param eta=0.5")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: %(default)s)")
+    add_model_arguments(p)
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="output bit depth (default: the input's)")
+    p.add_argument("--quiet", action="store_true", help="no progress, no summary line")
     p.set_defaults(handler=run_restore)
 
 
-def _load_kernel_arg(path: Path, index: Optional[int]) -> np.ndarray:
-    from diffpir_rt.engine.degrade import load_kernel
-
-    return load_kernel(path, index)
-
-
-def build_operator(task: str, kernel: Optional[Path], kernel_index: Optional[int], mask: Optional[Path], scale: int):
-    """The operator for a CLI task, from files (checked, small)."""
-    from diffpir_rt.engine.imageio import read_mask
-    from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
-
-    if task == "deblur":
-        if kernel is None:
-            raise DiffPIRError("--task deblur needs --kernel (a .npy, .png or .mat blur kernel)")
-        return Deblur(_load_kernel_arg(kernel, kernel_index))
-    if task == "sr":
-        return SuperResolution(scale, None if kernel is None else _load_kernel_arg(kernel, kernel_index))
-    if task == "inpaint":
-        if mask is None:
-            raise DiffPIRError("--task inpaint needs --mask (an image, nonzero = observed)")
-        return Inpaint(read_mask(mask)[0])
-    return Denoise()
-
-
-def _load_model(args: argparse.Namespace, device: torch.device):
-    from diffpir_rt.engine.backends import make_denoiser
-
-    return make_denoiser(
-        args.backend,
-        checkpoint=args.checkpoint,
-        arch=args.arch,
-        onnx=args.onnx,
-        engine=args.engine,
-        device=device,
-        dtype=args.dtype,
-        threads=args.threads,
-        channels_last=args.channels_last,
-    )
-
-
-def _artifact_card(args: argparse.Namespace) -> Optional[dict[str, Any]]:
-    """The bundled prior's card if the --onnx/--engine artifact was exported from it (its sidecar says)."""
-    from diffpir_rt.engine.prior import bundled_card
-
-    card = bundled_card()
-    artifact = args.engine if args.backend == "tensorrt" else args.onnx
-    sidecar = artifact.with_name(artifact.name + ".json") if artifact is not None else None
-    if card is None or sidecar is None or not sidecar.is_file():
-        return None
-    try:
-        record = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    sha = (record.get("onnx_metadata") or record.get("metadata") or {}).get("checkpoint_sha256")
-    return card if sha == card.get("sha256") else None
-
-
-def _checkpoint_label(args: argparse.Namespace, card: Optional[dict[str, Any]]) -> str:
-    if args.checkpoint is not None:
-        return str(args.checkpoint)
-    if args.backend == "torch":
-        return f"bundled:{card['weights']}" if card else "bundled"
-    return f"{args.backend}:{args.onnx if args.backend == 'onnxruntime' else args.engine}"
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """--param NAME=VALUE pairs: numbers become numbers, true/false booleans, the rest strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise DiffPIRError(f"--param {pair!r}: expected NAME=VALUE")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    continue
+        out[name] = value
+    return out
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    from diffpir_rt.engine.prior import bundled_card
-    from diffpir_rt.engine.sampler import DiffPIRConfig, sample
+    from diffpir_rt.engine import operator_from_files
+    from diffpir_rt.engine.paths import OutputPlan
 
-    # 1. Check everything cheap first: paths, task options, hyperparameters, device.
-    for flag in ("input", "kernel", "mask", "checkpoint", "onnx", "engine"):
-        path = getattr(args, flag)
-        if path is not None and not path.is_file():
-            raise DiffPIRError(f"--{flag} {path}: no such file")
-    _check_output_path(args.output, [args.input, args.kernel, args.mask, args.checkpoint, args.onnx, args.engine])
-    check_backend_arguments(
-        args.backend, checkpoint=args.checkpoint, arch=args.arch, onnx=args.onnx, engine=args.engine,
-        dtype=args.dtype, threads=args.threads, channels_last=args.channels_last,
-    )
-    if args.arch is not None and args.checkpoint is None:
-        raise DiffPIRError("--arch applies to --checkpoint; the bundled prior knows its own arch")
-    if args.arch is not None:
-        from diffpir_rt.engine.unet import resolve_arch
-
-        resolve_arch(args.arch)
-    if args.backend == "torch":
-        card = bundled_card() if args.checkpoint is None else None
-        if args.checkpoint is None and card is None:
-            from diffpir_rt.engine.prior import bundled_weights_path
-
-            bundled_weights_path()  # raises the "no checkpoint" message
-    else:
-        card = _artifact_card(args)
-    defaults = defaults_for(args.task, card.get("task_defaults") if card else None)
-    config = DiffPIRConfig(
-        lam=args.lam if args.lam is not None else defaults.lam,
-        zeta=args.zeta if args.zeta is not None else defaults.zeta,
-        sigma_n=args.sigma_n if args.sigma_n is not None else defaults.sigma_n,
-        steps=args.steps if args.steps is not None else defaults.steps,
-        skip=args.skip,
-        t_start=args.t_start,
-    )
-    device = resolve_device(args.device)
-    y = read_measurement(args.input)
-    operator = build_operator(args.task, args.kernel, args.kernel_index, args.mask, args.scale)
+    # 1. Everything cheap first: paths, task inputs, hyperparameters, device.
+    check_inputs_exist(args, ("input", "kernel", "mask", "checkpoint", "onnx", "engine"))
+    inputs = [args.input, args.kernel, args.mask, args.checkpoint, args.onnx, args.engine]
+    plan = OutputPlan(inputs)
+    plan.add(args.output, "--output", suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"))
+    record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
+    operator = operator_from_files(args.task, args.kernel, args.kernel_index, args.mask, args.scale)
+    y, depth = read_measurement(args.input)
     operator.data_step(y[None])  # size checks (kernel vs image, mask vs image) before the model loads
+    overrides = {"lam": args.lam, "zeta": args.zeta, "sigma_n": args.sigma_n, "steps": args.steps,
+                 "skip": args.skip, "t_start": args.t_start, **parse_params(args.param)}  # fmt: skip
 
-    # 2. Load the model and restore.
-    model = _load_model(args, device)
-    callback, close = _progress(config.num_model_calls, not args.quiet and sys.stderr.isatty(), f"{args.task}")
-    start = time.perf_counter()
-    try:
-        x = sample(model, operator, y.to(device)[None], config, seed=args.seed, callback=callback)
-    finally:
-        close()
-    seconds = time.perf_counter() - start
+    # 2. The runtime, the config, the restoration.
+    from .jobs import RestoreRequest, model_calls, run_requests
+    from .progress import Progress
 
-    # 3. Write the image and, beside it, the resolved configuration.
-    write_output(args.output, x[0].cpu(), args.bit_depth, [args.input])
-    record = {
-        "task": args.task,
-        "input": str(args.input),
-        "config": config.to_dict(),
-        "defaults_source": defaults.source,
-        "checkpoint": _checkpoint_label(args, card),
-        "arch": args.arch or (card["arch"] if card else model.describe().get("arch", "ffhq_10m")),
-        "backend": model.describe(),
-        "kernel": str(args.kernel) if args.kernel else None,
-        "mask": str(args.mask) if args.mask else None,
-        "scale": args.scale if args.task == "sr" else None,
-        "seed": args.seed,
-        "device": str(device),
-        "seconds": round(seconds, 3),
-    }
+    restorer = make_restorer(args)
+    request = RestoreRequest(
+        args.task, y, operator, args.method, overrides, args.seed, depth,
+        sources={"input": str(args.input), "kernel": str(args.kernel) if args.kernel else None,
+                 "mask": str(args.mask) if args.mask else None},
+    )  # fmt: skip
+    calls = model_calls(request.config(restorer))
+    with Progress(calls, f"{args.task} ({args.method})", unit="UNet call", enabled=not args.quiet) as progress:
+        ((x, record),) = run_requests(restorer, [request], callback=progress.callback)
+
+    # 3. The image and, beside it, what ran.
+    bit_depth = args.bit_depth or depth
+    record["bit_depth"] = bit_depth
     from diffpir_rt.engine.imageio import write_text
 
-    write_text(args.output.with_name(args.output.name + ".json"), json.dumps(record, indent=2) + "\n")
+    with plan.transaction():
+        write_output(args.output, x.cpu(), bit_depth, plan.inputs)
+        write_text(record_path, json.dumps(record, indent=2) + "\n", protect=plan.inputs)
     if not args.quiet:
-        print(f"restored {args.input} -> {args.output} ({config.num_model_calls} UNet calls, {seconds:.2f} s)")
+        print(f"restored {args.input} -> {args.output} ({calls} UNet calls, {record['seconds']:.2f} s, {restorer.path.name})")
     return 0
+
+
+def restorer_steps(config: Any) -> tuple:
+    from diffpir_rt.engine import build_method
+
+    return tuple(s for s in build_method(config).steps() if s.t is not None)
 
 
 # ----------------------------------------------------------------------------- degrade
@@ -300,97 +233,153 @@ def add_degrade_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "degrade",
         help="synthesise a measurement by the official DiffPIR protocol",
-        description="Make y = H(x) + n as the official DiffPIR scripts do (spec §7): Gaussian kernels "
-        "with std 3(1 + 2u) seeded by image index, motion kernels, circular blur of the 8-bit image "
-        "(truncated), MATLAB bicubic downsampling for SR, box/random masks, additive Gaussian noise. "
-        "Save to .npy to keep the noisy measurement unclipped and unquantised.",
+        description="Make y = H(x) + n as the official DiffPIR scripts do: Gaussian kernels with std "
+        "3(1 + 2u) seeded by image index, motion kernels, circular blur of the 8-bit image (truncated), "
+        "MATLAB bicubic downsampling for SR, box/random masks, additive Gaussian noise. Save to .npy to "
+        "keep the noisy measurement unclipped and unquantised.",
         epilog=EXAMPLES_DEGRADE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=TASKS, help="the degradation to apply")
     p.add_argument("--input", required=True, type=Path, help="clean image x")
     p.add_argument("--output", required=True, type=Path, help="measurement y (.png/.tif/.jpg or .npy)")
-    p.add_argument("--kernel", default="gaussian", help="deblur: 'gaussian', 'motion' or a kernel file (default: gaussian)")
-    p.add_argument("--kernel-index", type=int, default=None, help="which kernel of a .mat file")
-    p.add_argument("--index", type=int, default=0, help="image index seeding the kernel draw (seed 10*index; default 0)")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4, help="SR factor (default: 4)")
-    p.add_argument("--mask", default="random", help="inpaint: 'box', 'random' or a mask image (default: random)")
-    p.add_argument("--mask-seed", type=int, default=0, help="numpy seed of the mask draw (default: 0, as the official script)")
-    p.add_argument("--sigma-n", type=_unit_float, default=None, help="noise std in [0,1] units (default: the task's)")
-    p.add_argument("--noise-seed", type=int, default=0, help="numpy seed of the noise (default: 0, as the official script)")
-    p.add_argument("--save-kernel", type=Path, help="also write the kernel (.npy) used")
-    p.add_argument("--save-mask", type=Path, help="also write the mask (.png, 255 = observed) used")
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    p.add_argument("--kernel", default=None, help="deblur: 'gaussian', 'motion' or a kernel file (default: gaussian)")
+    p.add_argument("--kernel-index", type=argtypes.non_negative_int, default=None, help="which kernel of a .mat file")
+    p.add_argument("--index", type=argtypes.non_negative_int, default=0,
+                   help="image index seeding the kernel draw (seed 10*index; default: %(default)s)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="sr: factor (default: 4)")
+    p.add_argument("--mask", default=None, help="inpaint: 'box', 'random' or a mask image (default: random)")
+    p.add_argument("--mask-seed", type=argtypes.seed, default=0, help="numpy seed of the mask draw (default: %(default)s, as the official script)")
+    p.add_argument("--sigma-n", type=argtypes.unit_float, default=None, help="noise std in [0,1] units (default: the task's official)")
+    p.add_argument("--noise-seed", type=argtypes.seed, default=0, help="numpy seed of the noise (default: %(default)s, as the official script)")
+    p.add_argument("--save-kernel", type=Path, help="deblur: also write the kernel used (.npy)")
+    p.add_argument("--save-mask", type=Path, help="inpaint: also write the mask used (.png, 255 = observed)")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output bit depth for images (default: %(default)s)")
     p.set_defaults(handler=run_degrade)
 
 
 def run_degrade(args: argparse.Namespace) -> int:
-    from diffpir_rt.engine import degrade
+    from diffpir_rt.engine import degrade, make_measurement
     from diffpir_rt.engine.imageio import read_image, read_mask, write_image, write_npy
+    from diffpir_rt.engine.paths import OutputPlan, check_input_file
+    from diffpir_rt.engine.tasks import KERNEL_NAMES, MASK_NAMES, check_inputs
 
-    if not args.input.is_file():
-        raise DiffPIRError(f"--input {args.input}: no such file")
-    _check_output_path(args.output, [args.input])
-    for extra in (args.save_kernel, args.save_mask):
-        if extra is not None and extra.resolve() == args.input.resolve():
-            raise DiffPIRError(f"{extra}: is the input; refusing to overwrite an input")
+    check_inputs(args.task, kernel=args.kernel, mask=args.mask, scale=args.scale)
+    if args.save_kernel is not None and args.task != "deblur":
+        raise DiffPIRError(f"--save-kernel: applies to --task deblur, not {args.task}")
+    if args.save_mask is not None and args.task != "inpaint":
+        raise DiffPIRError(f"--save-mask: applies to --task inpaint, not {args.task}")
+    check_input_file(args.input, "--input")
+    kernel_file = mask_file = None
+    if args.kernel is not None and args.kernel not in KERNEL_NAMES:
+        kernel_file = check_input_file(Path(args.kernel), "--kernel")
+    if args.mask is not None and args.mask not in MASK_NAMES:
+        mask_file = check_input_file(Path(args.mask), "--mask")
+    plan = OutputPlan([args.input, kernel_file, mask_file])
+    plan.add(args.output, "--output", suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"))
+    if args.save_kernel is not None:
+        plan.add(args.save_kernel, "--save-kernel", suffixes=(".npy",))
+    if args.save_mask is not None:
+        plan.add(args.save_mask, "--save-mask", suffixes=(".png",))
+
     sigma_n = args.sigma_n if args.sigma_n is not None else defaults_for(args.task).sigma_n
-    x = read_image(args.input)  # (C, H, W) in [0, 1]
-    image = x.permute(1, 2, 0).numpy().astype(np.float64)  # (H, W, C)
-
-    kernel = mask = None
-    if args.task == "deblur":
-        if args.kernel == "gaussian":
-            kernel = degrade.gaussian_kernel(args.index)
-        elif args.kernel == "motion":
-            kernel = degrade.motion_kernel(args.index)
-        else:
-            kernel = degrade.load_kernel(_existing_file_or_error(args.kernel, "--kernel"), args.kernel_index)
-        y = degrade.blur_image(image, kernel)
-    elif args.task == "sr":
-        h, w = image.shape[:2]
-        if h % args.scale or w % args.scale:
-            raise DiffPIRError(
-                f"--input {args.input}: size {h}x{w} is not divisible by the scale {args.scale}; "
-                f"crop it to {h - h % args.scale}x{w - w % args.scale} first"
-            )
-        y = degrade.bicubic_downsample(image, args.scale)
-    elif args.task == "inpaint":
-        h, w = image.shape[:2]
-        if args.mask == "box":
-            mask = degrade.box_mask(h, w, seed=args.mask_seed)
-        elif args.mask == "random":
-            mask = degrade.random_mask(h, w, seed=args.mask_seed)
-        else:
-            mask = read_mask(_existing_file_or_error(args.mask, "--mask"))[0].numpy()
-            if mask.shape != (h, w):
-                raise DiffPIRError(f"--mask {args.mask}: size {mask.shape[0]}x{mask.shape[1]} does not match the {h}x{w} image")
-        y = image * mask[..., None]
-    else:
-        y = image
-    y = degrade.add_noise(y, sigma_n, seed=args.noise_seed)
-    y_chw = torch.from_numpy(np.ascontiguousarray(y.transpose(2, 0, 1), dtype=np.float32))
-
-    write_output(args.output, y_chw, args.bit_depth, [args.input])
-    if kernel is not None and args.save_kernel is not None:
-        write_npy(args.save_kernel, torch.from_numpy(np.asarray(kernel, dtype=np.float32)), protect=[args.input])
-    if mask is not None and args.save_mask is not None:
-        write_image(args.save_mask, torch.from_numpy(np.asarray(mask, dtype=np.float32))[None], protect=[args.input])
-    print(f"degraded {args.input} -> {args.output} ({args.task}, sigma_n {sigma_n})")
+    x = read_image(args.input).permute(1, 2, 0).numpy().astype(np.float64)  # (H, W, C) in [0, 1]
+    kernel: Any = "gaussian" if args.kernel is None else args.kernel
+    if kernel_file is not None:
+        kernel = degrade.load_kernel(kernel_file, args.kernel_index)
+    mask: Any = "random" if args.mask is None else args.mask
+    if mask_file is not None:
+        mask = read_mask(mask_file)[0].numpy().astype(np.float64)
+    result = make_measurement(
+        args.task, x, sigma_n=sigma_n, noise_seed=args.noise_seed, kernel=kernel, kernel_index=args.index,
+        scale=args.scale or 4, mask=mask, mask_seed=args.mask_seed,
+    )  # fmt: skip
+    y_chw = torch.from_numpy(np.ascontiguousarray(result.y.transpose(2, 0, 1), dtype=np.float32))
+    # Every path was checked above; the writes are atomic, so an error leaves nothing behind.
+    with plan.transaction():
+        write_output(args.output, y_chw, args.bit_depth, plan.inputs)
+        if args.save_kernel is not None:
+            write_npy(args.save_kernel, torch.from_numpy(np.asarray(result.kernel)), protect=plan.inputs)
+        if args.save_mask is not None:
+            write_image(args.save_mask, torch.from_numpy(np.asarray(result.mask, dtype=np.float32))[None], protect=plan.inputs)
+    print(f"degraded {args.input} -> {args.output} ({args.task}, sigma_n {sigma_n:g})")
     return 0
 
 
-def _existing_file_or_error(text: str, flag: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise DiffPIRError(f"{flag} {text}: no such file (or use one of the named choices)")
-    return path
+# ----------------------------------------------------------------------------- generate
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="draw images from the prior alone (DDIM, DDPM) into a grid",
+        description="Unconditional samples of the diffusion prior, written as one grid image.",
+        epilog=EXAMPLES_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--method", choices=("ddim", "ddpm"), default="ddim", help="sampler (default: %(default)s)")
+    p.add_argument("--steps", type=argtypes.num_steps, default=20, help="sampling steps (default: %(default)s)")
+    p.add_argument("--eta", type=argtypes.unit_float, default=None, help="ddim: eta (default: 0, deterministic)")
+    p.add_argument("--num", type=argtypes.positive_int, default=16, help="how many images (default: %(default)s)")
+    p.add_argument("--size", type=argtypes.positive_int, default=None, help="image side in pixels (default: the model's training size)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--output", required=True, type=Path, help="grid image (.png/.jpg/.tif)")
+    add_model_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from diffpir_rt.engine.imageio import write_image, write_text
+    from diffpir_rt.engine.paths import OutputPlan
+
+    check_inputs_exist(args, ("checkpoint", "onnx", "engine"))
+    plan = OutputPlan([args.checkpoint, args.onnx, args.engine])
+    plan.add(args.output, "--output", suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+    record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
+    restorer = make_restorer(args)
+    config_class = METHODS[args.method][0]
+    fields = {"steps": args.steps}
+    if args.eta is not None:
+        fields["eta"] = args.eta
+    try:
+        config = config_class(**fields)
+    except TypeError as e:
+        raise DiffPIRError(f"--method {args.method}: {e}") from None
+    size = args.size or restorer.denoiser_size()
+    from .progress import Progress
+
+    start = time.perf_counter()
+    with Progress(len(restorer_steps(config)), f"generate ({args.method})", unit="UNet call", enabled=not args.quiet) as progress:
+        images = restorer.generate((args.num, 3, size, size), config, seed=args.seed, callback=progress.callback)
+    seconds = time.perf_counter() - start
+    with plan.transaction():
+        write_image(args.output, image_grid(images.cpu()), protect=plan.inputs)
+        record = {"method": args.method, "config": config.to_dict(), "num": args.num, "size": size, "seed": args.seed,
+                  "runtime": restorer.describe(), "seconds": round(seconds, 3)}  # fmt: skip
+        write_text(record_path, json.dumps(record, indent=2) + "\n", protect=plan.inputs)
+    if not args.quiet:
+        print(f"generated {args.num} images -> {args.output} ({seconds:.2f} s)")
+    return 0
+
+
+def image_grid(images: torch.Tensor, columns: Optional[int] = None, gap: int = 2) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> one (C, rows*H, columns*W) grid with white gaps."""
+    batch, channels, height, width = images.shape
+    columns = columns or int(np.ceil(np.sqrt(batch)))
+    rows = -(-batch // columns)
+    grid = torch.ones(channels, rows * (height + gap) - gap, columns * (width + gap) - gap)
+    for i in range(batch):
+        r, c = divmod(i, columns)
+        grid[:, r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = images[i]
+    return grid
 
 
 # ----------------------------------------------------------------------------- registration
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register `restore` and `degrade` (called by diffpir_rt.cli)."""
+    """Register `restore`, `degrade` and `generate` (called by diffpir_rt.cli)."""
     add_restore_parser(subparsers)
     add_degrade_parser(subparsers)
+    add_generate_parser(subparsers)

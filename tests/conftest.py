@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded numpy rng, the compute device, and the bundled test data path."""
+"""Shared fixtures: a seeded numpy rng, the compute device, the bundled test data path, and
+`no_tf32` for GPU comparisons at fp32 tolerances."""
 
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ def device() -> torch.device:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off for cuBLAS matmuls and cuDNN convolutions during the test, then the previous
+    settings back. cuDNN convolutions run in TF32 by default (~1e-3 relative rounding), which
+    comparisons at 1e-4 / 1e-5 against torch's fp32 path cannot absorb. Harmless on CPU."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

@@ -16,7 +16,20 @@ from .base import Denoiser
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
-__all__ = ["BACKENDS", "Denoiser", "check_backend_arguments", "make_denoiser"]
+__all__ = ["BACKENDS", "Denoiser", "check_backend_arguments", "make_denoiser", "make_denoiser_from"]
+
+
+def make_denoiser_from(source: Any, *, device: str | torch.device = "cpu", threads: int | None = None) -> Denoiser:
+    """The Denoiser of an exported model source (ModelSource of kind "onnx" or "tensorrt")."""
+    if source.kind == "onnx":
+        from .onnxruntime_backend import OnnxRuntimeDenoiser
+
+        return OnnxRuntimeDenoiser(source.path, device=device, intra_op_threads=threads)
+    if source.kind == "tensorrt":
+        from .tensorrt_backend import TensorRTDenoiser
+
+        return TensorRTDenoiser(source.path, device=device)
+    raise DiffPIRError(f"model source {source.kind}: is a torch model; load it with ModelSource.load_torch")
 
 
 def make_denoiser(

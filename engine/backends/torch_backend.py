@@ -83,12 +83,20 @@ class TorchDenoiser:
             source = str(checkpoint)
         return cls(denoiser, dtype=dtype, channels_last=channels_last, source=source)
 
-    @torch.no_grad()
     def __call__(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """eps for x_t. Differentiable with respect to x_t when autograd is enabled (DPS);
+        the samplers run it under torch.no_grad otherwise, so no graph is kept."""
         x = x_t.contiguous(memory_format=torch.channels_last) if self.channels_last else x_t
         # UNetModel casts x_t to its weights' dtype and eps back to x_t's dtype.
         eps = self.denoiser(x, t)
         return eps.contiguous()
+
+    def eps_and_variance(self, x_t: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
+        """(eps, v) from one UNet call: v, the learned-variance interpolation of a
+        learn_sigma UNet (UNetDenoiser.eps_and_variance); differentiable like __call__."""
+        x = x_t.contiguous(memory_format=torch.channels_last) if self.channels_last else x_t
+        eps, variance = self.denoiser.eps_and_variance(x, t)
+        return eps.contiguous(), variance.contiguous()
 
     def describe(self) -> dict[str, Any]:
         return {

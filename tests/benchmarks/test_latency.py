@@ -73,6 +73,33 @@ def test_star_and_grid_configurations() -> None:
     assert len(latency.configurations(args)) == 2 * 2 * 2
 
 
+def test_compiled_backends_run_after_every_arm() -> None:
+    """torch.compile backends compile for minutes: the budget must cut them, not batch 32's arm."""
+    args = latency.parse_args(["--device", "cuda"])  # the GPU suite's defaults; nothing runs here
+    runs = latency.configurations(args)
+    centre = latency.Config("deblur", 256, 1, 20)
+    compiled = [latency.COMPILE_RECIPE, "graph-fp16-cupy-compile"]
+    assert runs[0] == (centre, [b for b in latency.DEFAULT_BACKENDS["cuda"] if b not in compiled])
+    assert runs[1][0] == latency.Config("deblur", 256, 32, 20)  # the first arm: batch 32
+    assert sorted(runs[1][1]) == sorted(latency.DEFAULT_SWEEP_BACKENDS["cuda"])
+    assert runs[-1] == (centre, compiled)  # the recipe first: the 1.5x target needs it
+    assert all(not latency.is_compiled(b) for _, names in runs[:-1] for b in names)
+    args.sweep = "grid"
+    grid = latency.configurations(args)
+    first_compiled = next(i for i, (_, names) in enumerate(grid) if latency.is_compiled(names[0]))
+    assert all(latency.is_compiled(b) == (i >= first_compiled) for i, (_, names) in enumerate(grid) for b in names)
+
+
+def test_onnxruntime_stays_out_of_cuda_runs_with_a_cpu_build(monkeypatch) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    assert latency.onnxruntime_problem("cpu") is None
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
+    problem = latency.onnxruntime_problem("cuda")
+    assert problem is not None and "is a CPU build" in problem and "onnxruntime-gpu" in problem
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert latency.onnxruntime_problem("cuda:0") is None
+
+
 def test_the_time_budget_skips_and_still_writes(tmp_path) -> None:
     args = latency.parse_args([*TINY, "--out-dir", str(tmp_path), "--history", "none", "--no-plot", "--time-budget", "0"])
     document = latency.run(args)

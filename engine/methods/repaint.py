@@ -1,0 +1,287 @@
+"""RePaint (Lugmayr et al., CVPR 2022): inpainting by known-region injection and resampling.
+
+Written from docs/methods.md, section 7 (official code: andreas128/RePaint
+`guided_diffusion/scheduler.py` get_schedule_jump, `gaussian_diffusion.py` p_sample / undo /
+p_sample_loop_progressive). DDPM ancestral steps on a respaced chain ("250": plain
+respacing, keeping 0 and 999), with the known region replaced by the measurement noised to
+the current level before every model call but the first, and "undo" steps that diffuse the
+state one respaced step back up, following the jump schedule.
+
+The loop's steps: the first reverse step; then, per later reverse step, an "inject" step
+(no model call; the known region of the state is replaced) followed by the "reverse" step
+(the model call and the DDPM step); and one "undo" step (no model call) per upward move.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffpir_rt.errors import DiffPIRError
+
+from ..imageio import from_model
+from ..operators import DataStep, Operator
+from ..schedule import NUM_TRAIN_TIMESTEPS, linear_schedule
+from .base import MethodConfig, Step, check_config
+from .ddrm import check_task, model_measurement
+
+VAR_TYPES = ("learned_range", "fixed_small", "fixed_large")
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def schedule_jump(t_T: int, jump_length: int, jump_n_sample: int) -> list[int]:
+    """RePaint's get_schedule_jump with n_sample = 1 (every official config) and the jump2 /
+    jump3 levels off: respaced indices t_T - 1, ..., 0, -1 walking down one step at a time and,
+    at every t in range(0, t_T - jump_length, jump_length), jumping back up jump_length steps
+    jump_n_sample - 1 times. A pair (a, b) with b < a is a reverse step, b > a an undo step.
+    DDNM's time travel uses the same function (travel_length, travel_repeat)."""
+    jumps = {j: jump_n_sample - 1 for j in range(0, t_T - jump_length, jump_length)}
+    t, times = t_T, []
+    while t >= 1:
+        t -= 1
+        times.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                times.append(t)
+    times.append(-1)
+    return times
+
+
+def schedule_counts(times: list[int]) -> tuple[int, int]:
+    """(reverse steps = model calls, upward steps) of a jump schedule."""
+    pairs = list(zip(times[:-1], times[1:]))
+    return sum(b < a for a, b in pairs), sum(b > a for a, b in pairs)
+
+
+def respaced_timesteps(count: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+    """guided-diffusion space_timesteps(T, str(count)) for one section: `count` original
+    timesteps spread with stride (T - 1)/(count - 1), Python round() on an accumulated float
+    (so "250" keeps 0 and 999). Ascending."""
+    if count < 1 or count > num_timesteps:
+        raise DiffPIRError(f"t_T: expected an integer in [1, {num_timesteps}], got {count}")
+    stride = 1 if count <= 1 else (num_timesteps - 1) / (count - 1)
+    cur, kept = 0.0, []
+    for _ in range(count):
+        kept.append(round(cur))
+        cur += stride
+    return sorted(set(kept))
+
+
+@dataclass(frozen=True)
+class RespacedChain:
+    """guided-diffusion SpacedDiffusion tables in float64, indexed by the respaced index i."""
+
+    timestep_map: tuple[int, ...]
+    betas: np.ndarray
+    alphas_cumprod: np.ndarray
+    posterior_log_variance_clipped: np.ndarray
+    posterior_mean_coef1: np.ndarray
+    posterior_mean_coef2: np.ndarray
+    log_betas_fixed_large: np.ndarray
+
+
+def respaced_chain(kept: list[int]) -> RespacedChain:
+    """beta'_i = 1 - abar[t_i] / abar[t_{i-1}], then every posterior quantity from beta'
+    (at least two kept timesteps)."""
+    alpha_bar = linear_schedule().alpha_bar
+    last, betas = 1.0, []
+    for t in kept:
+        betas.append(1.0 - alpha_bar[t] / last)
+        last = alpha_bar[t]
+    b = np.array(betas, dtype=np.float64)
+    ab = np.cumprod(1.0 - b)
+    ab_prev = np.append(1.0, ab[:-1])
+    post_var = b * (1.0 - ab_prev) / (1.0 - ab)
+    return RespacedChain(
+        timestep_map=tuple(kept),
+        betas=b,
+        alphas_cumprod=ab,
+        posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
+        posterior_mean_coef1=b * np.sqrt(ab_prev) / (1.0 - ab),
+        posterior_mean_coef2=(1.0 - ab_prev) * np.sqrt(1.0 - b) / (1.0 - ab),
+        log_betas_fixed_large=np.log(np.append(post_var[1], b[1:])),
+    )
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class RePaintConfig(MethodConfig):
+    """RePaint hyperparameters. Defaults: all 19 official `confs/*.yml` (timestep_respacing
+    '250', schedule_jump_params t_T 250, n_sample 1, jump_length 10, jump_n_sample 10,
+    learn_sigma, clip_denoised). Model calls: 2410 (250 + 24 * 9 * 10), plus 2160 undo
+    steps and 6979 noise tensors besides x_T's. `RePaintConfig.fast()`: 460 model calls.
+
+    RePaint has no noise model: y is pasted as is (inpainting of noiseless measurements).
+
+    Args:
+        t_T: the respaced chain's length (timestep_respacing = str(t_T), as in every
+            official config) and where the jump schedule starts.
+        jump_length: j, how many respaced steps each resampling goes back up.
+        jump_n_sample: r, how many times each jump point is passed (r - 1 jumps each).
+        var_type: the DDPM variance: "learned_range" (official; the model's second output
+            half), "fixed_small" or "fixed_large" (for models without learned variance).
+    """
+
+    method: ClassVar[str] = "repaint"
+    #: The official configs' values.
+    OFFICIAL: ClassVar[dict[str, int]] = {"t_T": 250, "jump_length": 10, "jump_n_sample": 10}
+    #: The fast preset: 100 respaced steps, half the resamplings: 460 model calls.
+    FAST: ClassVar[dict[str, int]] = {"t_T": 100, "jump_length": 10, "jump_n_sample": 5}
+
+    t_T: int = 250
+    jump_length: int = 10
+    jump_n_sample: int = 10
+    var_type: str = "learned_range"
+
+    def __post_init__(self) -> None:
+        self._check_int("t_T", 2, NUM_TRAIN_TIMESTEPS)
+        self._check_int("jump_length", 1, self.t_T - 1)
+        self._check_int("jump_n_sample", 1, NUM_TRAIN_TIMESTEPS)
+        if self.var_type not in VAR_TYPES:
+            raise DiffPIRError(f"var_type: expected one of {VAR_TYPES}, got {self.var_type!r}")
+
+    @classmethod
+    def fast(cls, var_type: str = "learned_range") -> "RePaintConfig":
+        """The fast preset (ours, not official): t_T 100, j 10, r 5 -> 460 model calls."""
+        return cls(**cls.FAST, var_type=var_type)
+
+    @classmethod
+    def for_task(cls, task: str, sigma_n: float) -> "RePaintConfig":
+        """The official defaults for inpainting; RePaint applies to no other task."""
+        check_task(cls.method, task, ("inpaint",), "RePaint is an inpainting method")
+        return cls()
+
+    def times(self) -> list[int]:
+        return schedule_jump(self.t_T, self.jump_length, self.jump_n_sample)
+
+    @property
+    def num_model_calls(self) -> int:
+        return schedule_counts(self.times())[0]
+
+    @property
+    def num_undo_steps(self) -> int:
+        return schedule_counts(self.times())[1]
+
+    @property
+    def noise_count(self) -> int:
+        """Noise tensors the steps consume besides x_T's: 1 for the first reverse step, 2 for
+        every later one (sample, then known region), 1 per undo step (6979 by default)."""
+        return 2 * self.num_model_calls - 1 + self.num_undo_steps
+
+
+# --------------------------------------------------------------------------- method
+
+
+class RePaint:
+    """The RePaint loop for one config (mask operators: inpainting)."""
+
+    tasks = ("mask",)
+    needs_grad = False
+    needs_variance = True
+
+    def __init__(self, config: RePaintConfig, impl: str = "torch") -> None:
+        check_config(config, RePaintConfig)
+        self.config = config
+        self.needs_variance = config.var_type == "learned_range"
+        self.chain = respaced_chain(respaced_timesteps(config.t_T))
+        # FRAMEWORK WORKAROUND: the official code draws a reverse step's sample noise BEFORE
+        # the known-region noise that is injected before the model call, and run_steps calls
+        # the model before `update`. The "inject" step therefore takes both tensors and hands
+        # the sample noise to the next ("reverse") step through this slot; it is always set
+        # by the step right before and cleared when used. A pre-model hook in run_steps would
+        # make this unnecessary (see docs/methods.md, section 7, "In the engine").
+        self._sample_noise: Optional[Tensor] = None
+
+    def _reverse_values(self, i: int) -> dict[str, float]:
+        c = self.chain
+        ab = float(c.alphas_cumprod[i])
+        values = {
+            "sqrt_recip_a": math.sqrt(1.0 / ab),
+            "sqrt_recipm1_a": math.sqrt(1.0 / ab - 1.0),
+            "coef1": float(c.posterior_mean_coef1[i]),
+            "coef2": float(c.posterior_mean_coef2[i]),
+            "min_log": float(c.posterior_log_variance_clipped[i]),
+            "max_log": float(np.log(c.betas[i])),
+            "nonzero": 1.0 if i > 0 else 0.0,  # no noise at i = 0 (the sample is the mean)
+        }
+        if self.config.var_type == "fixed_small":
+            values["std"] = math.exp(0.5 * values["min_log"])
+        elif self.config.var_type == "fixed_large":
+            values["std"] = math.exp(0.5 * float(c.log_betas_fixed_large[i]))
+        return values
+
+    def steps(self) -> tuple[Step, ...]:
+        c, times = self.chain, self.config.times()
+        steps: list[Step] = []
+        first = True
+
+        def add(t: Optional[int], t_next: int, noise: int, kind: str, values: dict[str, float]) -> None:
+            steps.append(Step(len(steps), t, t_next, noise=noise, kind=kind, values=values))
+
+        for i, j in zip(times[:-1], times[1:]):
+            t = c.timestep_map[i]
+            t_next = c.timestep_map[j] if j >= 0 else -1
+            if j < i:
+                if not first:
+                    ab = float(c.alphas_cumprod[i])
+                    add(None, t, 2, "inject", {"sqrt_a": math.sqrt(ab), "sqrt_1m_a": math.sqrt(1.0 - ab)})
+                add(t, t_next, 0 if not first else 1, "reverse", self._reverse_values(i))
+                first = False
+            else:  # undo: q(x_{i+1} | x_i) on the respaced chain
+                beta = float(c.betas[i + 1])
+                add(None, t_next, 1, "undo", {"sqrt_1m_beta": math.sqrt(1.0 - beta), "sqrt_beta": math.sqrt(beta)})
+        return tuple(steps)
+
+    def init_noise(self) -> int:
+        return 1
+
+    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
+        """x_T ~ N(0, I): the official loop starts from pure noise."""
+        return z[0]
+
+    def update(self, x: Tensor, out: Any, step: Step, data: Optional[DataStep], z: Optional[Tensor]) -> Tensor:
+        assert data is not None
+        if step.kind == "undo":
+            assert z is not None
+            return step["sqrt_1m_beta"] * x + step["sqrt_beta"] * z[0]
+        if step.kind == "inject":
+            # Noise order: the next reverse step's sample noise, then the known-region noise.
+            assert z is not None
+            self._sample_noise = z[0]
+            known = step["sqrt_a"] * model_measurement(data, x) + step["sqrt_1m_a"] * z[1]
+            # mask * known + (1 - mask) * x, written with the projector A^+ A onto the known
+            # region (exact for binary masks: no x + (known - x) rounding in the known region).
+            return x - data.range_filter(x, 1.0) + data.range_filter(known, 1.0)
+        # reverse: the DDPM step of guided-diffusion's p_sample, x0 clipped to [-1, 1].
+        if z is not None:
+            noise = z[0]
+        else:
+            if self._sample_noise is None:
+                raise DiffPIRError("repaint: a reverse step ran without the inject step before it")
+            noise, self._sample_noise = self._sample_noise, None
+        eps, v = out if self.needs_variance else (out, None)
+        x0 = (step["sqrt_recip_a"] * x - step["sqrt_recipm1_a"] * eps).clamp(-1.0, 1.0)
+        mean = step["coef1"] * x0 + step["coef2"] * x
+        if step["nonzero"] == 0.0:
+            return mean
+        if v is not None:
+            frac = (v + 1.0) / 2.0
+            std = torch.exp(0.5 * (frac * step["max_log"] + (1.0 - frac) * step["min_log"]))
+        else:
+            std = step["std"]
+        return mean + std * noise
+
+    def finish(self, x: Tensor) -> Tensor:
+        """The last p_sample (the clipped x0 of the t = 0 call); y is not pasted (official)."""
+        return from_model(x).clamp(0.0, 1.0)

@@ -1,0 +1,170 @@
+"""Where a model's weights come from, resolved once for every entry point.
+
+A model source is the bundled prior, a guided-diffusion checkpoint with its arch, an
+exported ONNX graph, a TensorRT plan, or (for benchmarks) seeded random weights. The
+source also decides which task defaults apply: a prior's tuned defaults follow its
+weights wherever they are loaded from (the shipped file, a copy of it passed as a
+checkpoint, or a graph exported from it), matched by the weights' SHA-256.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from diffpir_rt.errors import DiffPIRError
+
+from .prior import bundled_card, bundled_weights_path, load_bundled_prior, sha256_file
+from .tasks import TaskDefaults, defaults_for
+from .unet import ARCH_PRESETS, build_unet, resolve_arch
+
+#: The arch of a checkpoint given without --arch: the official DiffPIR face model's.
+DEFAULT_CHECKPOINT_ARCH = "ffhq_10m"
+KINDS = ("bundled", "checkpoint", "onnx", "tensorrt", "random")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model's weights and how to read them.
+
+    Attributes:
+        kind: "bundled", "checkpoint", "onnx", "tensorrt" or "random".
+        path: the file (checkpoint, .onnx, TensorRT plan); None for bundled/random.
+        arch: the UNet preset of a checkpoint or of random weights.
+        seed: seeds random weights.
+    """
+
+    kind: str = "bundled"
+    path: Optional[Path] = None
+    arch: Optional[str] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DiffPIRError(f"model source: expected one of {KINDS}, got {self.kind!r}")
+        if self.kind in ("checkpoint", "onnx", "tensorrt") and self.path is None:
+            raise DiffPIRError(f"model source {self.kind}: needs a path")
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+        if self.arch is not None:
+            if self.kind not in ("checkpoint", "random"):
+                what = "the bundled prior knows its own arch" if self.kind == "bundled" else f"a {self.kind} file records its own"
+                raise DiffPIRError(f"--arch applies to --checkpoint; {what}")
+            resolve_arch(self.arch)
+
+    @classmethod
+    def from_arguments(
+        cls,
+        checkpoint: Optional[Path] = None,
+        arch: Optional[str] = None,
+        onnx: Optional[Path] = None,
+        engine: Optional[Path] = None,
+        random_weights: bool = False,
+    ) -> "ModelSource":
+        """The source named by a command line's --checkpoint/--arch/--onnx/--engine/--random-weights."""
+        given = [name for name, value in (("--checkpoint", checkpoint), ("--onnx", onnx), ("--engine", engine),
+                                          ("--random-weights", random_weights)) if value]  # fmt: skip
+        if len(given) > 1:
+            raise DiffPIRError(f"{' and '.join(given)}: name one model source")
+        if checkpoint is not None:
+            return cls("checkpoint", checkpoint, arch)
+        if onnx is not None:
+            return cls("onnx", onnx, arch)
+        if engine is not None:
+            return cls("tensorrt", engine, arch)
+        if random_weights:
+            return cls("random", None, arch)
+        return cls("bundled", None, arch)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def arch_name(self) -> str:
+        """The UNet preset (for bundled: the card's; for ONNX/TensorRT: their sidecar's, if any)."""
+        if self.kind == "bundled":
+            card = bundled_card()
+            if card is None:
+                bundled_weights_path()  # raises the "no bundled prior" message
+            return card["arch"]
+        if self.kind in ("checkpoint", "random"):
+            return self.arch or DEFAULT_CHECKPOINT_ARCH
+        return str(self._artifact_metadata().get("arch") or "unknown")
+
+    def sha256(self) -> str:
+        """The weights' SHA-256 (of the file; for ONNX/TensorRT, of the checkpoint they came from)."""
+        if self.kind == "bundled":
+            return bundled_card()["sha256"] if bundled_card() else sha256_file(bundled_weights_path())
+        if self.kind == "checkpoint":
+            return sha256_file(self.path)
+        if self.kind == "random":
+            return f"random-{self.arch_name}-seed{self.seed}"
+        return str(self._artifact_metadata().get("checkpoint_sha256") or sha256_file(self.path))
+
+    def label(self) -> str:
+        """A short name for run records: bundled:<file>, the path, or random:<arch>."""
+        if self.kind == "bundled":
+            card = bundled_card()
+            return f"bundled:{card['weights']}" if card else "bundled"
+        if self.kind == "random":
+            return f"random:{self.arch_name}:seed{self.seed}"
+        return f"{self.kind}:{self.path}"
+
+    def _artifact_metadata(self) -> dict[str, Any]:
+        """An exported artifact's recorded metadata (its `<file>.json` sidecar), or {}."""
+        sidecar = self.path.with_name(self.path.name + ".json")
+        if not sidecar.is_file():
+            return {}
+        try:
+            record = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            return {}
+        metadata = record.get("onnx_metadata") or record.get("metadata") or {}
+        return metadata if isinstance(metadata, dict) else {}
+
+    # ------------------------------------------------------------------ defaults
+
+    def card(self) -> Optional[dict[str, Any]]:
+        """The model card whose tuned defaults apply: the bundled prior's, when these are its weights."""
+        card = bundled_card()
+        if card is None or self.kind == "random":
+            return None
+        if self.kind == "bundled":
+            return card
+        try:
+            return card if self.sha256() == card["sha256"] else None
+        except OSError:
+            return None
+
+    def task_defaults(self, task: str) -> TaskDefaults:
+        card = self.card()
+        return defaults_for(task, card.get("task_defaults") if card else None)
+
+    # ------------------------------------------------------------------ loading
+
+    def load_torch(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        """The torch UNetDenoiser of a bundled, checkpoint or random source."""
+        from .denoiser import UNetDenoiser, load_unet
+
+        if self.kind == "bundled":
+            return load_bundled_prior(device=device, dtype=dtype)
+        if self.kind == "checkpoint":
+            return load_unet(self.path, self.arch_name, device=device, dtype=dtype)
+        if self.kind == "random":
+            name, config = resolve_arch(self.arch_name)
+            # A forked RNG: random weights are reproducible without touching the caller's.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                unet = build_unet(config)
+            return UNetDenoiser(unet.to(device=device, dtype=dtype).eval().requires_grad_(False), arch=name).eval()
+        raise DiffPIRError(f"model source {self.kind}: is not a torch model; use its backend")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label(), "arch": self.arch_name}
+
+
+def arch_names() -> tuple[str, ...]:
+    return tuple(sorted(ARCH_PRESETS))
