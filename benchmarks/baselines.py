@@ -32,8 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from diffpir_rt.engine import DiffPIRConfig, DiffPIRError
-from diffpir_rt.engine.schedule import linear_schedule
+from diffpir_rt.engine import DiffPIRConfig, DiffPIRError, linear_schedule
 
 from .protocol import Measurement
 

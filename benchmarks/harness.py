@@ -1,6 +1,6 @@
 """What every benchmark shares: the environment record, timing, and robust statistics.
 
-Timing follows .library METHOD.md: warm up first, time with CUDA events (or a
+Timing: warm up first, time with CUDA events (or a
 synchronised host clock on CPU), repeat, report the median and p90.
 """
 
@@ -49,9 +49,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
     try:
         import cupy
@@ -68,6 +65,10 @@ def environment(device: torch.device) -> dict[str, Any]:
             memory_gib=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
+            # Settings that change CUDA numbers; meaningless on a CPU run, so recorded only here.
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
     return env
 

@@ -5,7 +5,7 @@ same inputs. Timed two ways: "graph" (K calls captured in a CUDA graph, replayed
 time the graph runtime pays, launch gaps gone) and "eager" (K calls back to back). Target:
 >= 2x in graph mode. step_fourier includes the inverse FFT on both paths; the ifft2 row
 times it alone, so the kernel-only ratio is (torch - ifft2) / (cupy - ifft2).
-`min_bytes` counts each input read once and each output written once (METHOD.md), and
+`min_bytes` counts each input read once and each output written once, and
 GB/s is min_bytes over the CuPy time.
 
   python -m diffpir_rt.benchmarks.kernel_micro --device cuda --json OUT/kernels.json
@@ -21,12 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from diffpir_rt.engine.degrade import gaussian_kernel
-from diffpir_rt.engine.graph_runtime import capture_cuda_graph
-from diffpir_rt.engine.operators import Deblur, Inpaint, SuperResolution
-from diffpir_rt.engine.schedule import linear_schedule
-from diffpir_rt.engine.step import StepCoefficients
-from diffpir_rt.engine.fused import fourier_correction, predict_x0_01, step_elementwise, step_fourier
+from diffpir_rt.engine import Deblur, Inpaint, StepCoefficients, SuperResolution, capture_cuda_graph, degrade, fused, linear_schedule
 from diffpir_rt.kernels import cupy_problem
 
 from . import harness
@@ -48,19 +43,19 @@ def cases(batch: int, size: int, device: torch.device) -> dict[str, Case]:
     y = torch.rand(shape, generator=g, device=device)
     mask = (torch.rand((batch, size, size), generator=g, device=device) > 0.5).float().cpu().numpy()
     inpaint = Inpaint(mask).data_step(y)
-    deblur = Deblur(gaussian_kernel(0, size=min(61, (size - 2) | 1))).data_step(y)
+    deblur = Deblur(degrade.gaussian_kernel(0, size=min(61, (size - 2) | 1))).data_step(y)
     sr = SuperResolution(4).data_step(y[..., ::4, ::4].contiguous())
     spectrum = torch.fft.fft2(torch.rand(shape, generator=g, device=device))
     correction = deblur.correction(spectrum, 1e-3)
     pixels = batch * size * size
     return {
-        "predict_x0_01": (lambda impl: predict_x0_01(x, eps, c, impl=impl), 3 * 4 * n),
-        "step_mask": (lambda impl: step_elementwise(x, eps, z, c, inpaint, 0.1, impl=impl), 5 * 4 * n + 4 * pixels),
-        "fourier_correction_sf1": (lambda impl: fourier_correction(deblur, spectrum, 1e-3, impl=impl),
+        "predict_x0_01": (lambda impl: fused.predict_x0_01(x, eps, c, impl=impl), 3 * 4 * n),
+        "step_mask": (lambda impl: fused.step_elementwise(x, eps, z, c, inpaint, 0.1, impl=impl), 5 * 4 * n + 4 * pixels),
+        "fourier_correction_sf1": (lambda impl: fused.fourier_correction(deblur, spectrum, 1e-3, impl=impl),
                                    8 * n + 8 * n + 8 * n + 8 * pixels + 4 * pixels),  # fmt: skip
-        "fourier_correction_sf4": (lambda impl: fourier_correction(sr, spectrum, 1e-3, impl=impl),
+        "fourier_correction_sf4": (lambda impl: fused.fourier_correction(sr, spectrum, 1e-3, impl=impl),
                                    8 * n + 8 * n + 8 * n // 16 + 8 * pixels + 4 * pixels // 16),  # fmt: skip
-        "step_fourier": (lambda impl: step_fourier(x, eps, z, c, deblur, correction, impl=impl), 4 * 4 * n + 8 * n),
+        "step_fourier": (lambda impl: fused.step_fourier(x, eps, z, c, deblur, correction, impl=impl), 4 * 4 * n + 8 * n),
         "ifft2": (lambda impl: torch.fft.ifft2(correction), 16 * n),
     }
 

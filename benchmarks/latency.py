@@ -1,7 +1,10 @@
 """Latency and throughput of whole DiffPIR restorations, every backend in one run on one device.
 
 Backends (all restore the same seeded problem, so outputs are comparable):
-  eager-fp32              engine.sample, Python loop per step, fp32 UNet: the BASELINE
+  reference               Restorer(reference=True): the fp32 eager loop, plain UNet: the BASELINE
+  default                 Restorer(): the product's path for the device (what `diffpir restore`
+                          runs): the CUDA-graph runtime on CUDA, ONNX Runtime or fast torch on CPU
+  torch-fast-fp32 / -bf16 Restorer(backend="torch"): channels-last + SDPA UNet, eager loop (CPU)
   eager-fp16 / -bf16      engine.sample with the reduced-precision UNet (channels_last, SDPA)
   compile-fp16-cudagraph  engine.sample with torch.compile(mode="reduce-overhead") fp16 UNet:
                           the torch.compile + CUDA-graph recipe
@@ -19,14 +22,14 @@ per image, images/s, peak memory, a separate profiling pass splitting UNet time 
 rest, speedups against the baseline and the compile recipe *measured in the same run*,
 achieved TFLOP/s against a stated peak, and PSNR against the baseline's output.
 
-  python -m diffpir_rt.benchmarks.latency --device cuda                     # the default star sweep
-  python -m diffpir_rt.benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1
+  diffpir bench --device cuda --random-weights --arch ffhq_10m       # the GPU targets' sweep
+  diffpir bench --device cpu --sizes 256 --batches 1 --steps 20        # the bundled prior on CPU
 
 Sweeps: "star" (default) runs the centre configuration (the first value of every list)
 with all backends, then varies one axis at a time with --sweep-backends; "grid" runs
 every combination. Backends that torch.compile run after every other configuration
 (their first call compiles for minutes), so a time budget cuts them, not the sweep arms.
-Results go to OUT_DIR/latency.{json,md,png}, JSON rewritten after every configuration
+Results go to OUT_DIR (default: the current folder)/latency.{json,md,png}, JSON rewritten after every configuration
 (partial results survive a kill), and one line per run is appended to --history.
 """
 
@@ -47,26 +50,37 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffpir_rt.engine.degrade import gaussian_kernel, random_mask
-from diffpir_rt.engine.denoiser import UNetDenoiser
-from diffpir_rt.engine.fast_unet import check_capturable, prepare_unet
-from diffpir_rt.engine.graph_runtime import GraphRuntime, GraphSampler, capture_cuda_graph
-from diffpir_rt.engine.methods.loop import pad_model
-from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, Operator, SuperResolution
-from diffpir_rt.engine.sampler import DiffPIRConfig, sample
-from diffpir_rt.engine.tasks import OFFICIAL_DEFAULTS
-from diffpir_rt.engine.unet import ARCH_PRESETS, build_unet
+from diffpir_rt.engine import (
+    DiffPIRConfig,
+    GraphRuntime,
+    GraphSampler,
+    ModelSource,
+    Operator,
+    arch_names,
+    argtypes,
+    build_operator,
+    build_unet,
+    capture_cuda_graph,
+    check_capturable,
+    degrade,
+    pad_model,
+    prepare_unet,
+    resolve_device,
+    sample,
+)
+from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.runtime import Restorer
 
 from . import harness, report
 
 logger = logging.getLogger("benchmarks.latency")
 
-BASELINE = "eager-fp32"
+BASELINE = "reference"
 COMPILE_RECIPE = "compile-fp16-cudagraph"
-#: H100 SXM dense bf16/fp16 tensor-core rate as measured here (KINDS.md: 798 TFLOP/s on an
-#: 8192^3 bf16 matmul, H200 788); the datasheet says ~990. Override with --peak-tflops.
+#: H100/H200 dense bf16/fp16 tensor-core rate reachable in practice (an 8192^3 bf16 matmul
+#: reaches ~790 TFLOP/s; the datasheet says ~990). Override with --peak-tflops.
 DEFAULT_PEAK_TFLOPS = 790.0
-TASKS = ("deblur", "sr4", "inpaint", "denoise")
+TASKS = ("deblur", "sr", "inpaint", "denoise")
 SEED = 20261127
 
 
@@ -74,15 +88,19 @@ SEED = 20261127
 class BackendSpec:
     """How a backend runs: loop kind, UNet dtype, step-math impl, torch.compile mode."""
 
-    kind: str  # "eager" (engine.sample) or "graph" (GraphSampler)
-    dtype: str  # "fp32" | "fp16" | "bf16"
+    kind: str  # "restorer" (a Restorer), "eager" (engine.sample) or "graph" (GraphSampler)
+    dtype: str  # "fp32" | "fp16" | "bf16" | "auto" (restorer)
     impl: str = "torch"
     compile_mode: Optional[str] = None
     runtime: str = "torch"  # what runs the UNet: "torch" or "onnxruntime" (exported from the same weights)
+    restorer: tuple[tuple[str, Any], ...] = ()  # Restorer keyword arguments
 
 
 BACKENDS: dict[str, BackendSpec] = {
-    "eager-fp32": BackendSpec("eager", "fp32"),
+    "reference": BackendSpec("restorer", "fp32", restorer=(("reference", True),)),
+    "default": BackendSpec("restorer", "auto"),
+    "torch-fast-fp32": BackendSpec("restorer", "fp32", restorer=(("backend", "torch"), ("precision", "fp32"))),
+    "torch-fast-bf16": BackendSpec("restorer", "bf16", restorer=(("backend", "torch"), ("precision", "bf16"))),
     "eager-fp16": BackendSpec("eager", "fp16"),
     "eager-bf16": BackendSpec("eager", "bf16"),
     "compile-fp16-cudagraph": BackendSpec("eager", "fp16", compile_mode="reduce-overhead"),
@@ -97,13 +115,13 @@ DEFAULT_BACKENDS = {
     # Compiled backends last: their first call compiles for a minute or more, and a time budget
     # should cut them, not the rest.
     # The compile recipe first among those: the ">= 1.5x torch.compile" target needs it.
-    "cuda": ["eager-fp32", "graph-fp16-cupy", "graph-fp16-torch", "eager-fp16", "eager-bf16",
+    "cuda": ["reference", "default", "graph-fp16-torch", "eager-fp16", "eager-bf16",
              COMPILE_RECIPE, "graph-fp16-cupy-compile"],
-    "cpu": ["eager-fp32", "graph-fp32-torch", "eager-onnxruntime-fp32"],
+    "cpu": ["reference", "default", "torch-fast-fp32", "torch-fast-bf16"],
 }
 DEFAULT_SWEEP_BACKENDS = {
-    "cuda": ["eager-fp32", "graph-fp16-torch", "graph-fp16-cupy"],
-    "cpu": ["eager-fp32", "graph-fp32-torch"],
+    "cuda": ["reference", "default", "graph-fp16-torch"],
+    "cpu": ["reference", "default"],
 }
 
 
@@ -127,23 +145,20 @@ class Problem:
     config: DiffPIRConfig
 
 
-def make_problem(cfg: Config, device: torch.device) -> Problem:
-    """A seeded synthetic restoration: smooth random images, the task's operator and defaults."""
+def make_problem(cfg: Config, device: torch.device, source: ModelSource) -> Problem:
+    """A seeded synthetic restoration: smooth random images, the task's operator and the model's defaults."""
     g = torch.Generator().manual_seed(SEED)
     coarse = torch.rand(cfg.batch, 3, max(2, cfg.size // 16), max(2, cfg.size // 16), generator=g)
     clean = F.interpolate(coarse, size=(cfg.size, cfg.size), mode="bicubic", align_corners=False).clamp(0, 1)
+    kernel = mask = scale = None
     if cfg.task == "deblur":
-        kernel = gaussian_kernel(0, size=min(61, (cfg.size - 2) | 1))  # the official 61x61 where it fits
-        operator: Operator = Deblur(kernel)
-        defaults = OFFICIAL_DEFAULTS["deblur"]
-    elif cfg.task == "sr4":
-        operator, defaults = SuperResolution(4), OFFICIAL_DEFAULTS["sr"]
+        kernel = degrade.gaussian_kernel(0, size=min(61, (cfg.size - 2) | 1))  # the official 61x61 where it fits
+    elif cfg.task == "sr":
+        scale = 4
     elif cfg.task == "inpaint":
-        operator, defaults = Inpaint(random_mask(cfg.size, cfg.size, seed=0)), OFFICIAL_DEFAULTS["inpaint"]
-    elif cfg.task == "denoise":
-        operator, defaults = Denoise(), OFFICIAL_DEFAULTS["denoise"]
-    else:
-        raise ValueError(f"task: expected one of {TASKS}, got {cfg.task!r}")
+        mask = degrade.random_mask(cfg.size, cfg.size, seed=0)
+    operator = build_operator(cfg.task, kernel=kernel, mask=mask, scale=scale)
+    defaults = source.task_defaults(cfg.task)
     y = operator.forward(clean.double()).float()
     y = y + defaults.sigma_n * torch.randn(y.shape, generator=g)
     config = DiffPIRConfig(lam=defaults.lam, zeta=defaults.zeta, sigma_n=defaults.sigma_n, steps=cfg.steps)
@@ -182,20 +197,28 @@ class TimedModel:
 class Backend:
     """A named way to restore a Problem, with a profiling pass (UNet ms, total ms)."""
 
-    def __init__(self, name: str, spec: BackendSpec, model: Callable, device: torch.device) -> None:
-        self.name, self.spec, self.model, self.device = name, spec, model, device
+    def __init__(self, name: str, spec: BackendSpec, model: Any, device: torch.device) -> None:
+        self.name, self.spec, self.device = name, spec, device
         self._graphs: Optional[GraphSampler] = None
+        self.restorer: Optional[Restorer] = model if isinstance(model, Restorer) else None
+        self.model = model.denoiser if self.restorer is not None else model
         if spec.kind == "graph":
             check_capturable(model)  # a cudagraph-making torch.compile mode fails inside our capture
             self._graphs = GraphSampler(model, device, impl=spec.impl)
 
     def restore(self, p: Problem) -> torch.Tensor:
+        if self.restorer is not None:
+            return self.restorer.restore(p.y, p.operator, p.config, seed=SEED)
         if self._graphs is not None:
             return self._graphs.sample(p.operator, p.y, p.config, seed=SEED)
         return sample(self.model, p.operator, p.y, p.config, seed=SEED)
 
     def profile(self, p: Problem, repeats: int = 3) -> tuple[float, float]:
         """(UNet ms, total ms) per restoration, from a separate pass."""
+        if self.restorer is not None and self.restorer.path.name == "cuda-graph":
+            total = float(np.median([harness.time_ms(lambda: self.restore(p), self.device)[0] for _ in range(repeats)]))
+            graphs = self.restorer._graph_sampler()
+            return unet_only_ms(graphs.runtime_for(p.operator, p.y, p.config), self.model, repeats), total
         if self._graphs is None:
             timed = TimedModel(self.model, self.device)
             total, _ = harness.time_ms(lambda: sample(timed, p.operator, p.y, p.config, seed=SEED), self.device)
@@ -208,6 +231,8 @@ class Backend:
         """Drop cached runtimes (static buffers, graph pools) between configurations."""
         if self._graphs is not None:
             self._graphs.runtimes.clear()
+        if self.restorer is not None and self.restorer._graphs is not None:
+            self.restorer._graphs.runtimes.clear()
 
 
 def unet_only_ms(runtime: GraphRuntime, model: Callable, repeats: int = 3) -> float:
@@ -233,17 +258,23 @@ def unet_only_ms(runtime: GraphRuntime, model: Callable, repeats: int = 3) -> fl
 
 
 class Models:
-    """The fp32 reference denoiser (random weights) and its prepared variants, built once."""
+    """The model source's fp32 denoiser and its prepared variants and Restorers, built once."""
 
-    def __init__(self, arch: str, device: torch.device) -> None:
-        torch.manual_seed(0)
-        self.fp32 = UNetDenoiser(build_unet(arch), arch=arch).to(device).eval().requires_grad_(False)
+    def __init__(self, source: ModelSource, device: torch.device, threads: Optional[int]) -> None:
+        self.source = source
+        self.fp32 = source.load_torch(device=device)
         self.device = device
-        self._cache: dict[tuple[str, Optional[str]], Callable] = {}
+        self.threads = threads
+        self._cache: dict[Any, Any] = {}
 
-    def get(self, spec: BackendSpec) -> Callable:
-        from diffpir_rt.engine.fast_unet import DTYPES
+    def get(self, spec: BackendSpec) -> Any:
+        from diffpir_rt.engine import DTYPES
 
+        if spec.kind == "restorer":
+            if spec.restorer not in self._cache:
+                self._cache[spec.restorer] = Restorer(self.source, device=self.device, threads=self.threads,
+                                                      **dict(spec.restorer))  # fmt: skip
+            return self._cache[spec.restorer]
         if spec.runtime == "onnxruntime":
             return self._onnxruntime()
         if spec.dtype == "fp32" and spec.kind == "eager" and spec.compile_mode is None:
@@ -262,7 +293,7 @@ class Models:
 
             from safetensors.torch import save_file
 
-            from diffpir_rt.engine.backends import make_denoiser
+            from diffpir_rt.engine.backends import make_denoiser_from
             from diffpir_rt.export import OnnxExportConfig, export_onnx
 
             folder = Path(tempfile.mkdtemp(prefix="diffpir-bench-onnx-"))
@@ -272,7 +303,7 @@ class Models:
             onnx = export_onnx(weights, folder / "unet.onnx",
                                OnnxExportConfig(dynamic_batch=True, dynamic_size=True, height=size, width=size),
                                arch=self.fp32.arch)
-            self._cache[key] = make_denoiser("onnxruntime", onnx=onnx, device=self.device)
+            self._cache[key] = make_denoiser_from(ModelSource("onnx", onnx), device=self.device)
         return self._cache[key]
 
 
@@ -397,58 +428,71 @@ def derive(results: list[dict[str, Any]]) -> None:
                 value = harness.psnr_db(r["output"], base["output"])
                 r["psnr_vs_baseline_db"] = None if math.isinf(value) else value
                 r["output_identical_to_baseline"] = math.isinf(value)
+                # The tolerance every fast path is held to: 8-bit levels of the written image.
+                levels = (r["output"].clamp(0, 1) * 255).round() - (base["output"].clamp(0, 1) * 255).round()
+                r["within_1_level_fraction"] = float((levels.abs() <= 1).float().mean())
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m diffpir_rt.benchmarks.latency",
+    parser = argtypes.OneLineParser(
+        prog="diffpir bench",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="example: python -m diffpir_rt.benchmarks.latency --device cpu --arch tiny --sizes 64 --steps 5 --batches 1",
+        epilog="examples: diffpir bench --device cpu --sizes 256 --batches 1 --steps 20 --repeats 3; "
+        "diffpir bench --device cuda --random-weights --arch ffhq_10m",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--arch", default="ffhq_10m", choices=sorted(ARCH_PRESETS))
-    parser.add_argument("--tasks", nargs="+", default=["deblur", "sr4", "inpaint"], choices=TASKS)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 64, 512])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32, 16, 4])
-    parser.add_argument("--steps", nargs="+", type=int, default=[20, 5, 10, 100])
-    parser.add_argument("--backends", nargs="+", default=None, choices=sorted(BACKENDS),
-                        help="default: per device (see DEFAULT_BACKENDS)")  # fmt: skip
-    parser.add_argument("--sweep", choices=("star", "grid"), default="star")
-    parser.add_argument("--sweep-backends", nargs="+", default=None, choices=sorted(BACKENDS),
-                        help="backends for the star arms (default: per device)")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="UNet weights; default: the bundled prior")
+    parser.add_argument("--arch", default=None, choices=arch_names(), help="UNet preset of --checkpoint / --random-weights")
+    parser.add_argument("--random-weights", action="store_true", help="seeded random weights of --arch (GPU targets)")
+    parser.add_argument("--tasks", nargs="+", default=["deblur", "sr", "inpaint"], choices=TASKS, help="tasks; the first is the centre")
+    parser.add_argument("--sizes", nargs="+", type=argtypes.positive_int, default=[256, 64, 512], help="image sides in pixels")
+    parser.add_argument("--batches", nargs="+", type=argtypes.positive_int, default=[1, 32, 16, 4], help="batch sizes")
+    parser.add_argument("--steps", nargs="+", type=argtypes.num_steps, default=[20, 5, 10, 100], help="DiffPIR steps")
+    parser.add_argument("--backends", nargs="+", default=None, choices=sorted(BACKENDS), metavar="ARM",
+                        help=f"arms to run, of: {', '.join(sorted(BACKENDS))} (default: per device; reference and default first)")  # fmt: skip
+    parser.add_argument("--sweep", choices=("star", "grid"), default="star", help="star: one axis at a time; grid: all")
+    parser.add_argument("--sweep-backends", nargs="+", default=None, choices=sorted(BACKENDS), metavar="ARM",
+                        help="arms for the star's non-centre points (default: per device)")  # fmt: skip
     parser.add_argument("--star-order", nargs="+", default=["batch", "steps", "task", "size"],
-                        choices=("batch", "steps", "task", "size"))  # fmt: skip
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help=f"compute peak for the fraction (default: {DEFAULT_PEAK_TFLOPS} on CUDA, none on CPU)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+                        choices=("batch", "steps", "task", "size"), help="axes of the star, in run order")  # fmt: skip
+    parser.add_argument("--warmup", type=argtypes.non_negative_int, default=2, help="untimed runs first (capture, compile)")
+    parser.add_argument("--repeats", type=argtypes.positive_int, default=5, help="timed runs per arm (median reported)")
+    parser.add_argument("--peak-tflops", type=argtypes.positive_float, default=None,
+                        help=f"compute peak for the fraction ({DEFAULT_PEAK_TFLOPS} on CUDA when unset)")  # fmt: skip
+    parser.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads (unset: torch's)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
-                        help="cuDNN autotuning, for every backend alike")  # fmt: skip
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds; later configurations are skipped")
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/latest"))
-    parser.add_argument("--history", default="benchmarks/results/latency_history.jsonl", help="'none' to skip")
-    parser.add_argument("--no-plot", action="store_true")
+                        help="cuDNN autotuning on CUDA, for every arm alike")  # fmt: skip
+    parser.add_argument("--time-budget", type=argtypes.positive_float, default=None, help="seconds; later runs are skipped")
+    parser.add_argument("--out-dir", type=Path, default=Path("."), help="where latency.{json,md,png} go")
+    parser.add_argument("--history", default="none", help="a JSONL file to append one line per run to, or 'none'")
+    parser.add_argument("--no-plot", action="store_true", help="skip latency.png")
     args = parser.parse_args(argv)
-    device_type = torch.device(args.device).type
-    args.backends = args.backends or DEFAULT_BACKENDS["cuda" if device_type == "cuda" else "cpu"]
-    args.sweep_backends = args.sweep_backends or DEFAULT_SWEEP_BACKENDS["cuda" if device_type == "cuda" else "cpu"]
-    if args.peak_tflops is None and device_type == "cuda":
+    device = resolve_device(args.device)
+    args.device = str(device)
+    args.source = ModelSource.from_arguments(args.checkpoint, args.arch, random_weights=args.random_weights)
+    multiple = build_unet_size_multiple(args.source.arch_name)
+    bad = [s for s in args.sizes if s % multiple]
+    if bad:
+        raise DiffPIRError(f"--sizes {bad[0]}: expected a multiple of {multiple} (the model's size multiple)")
+    args.backends = args.backends or DEFAULT_BACKENDS["cuda" if device.type == "cuda" else "cpu"]
+    args.sweep_backends = args.sweep_backends or DEFAULT_SWEEP_BACKENDS["cuda" if device.type == "cuda" else "cpu"]
+    if args.peak_tflops is None and device.type == "cuda":
         args.peak_tflops = DEFAULT_PEAK_TFLOPS
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
     return args
+
+
+def build_unet_size_multiple(arch: str) -> int:
+    with torch.device("meta"):
+        return build_unet(arch).size_multiple
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole sweep; torch's thread count and cuDNN autotuning are restored afterwards."""
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
     threads, autotune = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
         if args.threads:
@@ -463,17 +507,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     started = time.monotonic()
     meta = harness.environment(device) | {
-        "arch": args.arch,
+        "arch": args.source.arch_name,
+        "model": args.source.to_dict(),
         "peak_tflops": args.peak_tflops,
         "peak_note": "dense fp16/bf16 tensor-core rate (measured ~790-798 TFLOP/s on H100/H200 here)"
         if args.peak_tflops else None,
         "baseline": BASELINE,
         "compile_recipe": COMPILE_RECIPE,
         "backends": {name: asdict(BACKENDS[name]) for name in args.backends},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "source"},
         "seed": SEED,
     }
-    models = Models(args.arch, device)
+    models = Models(args.source, device, args.threads)
     backends: dict[str, Backend] = {}
     flops_cache: dict[int, float] = {}
     results: list[dict[str, Any]] = []
@@ -481,7 +526,7 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     out_dir: Path = args.out_dir
 
     def save() -> None:
-        from diffpir_rt.kernels._loader import ORIGINS
+        from diffpir_rt.kernels import ORIGINS
 
         document["meta"]["kernel_origins"] = {f"{name}@cuda:{index}": origin for (name, index), origin in ORIGINS.items()}
         derive(results)
@@ -491,9 +536,9 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         harness.write_json(out_dir / "latency.json", document)
 
     for cfg, names in configurations(args):
-        problem = make_problem(cfg, device)
+        problem = make_problem(cfg, device, args.source)
         if cfg.size not in flops_cache:
-            flops_cache[cfg.size] = flops_per_call(args.arch, cfg.size)
+            flops_cache[cfg.size] = flops_per_call(args.source.arch_name, cfg.size)
         for name in names:
             if args.time_budget is not None and time.monotonic() - started > args.time_budget:
                 results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
@@ -533,7 +578,10 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[I] %(name)s: %(message)s")
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     document = run(args)
     print(report.markdown(document))
     failures = [r for r in document["results"] if "error" in r and not r["error"].startswith("skipped")]

@@ -1,4 +1,4 @@
-"""Image-quality metrics on 8-bit images, computed apart from restoration (spec §9).
+"""Image-quality metrics on 8-bit images, computed apart from restoration (docs/algorithm.md §9).
 
 PSNR and SSIM come from scikit-image (`skimage.metrics`), on uint8 RGB after
 clamp to [0, 1] and rounding, like the official single-image scripts; SR shaves
@@ -32,7 +32,7 @@ def to_uint8(x01: np.ndarray) -> np.ndarray:
 
 
 def shave(image: np.ndarray, border: int) -> np.ndarray:
-    """Drop `border` pixels on every side of an (H, W, ...) image (spec §9: sf for SR, 0 otherwise)."""
+    """Drop `border` pixels on every side of an (H, W, ...) image (docs/algorithm.md §9: sf for SR, 0 otherwise)."""
     return image[border:-border, border:-border] if border > 0 else image
 
 
@@ -136,7 +136,7 @@ def load_lpips(weights: PathLike, device: torch.device | str = "cpu") -> LpipsFn
 class FidFeatures:
     """pytorch-fid's Inception-v3 pool3 features (2048-d) with weights from a local file.
 
-    FID compares two folders' feature statistics (spec §9: 100 vs 100 images, strongly
+    FID compares two folders' feature statistics (docs/algorithm.md §9: 100 vs 100 images, strongly
     biased upward at that size); here: the restored set vs the ground-truth set of one
     (dataset, task, noise level).
     """

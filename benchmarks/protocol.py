@@ -1,4 +1,4 @@
-"""The quality benchmark's measurement protocol: tasks, test images, seeds (spec §7).
+"""The quality benchmark's measurement protocol: tasks, test images, seeds (docs/algorithm.md §7).
 
 Measurements are made with the engine's official-protocol functions (the same as
 `diffpir degrade`): Gaussian/motion kernels seeded by image index (seed 10*index),
@@ -25,8 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from diffpir_rt.engine import Deblur, Denoise, DiffPIRError, Inpaint, SuperResolution
-from diffpir_rt.engine.imageio import read_image
+from diffpir_rt.engine import Deblur, Denoise, DiffPIRError, Inpaint, SuperResolution, read_image
 
 # engine.degrade (scipy.io, scipy.ndimage, h5py: ~0.5 s) is imported where used, so that
 # registering `diffpir eval` costs nothing for the other sub-commands.
@@ -43,7 +42,7 @@ TASK_LABELS: dict[str, str] = {
 NOISE_LEVELS = (0.0, 0.05)
 TESTSETS = ("CBSD68", "McMaster", "set3c")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-#: The official scripts mod-crop every test image to a multiple of 8 (spec §7).
+#: The official scripts mod-crop every test image to a multiple of 8 (docs/algorithm.md §7).
 MOD_CROP = 8
 #: Offset of the measurement-noise seeds, so they never equal a kernel (10*index) or mask (index) seed.
 NOISE_SEED_OFFSET = 2**20
@@ -101,7 +100,7 @@ class TaskSpec:
 
     @property
     def border(self) -> int:
-        """Pixels shaved off each side before metrics: sf for SR, 0 otherwise (spec §9)."""
+        """Pixels shaved off each side before metrics: sf for SR, 0 otherwise (docs/algorithm.md §9)."""
         return self.scale if self.task == "sr" else 0
 
     @property
@@ -212,7 +211,7 @@ def image_seed(index: int, seed: int = 0) -> int:
 
 
 def make_measurement(spec: TaskSpec, image: TestImage, seed: int = 0) -> Measurement:
-    """The official-protocol measurement of one image (spec §7); see the module docstring for seeds."""
+    """The official-protocol measurement of one image (docs/algorithm.md §7); see the module docstring for seeds."""
     from diffpir_rt.engine import degrade
 
     x = image.pixels

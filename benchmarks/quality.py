@@ -1,4 +1,4 @@
-"""Quality benchmark: DiffPIR against classical baselines on the official degradations (spec §7, §9).
+"""Quality benchmark: DiffPIR against classical baselines on the official degradations (docs/algorithm.md §7, §9).
 
 `evaluate` restores a list of test images for one task with DiffPIR and/or baselines
 and scores them (PSNR/SSIM on uint8, optional LPIPS), one image at a time with the
@@ -28,8 +28,7 @@ import torch
 import diffpir_rt
 from diffpir_rt.engine import DiffPIRConfig, DiffPIRError, UNetDenoiser, build_unet, load_unet, sample
 from diffpir_rt.engine import argtypes
-from diffpir_rt.engine.device import resolve_device
-from diffpir_rt.engine.tasks import defaults_for
+from diffpir_rt.engine import defaults_for, resolve_device
 
 from . import baselines, metrics
 from . import quality_report as report
@@ -385,8 +384,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
         help="quality benchmark: DiffPIR vs baselines, PSNR/SSIM (+LPIPS/FID) tables, grids, ablation",
-        description="Restore the official-protocol measurements (spec §7) of test images with DiffPIR and "
-        "classical baselines; score PSNR/SSIM on uint8 (spec §9). Writes results.json, per_image.csv, "
+        description="Restore the official-protocol measurements (docs/algorithm.md §7) of test images with DiffPIR and "
+        "classical baselines; score PSNR/SSIM on uint8 (docs/algorithm.md §9). Writes results.json, per_image.csv, "
         "summary.md and grids/*.png (or ablation.json/md/png with --ablation).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -458,11 +457,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.arch is not None:
         if args.checkpoint is None and not args.random_weights:
             raise DiffPIRError("--arch applies to --checkpoint or --random-weights; the bundled prior knows its own arch")
-        from diffpir_rt.engine.unet import resolve_arch
+        from diffpir_rt.engine import resolve_arch
 
         resolve_arch(args.arch)
     if wants_model and args.checkpoint is None and not args.random_weights:
-        from diffpir_rt.engine.prior import bundled_card
+        from diffpir_rt.engine import bundled_card
 
         if bundled_card() is None:
             if methods is None:  # the default "all": say what is missing instead of silently dropping DiffPIR
@@ -562,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
         _run_table(args, plan, images, configs, model, lpips, fid, record)
 
     text = json.dumps(record, indent=1, allow_nan=False) + "\n"
-    from diffpir_rt.engine.imageio import write_text
+    from diffpir_rt.engine import write_text
 
     results = write_text(plan.out / ("ablation.json" if args.ablation else "results.json"), text)
     written = report.write_reports(json.loads(text), plan.out)  # reports derive from the JSON alone
@@ -660,14 +659,3 @@ def _run_ablation(args, plan: _Plan, images, configs, model, lpips, record: dict
     record["methods"] = ["diffpir"]
     record["per_image"] = rows
     record["ablation"] = report.summarize(rows, ("dataset", "task", "sigma_n", "sweep", "steps", "lam", "zeta"))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m diffpir_rt.benchmarks.quality ARGS` = `diffpir eval ARGS` (same parser, same error handling)."""
-    from diffpir_rt.cli import main as cli_main
-
-    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

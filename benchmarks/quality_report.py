@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from diffpir_rt.engine.imageio import write_image, write_text
+from diffpir_rt.engine import write_image, write_text
 
 METRICS = ("psnr", "ssim", "lpips")
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "fid": "FID"}

@@ -1,4 +1,4 @@
-"""Markdown, target checks and plots derived from a latency JSON document (JSON first, style.md)."""
+"""Markdown, target checks and plots derived from a latency JSON document (the JSON is the record; these are views of it)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def markdown(document: dict[str, Any]) -> str:
         )
     checks = targets(document)
     if checks:
-        lines += ["", "## Targets (issue)", "", "| target | value | met | backend |", "|---|---|---|---|"]
+        lines += ["", "## Targets", "", "| target | value | met | backend |", "|---|---|---|---|"]
         for c in checks:
             met = "–" if c["ok"] is None else ("yes" if c["ok"] else "NO")
             lines.append(f"| {c['target']} | {c['value']} | {met} | {c['backend']} |")

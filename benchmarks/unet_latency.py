@@ -3,8 +3,8 @@
     python -m diffpir_rt.benchmarks.unet_latency --arch ffhq_10m --size 256 --repeats 5 --out benchmarks/results/
 
 Public API only: random weights are saved as a checkpoint, loaded by
-`make_denoiser("torch")`, exported by `export_onnx` and run by
-`make_denoiser("onnxruntime")`, so both sides hold the same weights. Each
+`ModelSource.load_torch()`, exported by `export_onnx` and run by
+`make_denoiser_from(ModelSource("onnx", ...))`, so both sides hold the same weights. Each
 configuration gets the same thread count; candidates are timed interleaved
 (one call of each per round), so load from other processes hits them alike.
 Reports the median and p90 of the rounds after warm-up, with the ratio to torch;
@@ -28,9 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diffpir_rt.engine.backends import make_denoiser
-from diffpir_rt.engine.backends.onnxruntime_backend import physical_cores
-from diffpir_rt.engine.unet import build_unet
+from diffpir_rt.engine import ModelSource, build_unet, make_denoiser_from, physical_cores
 from diffpir_rt.export import OnnxExportConfig, export_onnx
 
 RESULT_NAME = "unet_latency"
@@ -92,9 +90,9 @@ def bench_arch(
     export_s = time.perf_counter() - start
     record = json.loads(Path(str(onnx_path) + ".json").read_text())
 
-    torch_model = make_denoiser("torch", checkpoint=checkpoint, arch=arch)
+    torch_model = ModelSource("checkpoint", checkpoint, arch).load_torch()
     start = time.perf_counter()
-    ort_model = make_denoiser("onnxruntime", onnx=onnx_path, threads=threads)
+    ort_model = make_denoiser_from(ModelSource("onnx", onnx_path), threads=threads)
     session_s = time.perf_counter() - start
     candidates: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
         "torch eager fp32": torch_model,

@@ -13,6 +13,7 @@ from __future__ import annotations
 ROOM_RANKS: dict[str, int] = {
     "errors": 0,
     "_rooms": 0,
+    "client": 1,
     "kernels": 1,
     "engine": 2,
     "export": 3,

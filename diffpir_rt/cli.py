@@ -16,6 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from diffpir_rt import __version__
+from diffpir_rt.engine.argtypes import OneLineParser
 from diffpir_rt.errors import DiffPIRError
 
 #: (module, registrar): each registrar adds its sub-parsers and sets `handler`.
@@ -24,14 +25,8 @@ REGISTRARS = (
     ("diffpir_rt.export.cli", "add_export_parser"),
     ("diffpir_rt.benchmarks.cli", "add_parsers"),
     ("diffpir_rt.training.cli", "add_parsers"),
+    ("diffpir_rt.service.cli", "add_parsers"),
 )
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block), exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def version_text() -> str:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable
+
+from diffpir_rt.errors import one_line
+
+
+def _echo(text: str) -> str:
+    """The user's text as a message quotes it: repr (escapes included), long text elided."""
+    if len(text) > 40:
+        return repr(text[:20]) + "..." + repr(text[-12:])
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def in_range(kind: type, low: float, high: float, low_open: bool = False) -> Callable[[str], Any]:
@@ -14,11 +25,11 @@ def in_range(kind: type, low: float, high: float, low_open: bool = False) -> Cal
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {_echo(text)}") from None
         if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {_echo(text)}")
         if not (low < value if low_open else low <= value) or not value <= high:
-            raise argparse.ArgumentTypeError(f"expected a value in {'(' if low_open else '['}{low}, {high}], got {text}")
+            raise argparse.ArgumentTypeError(f"expected a value in {'(' if low_open else '['}{low}, {high}], got {_echo(text)}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -30,6 +41,35 @@ positive_int = in_range(int, 1, float("inf"))
 non_negative_int = in_range(int, 0, float("inf"))
 #: torch generators take seeds in [0, 2^64).
 seed = in_range(int, 0, 2**64 - 1)
+#: numpy's legacy RandomState (the official protocol's masks and noise) takes seeds in [0, 2^32).
+seed32 = in_range(int, 0, 2**32 - 1)
+#: CPU threads: more than this is a typo, and asking torch for a billion threads is not harmless.
+thread_count = in_range(int, 1, 1024)
 unit_float = in_range(float, 0.0, 1.0)
 num_steps = in_range(int, 2, 1000)
 timestep = in_range(int, 0, 999)
+
+
+def output_path(text: str) -> Path:
+    """An argparse type for a file to write: refuses '', a trailing separator ('o.png/' names a
+    folder; Path() would silently drop the slash and write a file 'o.png') and NUL bytes."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got ''")
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{_echo(text)} names a folder (trailing separator); expected a file name")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{_echo(text)} contains a NUL byte")
+    return Path(text)
+
+
+output_path.__name__ = "path"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit code 2.
+
+    Every command line of the project uses it, so a bad flag reads like every other error.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")

@@ -1,4 +1,4 @@
-"""Synthetic measurements made exactly as the official DiffPIR scripts make them (spec §7).
+"""Synthetic measurements made exactly as the official DiffPIR scripts make them (docs/algorithm.md §7).
 
 Kernels, masks and noise are drawn from numpy's legacy `RandomState(seed)`,
 whose streams equal the official `np.random.seed(seed)` + global draws, so the
@@ -9,8 +9,12 @@ says uint8.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import h5py
@@ -20,6 +24,10 @@ import scipy.ndimage
 from PIL import Image, ImageDraw, ImageFilter
 
 from diffpir_rt.errors import DiffPIRError
+
+from .paths import check_input_file, read_npy_array, shown
+
+logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
@@ -44,7 +52,7 @@ def gaussian_kernel_std(std: float, size: int = 61) -> np.ndarray:
 
 
 def gaussian_std(index: int) -> float:
-    """The official per-image std: 3 * (1 + 2u), u = rand() after seed 10*index (spec §7)."""
+    """The official per-image std: 3 * (1 + 2u), u = rand() after seed 10*index (docs/algorithm.md §7)."""
     return 3.0 * (1.0 + 2.0 * _rng_for_index(index).rand())
 
 
@@ -57,7 +65,7 @@ def motion_kernel(index: int, size: int = 61, intensity: float = 0.5) -> np.ndar
     """The official motion deblur kernel of image `index`: (size, size) float32, sum 1.
 
     Seed 10*index; the official operator draws one kernel and discards it (its
-    Blurkernel constructor), and blurs with the second draw (spec §7).
+    Blurkernel constructor), and blurs with the second draw (docs/algorithm.md §7).
     """
     _check_size(size, "motion kernel size")
     if size < MOTION_MIN_SIZE:
@@ -138,7 +146,7 @@ def blur_uint8(img_uint8: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
     scipy computes in float64 and stores into the uint8 output by truncation (not
     rounding), exactly what the official `ndimage.convolve(img, k[..., None],
-    mode='wrap')` on a uint8 image does (spec §7).
+    mode='wrap')` on a uint8 image does (docs/algorithm.md §7).
     """
     img_uint8 = np.asarray(img_uint8)
     if img_uint8.dtype != np.uint8 or img_uint8.ndim != 3:
@@ -190,7 +198,7 @@ def _check_float_image(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def imresize(x: np.ndarray, scale: float) -> np.ndarray:
-    """MATLAB-style bicubic imresize with antialiasing (DiffPIR utils_image.imresize_np, spec §6.3).
+    """MATLAB-style bicubic imresize with antialiasing (DiffPIR utils_image.imresize_np, docs/algorithm.md §6.3).
 
     Cubic kernel a = -0.5; when downscaling it is stretched to width 4/scale
     (antialiasing); boundaries are padded symmetrically (edge pixel repeated);
@@ -253,7 +261,7 @@ def mod_crop(x: np.ndarray, sf: int) -> np.ndarray:
 
 
 def bicubic_downsample(x01: np.ndarray, sf: int) -> np.ndarray:
-    """SR measurement before noise: mod-crop to a multiple of sf, then imresize by 1/sf (spec §7)."""
+    """SR measurement before noise: mod-crop to a multiple of sf, then imresize by 1/sf (docs/algorithm.md §7)."""
     if isinstance(sf, bool) or not isinstance(sf, (int, np.integer)) or sf < 1:
         raise DiffPIRError(f"bicubic_downsample sf: got {sf!r}; expected a positive integer")
     x01 = _check_float_image(x01, "bicubic_downsample image")
@@ -271,14 +279,14 @@ def box_mask(h: int = 256, w: int = 256, seed: int = 0, box: int = 128, margin: 
     DPS's generator as DiffPIR uses it: box height and width from randint(box, box + 1)
     (always `box`, but the draws advance the RNG), then top and left from
     randint(margin, size - margin - box). Seed 0 on 256 x 256 gives rows 60-187,
-    cols 63-190 (spec §7).
+    cols 63-190 (docs/algorithm.md §7).
     """
     _check_size(h, "box_mask h")
     _check_size(w, "box_mask w")
     _check_size(box, "box_mask box")
     if h - margin - box <= margin or w - margin - box <= margin or margin < 0:
         raise DiffPIRError(
-            f"box_mask: a {box}x{box} box with margin {margin} does not fit in {h}x{w}; "
+            f"box_mask: a {box}x{box} box with margin {margin} does not fit in {w}x{h}; "
             f"expected h and w > box + 2*margin"
         )
     rng = _rng_for_seed(seed, "box_mask seed")
@@ -295,7 +303,7 @@ def random_mask(h: int = 256, w: int = 256, seed: int = 0, p: float = 0.5) -> np
     """(h, w) float32 mask with int(h*w*p) pixels missing (0), drawn without replacement.
 
     DPS's generator with the probability range [p, p]: one uniform(p, p) draw,
-    then np.random.choice(h*w, int(h*w*p), replace=False) (spec §7).
+    then np.random.choice(h*w, int(h*w*p), replace=False) (docs/algorithm.md §7).
     """
     _check_size(h, "random_mask h")
     _check_size(w, "random_mask w")
@@ -320,7 +328,7 @@ def _rng_for_seed(seed: int, name: str) -> np.random.RandomState:
 
 
 def add_noise(y01: np.ndarray, sigma_n: float, seed: int) -> np.ndarray:
-    """y01 + N(0, sigma_n^2) in [0, 1] units, not clipped (spec §1).
+    """y01 + N(0, sigma_n^2) in [0, 1] units, not clipped (docs/algorithm.md §1).
 
     Noise is `np.random.RandomState(seed).normal(0, sigma_n, y01.shape)` (legacy
     Mersenne Twister, like the official scripts' np.random); the result keeps
@@ -339,120 +347,219 @@ def add_noise(y01: np.ndarray, sigma_n: float, seed: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- kernel files
 
+#: Largest kernel a file may hold (values): 4096 x 4096; checked before the kernel is read.
+MAX_KERNEL_ELEMENTS = 4096 * 4096
+#: Most kernels one .mat cell array may list.
+MAX_KERNELS = 100_000
+#: Largest .mat file read, and the most bytes one compressed variable may expand to.
+MAX_MAT_BYTES = 256 * 1024 * 1024
+#: A kernel whose sum is within this of 1 is used as stored (the official files sum to 1 within
+#: 1e-4, and must stay bit-exact); any other positive sum is divided out, with a warning.
+KERNEL_SUM_TOLERANCE = 1e-2
+
 
 def load_kernel(path: PathLike, index: int | None = None) -> np.ndarray:
     """Load a 2-D blur kernel as float32 from .npy, .png or .mat (MATLAB v5 or v7.3/HDF5).
 
-    .png is read as grey and normalised to sum 1; .npy and .mat are returned as
-    stored (the bicubic SR kernels sum to 0.99990..1.000002 and are used so).
-    A .mat must hold a variable `kernels`: a cell array, from which `index`
-    picks one (0-based, MATLAB linear order), or a single numeric matrix.
+    Every kernel file is used with sum 1: a kernel within 1% of it is returned as stored
+    (the official and bicubic SR kernels, bit-exact); one with another positive sum (an
+    integer array such as a uint8 kernel summing to 2295, an absurdly scaled float array)
+    is divided by its sum, with a logged warning; a .png is grey levels by nature and is
+    normalised silently. A sum <= 0, NaN/Inf, complex or non-numeric values, more than
+    4096 x 4096 values, an empty or non-2-D array are refused; sizes are checked from the
+    file's header before anything large is read.
+
+    A .mat must hold a variable `kernels`: a cell array, from which `index` picks one
+    (0-based, MATLAB linear order), or a single numeric matrix.
 
     Args:
         index: which kernel of a .mat cell; may be omitted when it holds one.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DiffPIRError(f"kernel {p}: file not found")
+    p = check_input_file(path, "kernel")
     suffix = p.suffix.lower()
     if index is not None and suffix != ".mat":
-        raise DiffPIRError(f"kernel {p}: index {index} given, but only .mat files hold several kernels")
+        raise DiffPIRError(f"kernel {shown(p)}: index {index} given, but only .mat files hold several kernels")
     if suffix == ".npy":
-        k = _read_npy(p)
+        k = read_npy_array(p, "kernel", ndim=(2,), max_elements=MAX_KERNEL_ELEMENTS)
     elif suffix == ".png":
         k = _read_png_kernel(p)
     elif suffix == ".mat":
-        k = _read_mat_hdf5(p, index) if h5py.is_hdf5(p) else _read_mat_v5(p, index)
+        k = _read_mat(p, index)
     else:
-        raise DiffPIRError(f"kernel {p}: unsupported suffix {suffix!r}; expected .npy, .png or .mat")
-    return _validated_kernel(k, p)
+        raise DiffPIRError(f"kernel {shown(p)}: unsupported suffix {suffix!r}; expected .npy, .png or .mat")
+    return _validated_kernel(k, p, announce=suffix != ".png")
 
 
 def bicubic_sr_kernel(sf: int) -> np.ndarray:
-    """The 25x25 bicubic-equivalent kernel for x2, x3 or x4 SR (spec §6.3), off-centre by design."""
+    """The 25x25 bicubic-equivalent kernel for x2, x3 or x4 SR (docs/algorithm.md §6.3), off-centre by design."""
     if sf not in (2, 3, 4) or isinstance(sf, bool):
         raise DiffPIRError(f"bicubic SR kernel: sf = {sf!r}; expected 2, 3 or 4")
     return load_kernel(BICUBIC_KERNELS_FILE, sf - 2)
 
 
-def _read_npy(p: Path) -> np.ndarray:
-    try:
-        return np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DiffPIRError(f"kernel {p}: cannot read .npy ({e})") from e
-
-
 def _read_png_kernel(p: Path) -> np.ndarray:
-    try:
-        with Image.open(p) as im:
-            k = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im, dtype=np.float64)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DiffPIRError(f"kernel {p}: cannot read image ({e})") from e
+    """Grey levels of a PNG kernel (luma of an RGB one), divided by their sum."""
+    from .imageio import _read_pixels  # the one guarded decoder: size limit, no warnings
+
+    pixels, _ = _read_pixels(p, "kernel")
+    if pixels.shape[0] * pixels.shape[1] > MAX_KERNEL_ELEMENTS:
+        raise DiffPIRError(f"kernel {shown(p)}: {pixels.shape[1]}x{pixels.shape[0]} is larger than kernels may be (4096x4096)")
+    rgb = pixels.astype(np.float64)
+    k = rgb[..., 0] if (rgb[..., :1] == rgb).all() else rgb @ np.array([0.299, 0.587, 0.114])
     total = k.sum()
     if total <= 0:
-        raise DiffPIRError(f"kernel {p}: image is all black; expected a kernel with positive sum")
+        raise DiffPIRError(f"kernel {shown(p)}: the image is all black; expected a kernel with a positive sum")
     return k / total
+
+
+def _magic(p: Path, n: int) -> bytes:
+    with open(p, "rb") as f:
+        return f.read(n)
 
 
 def _pick(cells: np.ndarray, index: int | None, p: Path) -> np.ndarray:
     """One entry of a flat list of kernels, with the count in every error."""
     n = len(cells)
+    if n == 0:
+        raise DiffPIRError(f"kernel {shown(p)}: 'kernels' is empty; the file holds no kernel")
+    if n > MAX_KERNELS:
+        raise DiffPIRError(f"kernel {shown(p)}: 'kernels' lists {n:,} entries; at most {MAX_KERNELS:,} are read")
     if index is None:
         if n != 1:
-            raise DiffPIRError(f"kernel {p}: holds {n} kernels; pass index in 0..{n - 1}")
+            raise DiffPIRError(f"kernel {shown(p)}: holds {n} kernels; pass index 0..{n - 1} (--kernel-index)")
         index = 0
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
-        raise DiffPIRError(f"kernel {p}: index {index!r} out of range; the file holds {n} kernels (0..{n - 1})")
+        raise DiffPIRError(f"kernel {shown(p)}: index {index!r} out of range; the file holds {n} kernels (0..{n - 1})")
     return cells[index]
 
 
+def _read_mat(p: Path, index: int | None) -> np.ndarray:
+    size = p.stat().st_size
+    if size > MAX_MAT_BYTES:
+        raise DiffPIRError(f"kernel {shown(p)}: a {size:,}-byte .mat file; kernel files are at most {MAX_MAT_BYTES:,} bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if _magic(p, 8) == b"\x89HDF\r\n\x1a\n" or h5py.is_hdf5(p):
+            return _read_mat_hdf5(p, index)
+        return _read_mat_v5(p, index)
+
+
+def _check_mat_v5_sizes(p: Path) -> None:
+    """Walk a MATLAB v5 file's top-level variables; a compressed one that expands beyond
+    MAX_MAT_BYTES (a zip bomb) is refused before scipy inflates it into memory."""
+    with open(p, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return  # not v5 (v4 has no compression): scipy says what it is
+        endian = "<" if header[126:128] == b"IM" else ">"
+        while True:
+            tag = f.read(8)
+            if len(tag) < 8:
+                return
+            kind, nbytes = struct.unpack(endian + "II", tag)
+            if kind != 15:  # miCOMPRESSED
+                f.seek(nbytes + (-nbytes % 8), os.SEEK_CUR)
+                continue
+            inflater, expanded, left = zlib.decompressobj(), 0, nbytes
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                try:
+                    expanded += len(inflater.decompress(chunk, MAX_MAT_BYTES + 1 - expanded))
+                    while inflater.unconsumed_tail and expanded <= MAX_MAT_BYTES:
+                        expanded += len(inflater.decompress(inflater.unconsumed_tail, MAX_MAT_BYTES + 1 - expanded))
+                except zlib.error:
+                    return  # corrupt: scipy reports it
+                if expanded > MAX_MAT_BYTES:
+                    raise DiffPIRError(
+                        f"kernel {shown(p)}: a compressed variable expands beyond {MAX_MAT_BYTES:,} bytes (a zip bomb?)"
+                    )
+
+
 def _read_mat_v5(p: Path, index: int | None) -> np.ndarray:
+    _check_mat_v5_sizes(p)
     try:
-        contents = scipy.io.loadmat(p)
-    except (OSError, ValueError, TypeError, NotImplementedError) as e:
-        raise DiffPIRError(f"kernel {p}: cannot read MATLAB file ({e})") from e
+        contents = scipy.io.loadmat(p, variable_names=["kernels"])
+        names = [] if "kernels" in contents else sorted(name for name, _, _ in scipy.io.whosmat(p))
+    except Exception as e:  # scipy's parser fed arbitrary bytes: ValueError, TypeError, MatReadError, ...
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise DiffPIRError(f"kernel {shown(p)}: cannot read MATLAB file, corrupt or truncated ({detail})") from None
     if "kernels" not in contents:
-        names = sorted(k for k in contents if not k.startswith("__"))
-        raise DiffPIRError(f"kernel {p}: no variable 'kernels' (found {names}); expected a cell array 'kernels'")
+        raise DiffPIRError(f"kernel {shown(p)}: no variable 'kernels' (found {names[:5]}); expected a cell array 'kernels'")
     kernels = contents["kernels"]
+    if not isinstance(kernels, np.ndarray):
+        raise DiffPIRError(f"kernel {shown(p)}: 'kernels' is a {type(kernels).__name__}; expected a cell array or matrix")
     if kernels.dtype == object:  # a cell array; MATLAB's linear order is column-major
         return np.asarray(_pick(kernels.ravel(order="F"), index, p))
     return _pick(np.asarray([kernels]), index, p)
 
 
 def _read_mat_hdf5(p: Path, index: int | None) -> np.ndarray:
-    """MATLAB v7.3: HDF5 stores every array transposed (column-major), so each kernel is .T."""
+    """MATLAB v7.3: HDF5 stores every array transposed (column-major), so each kernel is .T.
+    Shapes and types are checked on the datasets' headers before their data is read."""
     try:
         with h5py.File(p, "r") as f:
             if "kernels" not in f:
                 raise DiffPIRError(
-                    f"kernel {p}: no variable 'kernels' (found {sorted(f.keys())}); expected a cell array 'kernels'"
+                    f"kernel {shown(p)}: no variable 'kernels' (found {sorted(f.keys())[:5]}); expected a cell array 'kernels'"
                 )
             kernels = f["kernels"]
             if not isinstance(kernels, h5py.Dataset):
                 kind = type(kernels).__name__
-                raise DiffPIRError(f"kernel {p}: 'kernels' is a {kind}; expected a cell array or matrix")
+                raise DiffPIRError(f"kernel {shown(p)}: 'kernels' is a {kind}; expected a cell array or matrix")
             if h5py.check_dtype(ref=kernels.dtype) is not None:
                 # a MATLAB (1, n) cell is stored as (n, 1) references; C order = MATLAB linear order
+                if kernels.size > MAX_KERNELS:
+                    raise DiffPIRError(f"kernel {shown(p)}: 'kernels' lists {kernels.size:,} entries; at most {MAX_KERNELS:,} are read")
                 ref = _pick(kernels[()].ravel(), index, p)
-                return np.asarray(f[ref][()]).T
-            return _pick(np.asarray([kernels[()]]), index, p).T
+                target = f[ref]
+                if not isinstance(target, h5py.Dataset):
+                    raise DiffPIRError(f"kernel {shown(p)}: kernel {index or 0} is a {type(target).__name__}; expected a matrix")
+                return _hdf5_matrix(target, p).T
+            _pick(np.empty(1), index, p)  # one matrix: index must be None or 0
+            return _hdf5_matrix(kernels, p).T
     except DiffPIRError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DiffPIRError(f"kernel {p}: cannot read MATLAB v7.3 file ({e})") from e
+    except Exception as e:  # h5py on arbitrary bytes: OSError, ValueError, KeyError, TypeError, ...
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise DiffPIRError(f"kernel {shown(p)}: cannot read MATLAB v7.3 file, corrupt or truncated ({detail})") from None
 
 
-def _validated_kernel(k: np.ndarray, p: Path) -> np.ndarray:
+def _hdf5_matrix(dataset, p: Path) -> np.ndarray:
+    """A dataset's values, after its header says they are a modest real 2-D matrix."""
+    if dataset.dtype.kind not in "buif" or dataset.dtype.fields is not None:
+        kind = "complex numbers" if dataset.dtype.fields is not None else f"dtype {dataset.dtype}"
+        raise DiffPIRError(f"kernel {shown(p)}: holds {kind}; expected real numbers")
+    if dataset.size > MAX_KERNEL_ELEMENTS:
+        raise DiffPIRError(
+            f"kernel {shown(p)}: declares {dataset.size:,} values (shape {dataset.shape}); at most {MAX_KERNEL_ELEMENTS:,} are read"
+        )
+    return np.asarray(dataset[()])
+
+
+def _validated_kernel(k: np.ndarray, p: Path, announce: bool = True) -> np.ndarray:
+    """A finite real 2-D kernel with a positive sum, as float32 with sum 1 (see load_kernel)."""
     k = np.asarray(k)
+    if k.dtype == object or k.dtype.kind not in "buif" or k.dtype.fields is not None:
+        kind = "complex numbers" if k.dtype.kind == "c" else f"dtype {k.dtype}"
+        raise DiffPIRError(f"kernel {shown(p)}: holds {kind}; expected real numbers")
     if k.ndim != 2 or k.size == 0:
-        raise DiffPIRError(f"kernel {p}: expected a non-empty 2-D array, got shape {k.shape}")
-    if not np.issubdtype(k.dtype, np.number) or np.iscomplexobj(k):
-        raise DiffPIRError(f"kernel {p}: expected real numbers, got dtype {k.dtype}")
-    k = k.astype(np.float32)
-    if not np.isfinite(k).all():
-        raise DiffPIRError(f"kernel {p}: {int((~np.isfinite(k)).sum())} NaN or Inf value(s); expected finite values")
-    total = float(k.sum(dtype=np.float64))
-    if total <= 0:
-        raise DiffPIRError(f"kernel {p}: sums to {total:g}; expected a positive sum (about 1)")
-    return k
+        raise DiffPIRError(f"kernel {shown(p)}: expected a non-empty 2-D array, got shape {k.shape}")
+    if k.size > MAX_KERNEL_ELEMENTS:
+        raise DiffPIRError(f"kernel {shown(p)}: {k.shape[1]}x{k.shape[0]} is larger than kernels may be (4096x4096)")
+    values = k.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DiffPIRError(f"kernel {shown(p)}: {int((~np.isfinite(values)).sum())} NaN or Inf value(s); expected finite values")
+    total = float(values.sum())
+    if not total > 0 or not math.isfinite(total):
+        raise DiffPIRError(f"kernel {shown(p)}: sums to {total:g}; expected a positive sum (about 1)")
+    if abs(total - 1.0) > KERNEL_SUM_TOLERANCE:
+        if announce:
+            logger.warning("kernel %s: %s values summing to %.6g; normalised to sum 1", shown(p), k.dtype, total)
+        values = values / total
+    out = values.astype(np.float32)
+    if not np.isfinite(out).all() or not float(out.sum(dtype=np.float64)) > 0:
+        raise DiffPIRError(f"kernel {shown(p)}: its values do not fit float32 (sum {total:g})")
+    return out

@@ -1,4 +1,4 @@
-"""The torch Denoiser: `(x_t, t) -> eps` from a guided-diffusion UNet (spec §3, §11).
+"""The torch Denoiser: `(x_t, t) -> eps` from a guided-diffusion UNet (docs/algorithm.md §3, §11).
 
 The only place that knows the UNet returns 2·C channels (eps, then the learned
 variance, which DiffPIR never uses) and takes an int64 timestep. Checkpoints load
@@ -12,6 +12,7 @@ import operator
 import os
 import pickle
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -129,17 +130,18 @@ class UNetDenoiser(nn.Module):
             )
 
 
-def _unpickling_problem(exc: Exception) -> str:
-    """One line out of torch.load's multi-paragraph weights_only error."""
+def _unpickling_problem(exc: Exception, zipped: bool) -> str:
+    """One true line out of torch.load's multi-paragraph errors (no opcode numbers, no internals)."""
     text = str(exc)
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
         return (
-            f"holds pickled Python objects ({found.group(1)}), which weights_only loading refuses; "
+            f"holds pickled Python objects ({found.group(1)[:60]}), which are never loaded; "
             "re-save it as a plain state_dict or as .safetensors"
         )
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    return f"is not a readable PyTorch checkpoint ({found.group(1).strip() if found else _first_line(exc)})"
+    if zipped:
+        return "is a corrupt or truncated PyTorch checkpoint (a damaged zip archive)"
+    return "is not a PyTorch checkpoint (neither a zip archive nor a pickled state_dict)"
 
 
 def _first_line(exc: Exception) -> str:
@@ -156,14 +158,16 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     Raises:
         DiffPIRError: missing, unreadable or non-tensor file, or unsupported suffix.
     """
+    from .paths import check_input_file, shown
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
         raise DiffPIRError(
-            f"checkpoint {path}: unsupported suffix {suffix!r}; expected one of {CHECKPOINT_SUFFIXES}"
+            f"checkpoint {shown(path)}: unsupported suffix {suffix!r}; expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
         )
-    if not path.is_file():
-        raise DiffPIRError(f"checkpoint {path}: file not found")
+    check_input_file(path, "checkpoint")  # a folder, FIFO or device says so, and is never opened
+    label = shown(path)
 
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -171,31 +175,49 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         try:
             obj: object = load_file(str(path), device="cpu")
         except Exception as exc:  # a parser fed arbitrary bytes can fail in many ways
-            problem = f"is not a readable safetensors file ({_first_line(exc)})"
-            raise DiffPIRError(f"checkpoint {path}: {problem}") from exc
+            detail = _first_line(exc).removeprefix("Error while deserializing header: ")
+            if not re.search(r"[A-Za-z]{3}", detail):  # a bare number or code says nothing to a user
+                detail = "corrupt header"
+            raise DiffPIRError(f"checkpoint {label}: is not a readable safetensors file ({detail[:80]})") from None
     else:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before it fails
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise DiffPIRError(f"checkpoint {path}: {_unpickling_problem(exc)}") from exc
+            raise DiffPIRError(f"checkpoint {label}: {_unpickling_problem(exc, zipped)}") from None
+        except MemoryError:
+            raise DiffPIRError(f"checkpoint {label}: too large to load in the memory available") from None
         except Exception as exc:  # zip, pickle-opcode and I/O errors of arbitrary bytes
-            problem = f"is not a readable PyTorch checkpoint ({_first_line(exc)})"
-            raise DiffPIRError(f"checkpoint {path}: {problem}") from exc
+            raise DiffPIRError(f"checkpoint {label}: {_unpickling_problem(exc, zipped)}") from None
 
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict):
-        raise DiffPIRError(f"checkpoint {path}: expected a dict of tensors, got {type(obj).__name__}")
+        raise DiffPIRError(f"checkpoint {label}: expected a dict of tensors, got {type(obj).__name__}")
+    if not obj:
+        raise DiffPIRError(f"checkpoint {label}: holds no tensors")
     state_dict: dict[str, Tensor] = {}
     for key, value in obj.items():
+        if not isinstance(key, str):
+            raise DiffPIRError(f"checkpoint {label}: a key is a {type(key).__name__}, not a name; expected a plain state_dict")
         if not isinstance(value, Tensor):
             raise DiffPIRError(
-                f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                f"checkpoint {label}: entry {key[:60]!r} is a {type(value).__name__}, not a tensor; "
                 "expected a plain state_dict"
             )
         state_dict[key.removeprefix("module.")] = value
+    not_float = [(k, v.dtype) for k, v in state_dict.items() if not v.is_floating_point()]
+    if not_float:
+        key, dtype = not_float[0]
+        raise DiffPIRError(
+            f"checkpoint {label}: {len(not_float)} of {len(state_dict)} tensors are not floating point "
+            f"(e.g. {key[:60]!r}: {str(dtype).removeprefix('torch.')}); expected float weights"
+        )
     return state_dict
 
 
@@ -213,30 +235,29 @@ def _mismatch_message(
     """One-line description of how state_dict differs from expected, or None if it fits."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
-    ]
+    wrong_shape = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
     if not (missing or unexpected or wrong_shape):
         return None
-
-    def listing(keys: list[str], what: str) -> str:
-        more = ", ..." if len(keys) > KEYS_SHOWN else ""
-        return f"{len(keys)} {what} ({', '.join(keys[:KEYS_SHOWN])}{more})"
-
-    parts = []
-    if missing:
-        parts.append(listing(missing, "missing keys"))
-    if unexpected:
-        parts.append(listing(unexpected, "unexpected keys"))
+    # One short line whatever the checkpoint: counts, one example, and the arch that fits.
+    counts = ", ".join(
+        f"{what}: {len(keys)}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape))
+        if keys
+    )
     if wrong_shape:
-        parts.append(listing(wrong_shape, "shape mismatches"))
-    message = f"checkpoint {path} does not fit UNet arch {arch_label}: " + "; ".join(parts)
+        key = wrong_shape[0]
+        example = f"{key[:40]!r} is {tuple(state_dict[key].shape)}, expected {expected[key]}"
+    else:
+        example = f"e.g. {(missing or unexpected)[0][:40]!r}"
+    from .paths import shown
+
+    message = f"checkpoint {shown(path)} does not fit arch {arch_label} ({counts}; {example})"
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     matches = [name for name, config in ARCH_PRESETS.items() if _expected_shapes(config) == shapes]
     if matches:
-        message += f"; it matches arch {matches[0]!r} (use --arch {matches[0]})"
+        message += f"; it matches arch {matches[0]!r}: use --arch {matches[0]}"
+    else:
+        message += "; it matches no known arch"
     return message
 
 
@@ -271,6 +292,13 @@ def load_unet(
     message = _mismatch_message(path, arch_label, _expected_shapes(config), state_dict)
     if message is not None:
         raise DiffPIRError(message)
+    broken = [k for k, v in state_dict.items() if not bool(torch.isfinite(v).all())]
+    if broken:  # refused here, not found later as a NaN image (or a failed export parity check)
+        from .paths import shown
+
+        raise DiffPIRError(
+            f"checkpoint {shown(path)}: {len(broken)} tensor(s) hold NaN or Inf (e.g. {broken[0][:60]!r}); the weights are broken"
+        )
 
     with torch.device("meta"):
         unet = build_unet(config)

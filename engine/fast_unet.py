@@ -1,6 +1,6 @@
 """A reduced-precision copy of a UNetDenoiser for the fast path: fp16/bf16, channels_last, SDPA.
 
-Only the UNet runs in reduced precision (design.md, precision policy): its output is cast
+Only the UNet runs in reduced precision (docs/runtime.md, "Precision"): its output is cast
 back to the input's dtype inside UNetModel.forward, so the data step and the DiffPIR step
 stay fp32. GroupNorm and the attention softmax keep fp32 statistics either way.
 """

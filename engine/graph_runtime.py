@@ -21,6 +21,7 @@ from torch import Tensor
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.kernels import Impl
 
+from .fast_unet import check_capturable
 from .methods import Method, Step, build_method
 from .methods.loop import EpsModel, check_output, pad_model, run_steps
 from .operators import DataStep, Operator, check_image_batch
@@ -147,6 +148,8 @@ class GraphRuntime:
         self.capture = self.device.type == "cuda" if capture is None else bool(capture)
         if self.capture and self.device.type != "cuda":
             raise DiffPIRError(f"capture: CUDA graphs need a CUDA device, got {self.device}")
+        if self.capture:
+            check_capturable(eps_model)  # torch.compile's own CUDA graphs fail inside ours
         if method.needs_grad and self.capture:
             raise DiffPIRError(f"method {method.config.method}: differentiates through the model; it cannot run in a CUDA graph")
         self.method = method

@@ -1,4 +1,4 @@
-"""Image files in and out, in [0, 1], and the one [0, 1] <-> [-1, 1] conversion (spec §1).
+"""Image files in and out, in [0, 1], and the one [0, 1] <-> [-1, 1] conversion (docs/algorithm.md §1).
 
 Files are (C, H, W) float32 tensors in [0, 1] with C = 3: grey images are
 repeated to three channels and alpha is dropped, as the official scripts do
@@ -8,10 +8,12 @@ through pypng and tifffile, because Pillow keeps only the high byte of 16-bit RG
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import struct
-import uuid
+import warnings
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +24,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from diffpir_rt.errors import DiffPIRError
+
+from .paths import MAX_PIXELS, check_input_file, shown, temporary_name
 
 PathLike = str | os.PathLike
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
@@ -46,6 +50,13 @@ _DECODE_ERRORS = (
     EOFError,
     zlib.error,
     struct.error,
+    # what else a parser fed arbitrary bytes was seen to raise (Pillow's TIFF/JPEG plugins, tifffile)
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
 )
 
 
@@ -66,7 +77,7 @@ def _pypng():
 
 
 def to_model(x01: ArrayOrTensor) -> ArrayOrTensor:
-    """[0, 1] image -> [-1, 1] model units (spec §1: x_model = 2*x01 - 1)."""
+    """[0, 1] image -> [-1, 1] model units (docs/algorithm.md §1: x_model = 2*x01 - 1)."""
     return 2 * x01 - 1
 
 
@@ -109,59 +120,142 @@ def read_mask(path: PathLike) -> torch.Tensor:
     return torch.from_numpy(observed.astype(np.float32))[None]
 
 
+def decode_image(data: bytes, what: str = "image", max_pixels: int | None = None) -> tuple[torch.Tensor, int]:
+    """read_image_and_depth of a file's bytes in memory (an upload): ((3, H, W) in [0, 1], bit depth).
+
+    what: names the input in messages (e.g. "image upload.png"); max_pixels: refuse
+    larger images from the header, before decoding them.
+    """
+    pixels, max_value = _decode_pixels(_check_bytes(data, what), what.split(" ")[0], _label(what), max_pixels)
+    x = torch.from_numpy(pixels.astype(np.float32) / np.float32(max_value))
+    return x.permute(2, 0, 1).contiguous(), 16 if max_value > 255 else 8
+
+
+def decode_mask(data: bytes, what: str = "mask", max_pixels: int | None = None) -> torch.Tensor:
+    """read_mask of a file's bytes in memory: (1, H, W), 1 = observed (any nonzero pixel)."""
+    pixels, _ = _decode_pixels(_check_bytes(data, what), what.split(" ")[0], _label(what), max_pixels)
+    return torch.from_numpy((pixels != 0).any(axis=-1).astype(np.float32))[None]
+
+
+def encode_image(x: torch.Tensor, fmt: str = "png", bit_depth: int = 8) -> bytes:
+    """write_image's file as bytes: fmt "png" (8/16), "jpeg" (8) or "tiff" (8/16)."""
+    suffix = "." + fmt.lower().lstrip(".")
+    if suffix not in WRITE_FORMATS:
+        raise DiffPIRError(f"format {fmt!r}: expected one of {', '.join(sorted({s[1:] for s in WRITE_FORMATS}))}")
+    name, depths = WRITE_FORMATS[suffix]
+    if bit_depth not in depths:
+        raise DiffPIRError(f"format {fmt}: bit_depth {bit_depth} not possible for {name}; expected one of {depths}")
+    return _encode(_quantise(x, bit_depth, Path(f"image{suffix}")), name, bit_depth)
+
+
+def _check_bytes(data: bytes, what: str) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DiffPIRError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise DiffPIRError(f"{what}: the file is empty")
+    return bytes(data)
+
+
+def _label(what: str) -> str:
+    """"image upload.png" -> "upload.png" (the name after the role), "image" -> "(upload)"."""
+    return what.partition(" ")[2] or "(upload)"
+
+
 def _read_pixels(path: Path, what: str) -> tuple[np.ndarray, int]:
     """(H, W, 3) unsigned integer pixels and their full-scale value (255 or 65535)."""
-    if not path.is_file():
-        raise DiffPIRError(f"{what} {path}: file not found")
+    path = check_input_file(path, what)  # a folder, FIFO or device says so, and is never opened
+    return _decode_pixels(path, what, shown(path))
+
+
+@contextlib.contextmanager
+def _quiet_decoders():
+    """Pillow's and NumPy's warnings and tifffile's log lines silenced while a file is decoded:
+    a bad file gives one error line (raised below), not a warning printed before it."""
+    tiff_log = logging.getLogger("tifffile")
+    disabled = tiff_log.disabled
+    tiff_log.disabled = True
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tiff_log.disabled = disabled
+
+
+def _decode_pixels(source: Path | bytes, what: str, label: object, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """_read_pixels of a file or of its bytes in memory; `label` names it in messages.
+
+    max_pixels: refuse images with more pixels, from the header, before decoding them
+    (default: paths.MAX_PIXELS; decompression bombs never reach the decoder).
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    try:
+        with _quiet_decoders(), Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             if im.format not in READ_FORMATS:
                 raise DiffPIRError(
-                    f"{what} {path}: unsupported format {im.format}; expected one of {', '.join(READ_FORMATS)}"
+                    f"{what} {label}: unsupported format {im.format}; expected one of {', '.join(READ_FORMATS)}"
                 )
-            if im.format == "PNG" and _png_bit_depth(path) == 16:
-                pixels = _read_png16(path, what)
+            if im.width * im.height > max_pixels:
+                raise DiffPIRError(
+                    f"{what} {label}: {im.width}x{im.height} is {im.width * im.height:,} pixels; at most {max_pixels:,} are accepted"
+                )
+            if im.width < 1 or im.height < 1:
+                raise DiffPIRError(f"{what} {label}: the image is {im.width}x{im.height}; it has no pixels")
+            if im.format == "PNG" and _png_bit_depth(source) == 16:
+                pixels = _read_png16(source, what, label)
             elif im.format == "TIFF" and max(_tiff_bits_per_sample(im)) > 8:
-                pixels = _read_tiff16(path)
+                pixels = _read_tiff16(source, what, label)
             else:  # 8-bit samples in any mode (palette, grey+alpha, CMYK JPEG, ...)
                 pixels = np.asarray(im.convert("RGB"))
     except DiffPIRError:
         raise
     except _DECODE_ERRORS as e:
-        raise _decode_error(what, path, e) from e
+        raise _decode_error(what, label, e) from e
     if pixels.dtype == np.uint8:
         max_value = 255
     elif pixels.dtype == np.uint16:
         max_value = 65535
     else:
-        raise DiffPIRError(f"{what} {path}: unsupported sample type {pixels.dtype}; expected 8- or 16-bit integers")
+        raise DiffPIRError(f"{what} {label}: unsupported sample type {pixels.dtype}; expected 8- or 16-bit integers")
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4) or 0 in pixels.shape:
-        raise DiffPIRError(f"{what} {path}: unsupported pixel layout {pixels.shape}; expected grey or RGB(A)")
+        raise DiffPIRError(f"{what} {label}: unsupported pixel layout {pixels.shape}; expected grey or RGB(A)")
     # grey(+alpha) -> repeat grey; RGB(A) -> RGB
     pixels = np.repeat(pixels[..., :1], 3, axis=-1) if pixels.shape[-1] <= 2 else pixels[..., :3]
     return np.ascontiguousarray(pixels), max_value
 
 
-def _decode_error(what: str, path: Path, e: BaseException) -> DiffPIRError:
-    return DiffPIRError(f"{what} {path}: cannot decode ({type(e).__name__}: {e})")
+def _decode_error(what: str, path: object, e: BaseException) -> DiffPIRError:
+    if isinstance(e, UnidentifiedImageError):
+        return DiffPIRError(f"{what} {path}: not a PNG, JPEG or TIFF image (or a corrupt one)")
+    if isinstance(e, MemoryError):
+        return DiffPIRError(f"{what} {path}: too large to decode in the memory available")
+    if isinstance(e, Image.DecompressionBombError):
+        return DiffPIRError(f"{what} {path}: declares too many pixels (a decompression bomb?); at most {MAX_PIXELS:,} are accepted")
+    text = str(e).replace(" <_io.BytesIO object", "").split(" at 0x")[0] if "<_io.BytesIO" in str(e) else str(e)
+    text = (text.strip().splitlines() or [""])[0].replace(str(path), "the file")
+    detail = f"{type(e).__name__}: {text[:100]}" if text else type(e).__name__
+    return DiffPIRError(f"{what} {path}: cannot decode, the file is corrupt or truncated ({detail})")
 
 
-def _png_bit_depth(path: Path) -> int:
+def _png_bit_depth(source: Path | bytes) -> int:
     """Bit depth byte of the IHDR chunk (Pillow has already checked that it is there)."""
-    with open(path, "rb") as f:
+    if isinstance(source, bytes):
+        return source[24]
+    with open(source, "rb") as f:
         return f.read(25)[24]
 
 
-def _read_png16(path: Path, what: str) -> np.ndarray:
+def _read_png16(source: Path | bytes, what: str, label: object = None) -> np.ndarray:
     """16-bit PNG via pypng: (H, W, planes) uint16."""
     png = _pypng()
     try:
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        reader = png.Reader(bytes=source) if isinstance(source, bytes) else png.Reader(filename=str(source))
+        width, height, rows, info = reader.asDirect()
         pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     except png.Error as e:  # pypng's own errors (not in _DECODE_ERRORS, which must not import it)
-        raise _decode_error(what, path, e) from e
+        raise _decode_error(what, source if label is None else label, e) from e
     pixels = pixels.reshape(height, width, info["planes"])
     if info["bitdepth"] != 16:  # an sBIT chunk made pypng rescale to fewer bits
         pixels = np.round(pixels * (65535 / (2 ** info["bitdepth"] - 1))).astype(np.uint16)
@@ -173,12 +267,17 @@ def _tiff_bits_per_sample(im: Image.Image) -> tuple[int, ...]:
     return tuple(bits) if isinstance(bits, (tuple, list)) else (int(bits),)
 
 
-def _read_tiff16(path: Path) -> np.ndarray:
+def _read_tiff16(source: Path | bytes, what: str = "image", label: object = None) -> np.ndarray:
     """16-bit TIFF via tifffile: the first page, samples last."""
     import tifffile  # lazy: only 16-bit TIFFs need it
 
-    with tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tif:
         page = tif.pages[0]
+        if page.dtype is None or page.dtype.kind != "u" or page.dtype.itemsize > 2:
+            # float, signed or 32-bit samples: refused from the header, before decoding
+            raise DiffPIRError(f"{what} {label}: unsupported sample type {page.dtype}; expected 8- or 16-bit integers")
+        if page.size > 4 * MAX_PIXELS:
+            raise DiffPIRError(f"{what} {label}: its first page holds {page.size:,} samples; at most {4 * MAX_PIXELS:,} are read")
         pixels = page.asarray()
         if page.axes == "SYX":  # planar configuration "separate"
             pixels = np.moveaxis(pixels, 0, -1)
@@ -232,7 +331,7 @@ def write_npy(path: PathLike, x: torch.Tensor | np.ndarray, protect: Iterable[Pa
         raise DiffPIRError(f"output {out}: unsupported suffix {out.suffix.lower()!r}; expected '.npy'")
     _refuse_protected(out, protect)
     array = x.detach().to("cpu", torch.float32).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
-    check_finite(array, f"output {out}")
+    check_finite(array, f"the array to write to {out}")
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     _prepare_folder(out)
@@ -250,23 +349,25 @@ def write_text(path: PathLike, text: str, protect: Iterable[PathLike] | PathLike
 
 
 def _prepare_folder(out: Path) -> None:
-    if out.is_dir():
-        raise DiffPIRError(f"output {out}: is a directory; expected a file path")
     try:
+        if out.is_dir():
+            raise DiffPIRError(f"output {shown(out)}: is a directory; expected a file path")
         out.parent.mkdir(parents=True, exist_ok=True)
+    except ValueError as e:  # an embedded NUL byte
+        raise DiffPIRError(f"output {shown(out)}: not a usable file name ({e})") from None
     except OSError as e:
-        raise DiffPIRError(f"output {out}: cannot create folder {out.parent} ({e})") from e
+        raise DiffPIRError(f"output {shown(out)}: cannot create the folder {shown(out.parent)} ({e.strerror or e})") from None
 
 
 def _refuse_protected(out: Path, protect: Iterable[PathLike] | PathLike) -> None:
     if isinstance(protect, (str, os.PathLike)):  # one path, not an iterable of characters
         protect = [protect]
-    target = out.resolve()
+    from .paths import same_file
+
     for p in protect:
         q = Path(p)
-        same = q.resolve() == target or (q.exists() and out.exists() and os.path.samefile(q, out))
-        if same:
-            raise DiffPIRError(f"output {out}: is the input {q}; refusing to overwrite an input")
+        if same_file(out, q):
+            raise DiffPIRError(f"output {shown(out)}: is the input {shown(q)}; refusing to overwrite an input")
 
 
 def _quantise(x: torch.Tensor, bit_depth: int, out: Path) -> np.ndarray:
@@ -279,7 +380,7 @@ def _quantise(x: torch.Tensor, bit_depth: int, out: Path) -> np.ndarray:
         raise DiffPIRError(
             f"output {out}: image shape {tuple(x.shape)}; expected (C, H, W) or (1, C, H, W), C in {{1, 3}}"
         )
-    check_finite(x, f"output {out}")
+    check_finite(x, f"the image to write to {out}")
     full_scale = 2**bit_depth - 1
     # float64: round(x*255) is the exact product of the stored value, not a float32 rounding of it
     values = x.detach().to("cpu", torch.float64).clamp(0, 1).permute(1, 2, 0).numpy()
@@ -308,7 +409,7 @@ def _encode(pixels: np.ndarray, fmt: str, bit_depth: int) -> bytes:
 
 def _write_atomic(out: Path, data: bytes) -> None:
     """Write `data` to a fresh temp file beside `out`, then os.replace it into place."""
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = temporary_name(out)
     try:
         # os.open with mode 0o666 lets the umask set the final permissions, as a plain open would
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -318,8 +419,9 @@ def _write_atomic(out: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DiffPIRError(f"output {out}: cannot write ({e})") from e
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise DiffPIRError(f"output {shown(out)}: cannot write ({e.strerror or e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -18,7 +18,8 @@ import torch
 
 from diffpir_rt.errors import DiffPIRError
 
-from .prior import bundled_card, bundled_weights_path, load_bundled_prior, sha256_file
+from .artifacts import sha256_file
+from .prior import bundled_card, bundled_weights_path, load_bundled_prior
 from .tasks import TaskDefaults, defaults_for
 from .unet import ARCH_PRESETS, build_unet, resolve_arch
 

@@ -1,4 +1,4 @@
-"""Degradation operators y = H(x) + n, each with its closed-form data step (spec §6).
+"""Degradation operators y = H(x) + n, each with its closed-form data step (docs/algorithm.md §6).
 
 Every operator works on images in [0, 1] of shape (B, C, H, W) and solves
 
@@ -94,7 +94,7 @@ class Operator(Protocol):
 
     #: How to pad images up to the UNet's size multiple ('circular' for FFT operators).
     pad_mode: str
-    #: Whether init_estimate(y) carries the measurement noise sigma_n (spec §5).
+    #: Whether init_estimate(y) carries the measurement noise sigma_n (docs/algorithm.md §5).
     init_is_noisy: bool
 
     def forward(self, x: Tensor) -> Tensor: ...
@@ -116,12 +116,35 @@ def check_image_batch(y: Tensor, name: str = "y") -> None:
         raise DiffPIRError(f"{name}: expected shape (B, C, H, W), got {tuple(y.shape)}")
     if not y.is_floating_point():
         raise DiffPIRError(f"{name}: expected a floating tensor, got {y.dtype}")
+    if y.numel() == 0:
+        raise DiffPIRError(f"{name}: is empty (shape {tuple(y.shape)})")
+    if y.device.type not in ("cpu", "cuda"):
+        raise DiffPIRError(f"{name}: is on device {y.device.type!r}; expected a cpu or cuda tensor")
     if not torch.isfinite(y).all():
         raise DiffPIRError(f"{name}: contains NaN or Inf")
 
 
 def _as_float64(a: ArrayLike, name: str) -> Tensor:
-    t = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).detach().to("cpu", torch.float64)
+    """A real numpy array, torch tensor or nested list as a CPU float64 tensor; anything else
+    (None, text, objects, complex numbers, a meta tensor) is refused, never cast."""
+    if isinstance(a, Tensor):
+        if a.is_complex():
+            raise DiffPIRError(f"{name}: holds complex numbers ({a.dtype}); expected real values")
+        if a.device.type not in ("cpu", "cuda"):
+            raise DiffPIRError(f"{name}: is on device {a.device.type!r}; expected a cpu or cuda tensor")
+        t = a.detach().to("cpu", torch.float64)
+    else:
+        if a is None or isinstance(a, (str, bytes)):
+            raise DiffPIRError(f"{name}: expected a real 2-D array (numpy or torch), got {type(a).__name__}")
+        try:
+            array = np.asarray(a)
+        except (TypeError, ValueError) as e:
+            raise DiffPIRError(f"{name}: not an array ({e})") from None
+        if array.dtype.kind == "c":
+            raise DiffPIRError(f"{name}: holds complex numbers ({array.dtype}); expected real values")
+        if array.dtype.kind not in "buif" or array.dtype.fields is not None:
+            raise DiffPIRError(f"{name}: expected real numbers, got an array of dtype {array.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
     if not torch.isfinite(t).all():
         raise DiffPIRError(f"{name}: contains NaN or Inf")
     return t
@@ -132,7 +155,7 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def psf2otf(kernel: Tensor, height: int, width: int) -> Tensor:
-    """MATLAB psf2otf / official p2o: zero-pad to (H, W), centre to (0, 0), FFT (spec §6.2).
+    """MATLAB psf2otf / official p2o: zero-pad to (H, W), centre to (0, 0), FFT (docs/algorithm.md §6.2).
 
     Args:
         kernel: (Bk, kh, kw) real kernels.
@@ -263,7 +286,7 @@ class _FourierOperator:
     def _spectral_terms(self, height: int, width: int, ref: Tensor) -> tuple[Tensor, Tensor]:
         kh, kw = self.kernel.shape[-2:]
         if kh > height or kw > width:
-            raise DiffPIRError(f"kernel: {kh}x{kw} is larger than the {height}x{width} image")
+            raise DiffPIRError(f"kernel: {kw}x{kh} is larger than the {width}x{height} image")
         key = (height, width, ref.device, ref.dtype)
         if key not in self._spectra:
             if len(self._spectra) >= SPECTRA_CACHE_SIZE:
@@ -280,7 +303,7 @@ class _FourierOperator:
         check_image_batch(x, name)
         _batch_param(self.kernel, x.shape[0], "kernel")
         if x.shape[-2] % self.sf or x.shape[-1] % self.sf:
-            raise DiffPIRError(f"{name}: size {x.shape[-2]}x{x.shape[-1]} is not divisible by the scale {self.sf}")
+            raise DiffPIRError(f"{name}: size {x.shape[-1]}x{x.shape[-2]} is not divisible by the scale {self.sf}")
 
     def forward(self, x: Tensor) -> Tensor:
         """y = (k * x) decimated by sf, circular boundary; (B, C, H, W) -> (B, C, H/sf, W/sf)."""
@@ -303,12 +326,12 @@ class _FourierOperator:
         return FourierDataStep(otf, otf_abs2_folded, torch.fft.fft2(y), self.sf)
 
     def prox(self, x0: Tensor, y: Tensor, rho: float | Tensor) -> Tensor:
-        """argmin_x ||y - H x||^2 + rho ||x - x0||^2 (spec §6.2, §6.3), images in [0, 1]."""
+        """argmin_x ||y - H x||^2 + rho ||x - x0||^2 (docs/algorithm.md §6.2, §6.3), images in [0, 1]."""
         return self.data_step(y)(x0, rho)
 
 
 class Deblur(_FourierOperator):
-    """Circular convolution with a blur kernel (spec §6.2); kernel (kh, kw) or (B, kh, kw)."""
+    """Circular convolution with a blur kernel (docs/algorithm.md §6.2); kernel (kh, kw) or (B, kh, kw)."""
 
     init_is_noisy = True
 
@@ -320,7 +343,7 @@ class Deblur(_FourierOperator):
 
 
 class SuperResolution(_FourierOperator):
-    """Bicubic-kernel blur + top-left decimation by sf in {2, 3, 4} (spec §6.3).
+    """Bicubic-kernel blur + top-left decimation by sf in {2, 3, 4} (docs/algorithm.md §6.3).
 
     The default kernel is the official 25x25 bicubic-equivalent kernel for sf; the
     measurement itself is made by MATLAB-style imresize (a model mismatch by design).
@@ -329,8 +352,8 @@ class SuperResolution(_FourierOperator):
     init_is_noisy = False
 
     def __init__(self, scale: int, kernel: ArrayLike | None = None):
-        if scale not in SR_SCALES:
-            raise DiffPIRError(f"scale: expected one of {SR_SCALES}, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale not in SR_SCALES:
+            raise DiffPIRError(f"scale: expected one of {SR_SCALES} (an int), got {scale!r}")
         if kernel is None:
             from .degrade import bicubic_sr_kernel
 
@@ -351,7 +374,7 @@ class SuperResolution(_FourierOperator):
 
 @dataclass(frozen=True)
 class ElementwiseDataStep:
-    """x = x0 + m (y - x0) / (m + rho): the mask prox (spec §6.1) in residual form."""
+    """x = x0 + m (y - x0) / (m + rho): the mask prox (docs/algorithm.md §6.1) in residual form."""
 
     mask: Tensor  # (Bm, 1 or C, H, W) in [0, 1]
     y: Tensor
@@ -386,7 +409,7 @@ class ElementwiseDataStep:
 
 
 class Inpaint:
-    """Pixel mask, 1 = observed, 0 = missing (spec §6.1); (H, W) is shared by the channels.
+    """Pixel mask, 1 = observed, 0 = missing (docs/algorithm.md §6.1); (H, W) is shared by the channels.
 
     The mask prox is affine-equivariant, so solving it on [0, 1] images equals the
     official [-1, 1] formula.
@@ -414,8 +437,8 @@ class Inpaint:
             raise DiffPIRError(f"mask: has {self.mask.shape[1]} channels, expected 1 or {x.shape[1]}")
         if self.mask.shape[-2:] != x.shape[-2:]:
             raise DiffPIRError(
-                f"mask: size {self.mask.shape[-2]}x{self.mask.shape[-1]} does not match the "
-                f"{x.shape[-2]}x{x.shape[-1]} image"
+                f"mask: size {self.mask.shape[-1]}x{self.mask.shape[-2]} does not match the "
+                f"{x.shape[-1]}x{x.shape[-2]} image"
             )
         return self.mask.to(x.device, x.dtype)
 
@@ -435,7 +458,7 @@ class Inpaint:
         return self.data_step(y)(x0, rho)
 
     def init_estimate(self, y: Tensor) -> Tensor:
-        """y with missing pixels 0 ([0,1] units), i.e. -1 in model units (spec §5)."""
+        """y with missing pixels 0 ([0,1] units), i.e. -1 in model units (docs/algorithm.md §5)."""
         return self._mask_for(y, "y") * y
 
 

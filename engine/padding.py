@@ -1,4 +1,4 @@
-"""Pad images up to the size the UNet needs, consistently with the operator (issue: any size).
+"""Pad images up to the size the UNet needs, consistently with the operator, so any size works.
 
 FFT operators assume a periodic image, so they pad circularly; mask operators pad
 by mirror reflection. Padding goes at the bottom/right only, so cropping back is

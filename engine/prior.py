@@ -1,4 +1,4 @@
-"""The bundled default prior: weights and model card shipped in engine/weights/ (issue #6).
+"""The bundled default prior: weights and model card shipped in engine/weights/.
 
 The model card (JSON) names the arch, the weights' SHA-256 and the per-task
 hyperparameters tuned for this prior; `diffpir restore` uses it when no
@@ -7,26 +7,18 @@ hyperparameters tuned for this prior; `diffpir restore` uses it when no
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .artifacts import sha256_file
 from .denoiser import UNetDenoiser, load_unet
 from diffpir_rt.errors import DiffPIRError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CARD_PATH = WEIGHTS_DIR / "bundled_prior.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundled_card() -> dict[str, Any] | None:

@@ -27,11 +27,13 @@ from .methods.loop import (
     Seed,
     check_given_noise,
     check_output,
+    check_seed,
     check_state,
     pad_model,
     run_steps,
 )
 from .operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator, check_image_batch
+from .paths import MAX_NPY_ELEMENTS
 
 Noise = Union[Sequence[Tensor], Tensor]
 
@@ -59,6 +61,56 @@ def check_applicable(method: Method, data: Optional[DataStep], name: str) -> Non
             {"fourier": "deblurring/SR", "mask": "inpainting/denoising"}[t] for t in tasks
         )
         raise DiffPIRError(f"method {name}: applies to {applies}, not to this operator ({type(data).__name__})")
+
+
+class CheckedModel:
+    """An eps-model whose every answer is checked before the loop uses it: a real floating
+    tensor of the state's shape, on the state's device, finite. A model that returns None, a
+    number, a list, an integer/complex tensor, or NaN/Inf is reported as the model's fault at
+    the step it happens (not later as a NaN image, nor as a broken output file)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        inner = getattr(model, "eps_and_variance", None)
+        if inner is not None:
+
+            def eps_and_variance(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+                out = inner(x_t, t)
+                if not isinstance(out, (tuple, list)) or len(out) != 2:
+                    raise DiffPIRError(f"eps_model.eps_and_variance: returned {type(out).__name__}, expected (eps, variance)")
+                return check_eps(out[0], x_t, t, "eps_model"), check_eps(out[1], x_t, t, "eps_model variance")
+
+            self.eps_and_variance = eps_and_variance
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return check_eps(self.model(x_t, t), x_t, t, "eps_model")
+
+
+def check_eps(out: Any, x: Tensor, t: Any, name: str = "eps_model") -> Tensor:
+    """`out` if it is a usable answer of the model for state x (see CheckedModel)."""
+    if not isinstance(out, Tensor):
+        raise DiffPIRError(f"{name}: returned {type(out).__name__}, expected a tensor of shape {tuple(x.shape)}")
+    if out.shape != x.shape:
+        raise DiffPIRError(f"{name}: returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+    if not out.is_floating_point():
+        raise DiffPIRError(f"{name}: returned a {str(out.dtype).removeprefix('torch.')} tensor, expected real floating values")
+    if out.device != x.device:
+        raise DiffPIRError(f"{name}: returned a tensor on {out.device}, expected one on {x.device} (the state's device)")
+    finite = torch.isfinite(out)
+    if not bool(finite.all()):
+        step = int(t.reshape(-1)[0]) if isinstance(t, Tensor) and t.numel() else t
+        raise DiffPIRError(
+            f"{name}: returned {int((~finite).sum())} NaN or Inf value(s) at timestep {step} (a broken checkpoint, "
+            "or a reduced precision that overflows: try --dtype fp32)"
+        )
+    return out
+
+
+def _check_callables(eps_model: Any, callback: Any) -> None:
+    if not callable(eps_model):
+        raise DiffPIRError(f"eps_model: expected a callable (x_t, t) -> eps, got {type(eps_model).__name__}")
+    if callback is not None and not callable(callback):
+        raise DiffPIRError(f"callback: expected a callable or None, got {type(callback).__name__}")
 
 
 def prepare(
@@ -118,17 +170,20 @@ def sample(
         (B, C, H, W) (or (C, H, W) for an unbatched y) image in [0, 1].
     """
     method = build_method(config)
+    _check_callables(eps_model, callback)
     unbatched = isinstance(y, Tensor) and y.ndim == 3
     if unbatched:
         y = y[None]
     check_image_batch(y)
-    if operator is None or not hasattr(operator, "data_step"):
-        raise DiffPIRError(f"operator: expected an Operator (Deblur, SuperResolution, Inpaint, Denoise), got {type(operator).__name__}")
+    if isinstance(operator, type) or operator is None or not hasattr(operator, "data_step"):
+        got = f"the class {operator.__name__}; pass an instance" if isinstance(operator, type) else type(operator).__name__
+        raise DiffPIRError(f"operator: expected an Operator (Deblur, SuperResolution, Inpaint, Denoise), got {got}")
+    check_seed(seed, y.shape[0])  # a bad seed is refused even when x_T and noise make it unused
     data = operator.data_step(y)  # validates sizes and precomputes spectra once
     check_applicable(method, data, config.method)
     shape = operator.image_shape(y.shape)
     x, stream = prepare(method, operator, y, data, shape, y, x_T, noise, seed)
-    model = pad_model(eps_model, operator.pad_mode)
+    model = CheckedModel(pad_model(eps_model, operator.pad_mode))
     inputs = DrawnInputs(stream, shape[0], y.device)
     out = check_output(run_steps(method, model, data, x, inputs, method.steps(), callback))
     return out[0] if unbatched else out
@@ -152,12 +207,26 @@ def generate(
         x_T, noise, seed, callback: as in `sample` (x_T defaults to N(0, I) from `seed`).
         device: where to sample (x_T's device when it is given).
     """
+    from .device import resolve_device
+
     method = build_method(config)
     check_applicable(method, None, config.method)
-    if len(shape) != 4 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise DiffPIRError(f"shape: expected (B, C, H, W) of positive integers, got {tuple(shape)}")
-    like = torch.empty((), device=x_T.device if isinstance(x_T, Tensor) else device)
+    _check_callables(eps_model, callback)
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) != 4
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)
+    ):
+        raise DiffPIRError(f"shape: expected (B, C, H, W) of positive integers, got {shape!r:.80}")
+    batch, channels, height, width = shape
+    if batch * channels * height * width > MAX_NPY_ELEMENTS:
+        raise DiffPIRError(
+            f"shape: {batch} x {channels} x {width}x{height} is {batch * channels * height * width:,} values; "
+            f"at most {MAX_NPY_ELEMENTS:,} are generated at once"
+        )
+    check_seed(seed, batch)
+    like = torch.empty((), device=x_T.device if isinstance(x_T, Tensor) else resolve_device(device))
     x, stream = prepare(method, None, None, None, torch.Size(shape), like, x_T, noise, seed)
-    model = pad_model(eps_model, "reflect")
+    model = CheckedModel(pad_model(eps_model, "reflect"))
     inputs = DrawnInputs(stream, shape[0], like.device)
     return check_output(run_steps(method, model, None, x, inputs, method.steps(), callback))

@@ -1,4 +1,4 @@
-"""DDPM noise schedule, DiffPIR step sequences and rho_t (spec §2).
+"""DDPM noise schedule, DiffPIR step sequences and rho_t (docs/algorithm.md §2).
 
 All tables are built once in float64 (1 - alpha_bar cancels near t = 0 in
 float32) and indexed by the integer timestep t; nothing re-derives them per step.
@@ -17,7 +17,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4
 BETA_END = 0.02
 SKIP_TYPES = ("quad", "uniform")
-#: rho_t uses max(SIGMA_FLOOR, sigma_n) so noiseless tasks keep a finite weight (spec §2.4).
+#: rho_t uses max(SIGMA_FLOOR, sigma_n) so noiseless tasks keep a finite weight (docs/algorithm.md §2.4).
 SIGMA_FLOOR = 0.001
 
 
@@ -45,7 +45,7 @@ class Schedule:
         return int(np.argmin(np.abs(self.sigma_bar - sigma_model)))
 
     def rho(self, lam: float, sigma_n: float) -> np.ndarray:
-        """rho_t = lam * max(0.001, sigma_n)^2 / sigma_bar_t^2 for all t (spec §2.4).
+        """rho_t = lam * max(0.001, sigma_n)^2 / sigma_bar_t^2 for all t (docs/algorithm.md §2.4).
 
         sigma_n is in [0, 1] image units while sigma_bar is in model units: the
         official code mixes them and its lambda absorbs the factor 4.
@@ -58,7 +58,7 @@ class Schedule:
 def linear_schedule(
     num_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END
 ) -> Schedule:
-    """The guided-diffusion "linear" schedule in float64 (spec §2.1)."""
+    """The guided-diffusion "linear" schedule in float64 (docs/algorithm.md §2.1)."""
     betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
     alpha_bar = np.cumprod(1.0 - betas)
     sigma_bar = np.sqrt(1.0 - alpha_bar) / np.sqrt(alpha_bar)
@@ -68,7 +68,7 @@ def linear_schedule(
 
 
 def timesteps(steps: int, skip: str = "quad", num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
-    """The official model-call timesteps, high noise first, ending at t = 0 (spec §2.2).
+    """The official model-call timesteps, high noise first, ending at t = 0 (docs/algorithm.md §2.2).
 
     'quad': t_i = 999 - floor(1000 sqrt(i/(N-1))), last entry 0; N calls.
     'uniform': 999, then (N-1)k, ..., k, 0 with k = 1000 // N; N + 1 calls when k > 1.

@@ -1,4 +1,4 @@
-"""The DiffPIR per-step math of spec §3-4, written once in torch.
+"""The DiffPIR per-step math of docs/algorithm.md §3-4, written once in torch.
 
 The CuPy kernels in kernels/ compute exactly these formulas and are tested against
 these functions; the sampler and the CUDA-graph runtime both call them. All
@@ -16,7 +16,7 @@ from torch import Tensor
 from .imageio import from_model, to_model
 from .schedule import Schedule
 
-#: A data step bound to its measurement and rho: x0 in [0, 1] -> x in [0, 1] (spec §6).
+#: A data step bound to its measurement and rho: x0 in [0, 1] -> x in [0, 1] (docs/algorithm.md §6).
 Prox = Callable[[Tensor], Tensor]
 
 
@@ -24,7 +24,7 @@ Prox = Callable[[Tensor], Tensor]
 class StepCoefficients:
     """Scalars of one reverse step t -> t_next (a = alpha_bar), from float64 tables.
 
-    Notation (name -> spec symbol): sqrt_recip_a -> sqrt(1/a_t),
+    Notation (name -> symbol of docs/algorithm.md): sqrt_recip_a -> sqrt(1/a_t),
     sqrt_recipm1_a -> sqrt(1/a_t - 1), sqrt_a -> sqrt(a_t), sqrt_1m_a -> sqrt(1 - a_t),
     sqrt_a_next -> sqrt(a_t'), sqrt_1m_a_next -> sqrt(1 - a_t'), zeta -> zeta.
     """
@@ -52,12 +52,12 @@ class StepCoefficients:
 
 
 def predict_x0(x_t: Tensor, eps: Tensor, c: StepCoefficients) -> Tensor:
-    """x0 = sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps, clamped to [-1, 1]. [CODE≠PAPER] spec §3."""
+    """x0 = sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps, clamped to [-1, 1]. [CODE≠PAPER] docs/algorithm.md §3."""
     return (c.sqrt_recip_a * x_t - c.sqrt_recipm1_a * eps).clamp(-1.0, 1.0)
 
 
 def renoise(x_t: Tensor, x0: Tensor, z: Tensor, c: StepCoefficients) -> Tensor:
-    """Effective noise and zeta mixing, spec §4 step 2b-c (eta = 0):
+    """Effective noise and zeta mixing, docs/algorithm.md §4 step 2b-c (eta = 0):
 
     eps_hat = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)
     x_t' = sqrt(a_t') x0 + sqrt(1 - a_t') (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)
@@ -68,7 +68,7 @@ def renoise(x_t: Tensor, x0: Tensor, z: Tensor, c: StepCoefficients) -> Tensor:
 
 
 def diffpir_update(x_t: Tensor, eps: Tensor, z: Tensor, c: StepCoefficients, prox: Optional[Prox] = None) -> Tensor:
-    """One reverse step after the model call, spec §4 steps 1-2c: the sampler's loop body.
+    """One reverse step after the model call, docs/algorithm.md §4 steps 1-2c: the sampler's loop body.
 
     x0 = predict_x0(x_t, eps); x0 = to_model(prox(from_model(x0))); renoise(x_t, x0, z).
     The reference of the fused kernel kernels/diffpir_step.cu, and what the CUDA-graph

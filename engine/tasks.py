@@ -191,6 +191,8 @@ def make_measurement(
     elif task == "sr":
         if scale not in SR_SCALES:
             raise DiffPIRError(f"--scale {scale}: expected one of {SR_SCALES}")
+        if height < scale or width < scale:
+            raise DiffPIRError(f"image: {width}x{height} is smaller than the scale {scale}; expected at least {scale}x{scale}")
         if height % scale or width % scale:
             raise DiffPIRError(
                 f"image: {width}x{height} is not divisible by the scale {scale}; crop it to "

@@ -1,7 +1,7 @@
-"""guided-diffusion's UNetModel, re-implemented as one plain module (spec §11).
+"""guided-diffusion's UNetModel, re-implemented as one plain module (docs/algorithm.md §11).
 
 Module and attribute names follow guided-diffusion (GD) `unet.py`, so its
-checkpoints load with `strict=True` and the keys of `spec/unet-keys-*.tsv`.
+checkpoints load with `strict=True` (tests/data/spec/unet-keys-*.tsv lists their keys).
 Differences from GD, all invisible in the state dict:
 
 * unconditional only (no `label_emb`), 2-D only;
@@ -32,7 +32,7 @@ NORM_EPS = 1e-5
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Constructor hyperparameters of a guided-diffusion UNet (spec §11.1).
+    """Constructor hyperparameters of a guided-diffusion UNet (docs/algorithm.md §11.1).
 
     Attributes:
         image_size: training resolution; informational (the network runs at any
@@ -127,7 +127,7 @@ class UNetConfig:
 
 
 ARCH_PRESETS: dict[str, UNetConfig] = {
-    # DiffPIR's FFHQ model, ffhq_10m.pt (spec §11.1, §11.4).
+    # DiffPIR's FFHQ model, ffhq_10m.pt (docs/algorithm.md §11.1, §11.4).
     "ffhq_10m": UNetConfig(
         image_size=256,
         model_channels=128,
@@ -138,7 +138,7 @@ ARCH_PRESETS: dict[str, UNetConfig] = {
         num_head_channels=64,
         dropout=0.1,
     ),
-    # OpenAI's 256x256_diffusion_uncond.pt (spec §11.1, §11.4).
+    # OpenAI's 256x256_diffusion_uncond.pt (docs/algorithm.md §11.1, §11.4).
     "imagenet256_uncond": UNetConfig(
         image_size=256,
         model_channels=256,
@@ -189,7 +189,7 @@ def resolve_arch(arch: str | UNetConfig) -> tuple[str | None, UNetConfig]:
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = max_period^(-k/half) (spec §11.2).
+    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = max_period^(-k/half) (docs/algorithm.md §11.2).
 
     Cos first, raw integer t as float (no rescaling). Computed in float32 with
     GD's operation order, so results match bit for bit.
@@ -256,7 +256,7 @@ class Downsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block conditioned on the time embedding, optionally resampling (spec §11.2).
+    """Residual block conditioned on the time embedding, optionally resampling (docs/algorithm.md §11.2).
 
     Args:
         channels: input channels.
@@ -429,7 +429,7 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """guided-diffusion's unconditional UNetModel (spec §11), state-dict compatible.
+    """guided-diffusion's unconditional UNetModel (docs/algorithm.md §11), state-dict compatible.
 
     Build it with `build_unet`; `forward(x, timesteps)` returns the raw network
     output (eps and, with learn_sigma, the variance channels). Use

@@ -43,7 +43,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES_ONNX,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
+    p.add_argument("--output", required=True, type=argtypes.output_path, help="the .onnx file to write")
     p.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
     p.add_argument("--arch", choices=arch_names(), default=None,
                    help=f"UNet preset of --checkpoint or --random-weights (default for those: {DEFAULT_CHECKPOINT_ARCH})")
@@ -71,7 +71,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--onnx", required=True, type=Path, help="graph from `diffpir export onnx`")
-    p.add_argument("--output", required=True, type=Path, help="the .plan file to write")
+    p.add_argument("--output", required=True, type=argtypes.output_path, help="the .plan file to write")
     p.add_argument("--fp16", action="store_true", help="fp16 engine (an fp16 ONNX is built fp16 regardless)")
     p.add_argument("--batch", help="batch range (default: the ONNX's fixed batch, else 1:1:4)")
     p.add_argument("--height", help="height range (default: the ONNX's fixed size, else opt/2:opt:2opt around the traced size)")
@@ -86,18 +86,20 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_export_onnx(args: argparse.Namespace) -> int:
     from diffpir_rt.engine.unet import resolve_arch
 
-    from .artifacts import read_sidecar
+    from diffpir_rt.engine.artifacts import read_sidecar
     from .onnx_export import OnnxExportConfig, export_onnx, iter_parity_lines
 
-    if args.output.suffix.lower() != ".onnx":
-        raise DiffPIRError(f"--output {args.output}: expected a .onnx path")
-    if args.checkpoint is not None:
-        if not args.checkpoint.is_file():
-            raise DiffPIRError(f"--checkpoint {args.checkpoint}: no such file")
-        if args.output.resolve() == args.checkpoint.resolve():
-            raise DiffPIRError(f"--output {args.output}: is the checkpoint; refusing to overwrite an input")
+    from diffpir_rt.engine.paths import OutputPlan, check_input_file
+
     if args.checkpoint is not None and args.random_weights:
         raise DiffPIRError("--random-weights: conflicts with --checkpoint; pass one of them")
+    if args.checkpoint is not None:
+        check_input_file(args.checkpoint, "--checkpoint")
+    # Every file the export writes, checked before the model is loaded; removed again if it fails.
+    plan = OutputPlan([args.checkpoint])
+    plan.add(args.output, "--output", suffixes=(".onnx",))
+    plan.add(args.output.with_name(args.output.name + ".json"), "the sidecar")
+    plan.add(args.output.with_name(args.output.name + ".data"), "the external data file")
     if args.arch is not None:
         resolve_arch(args.arch)
     config = OnnxExportConfig(
@@ -110,7 +112,8 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         width=args.width,
         external_data={"auto": None, "always": True, "never": False}[args.external_data],
     )
-    path = export_onnx(args.checkpoint, args.output, config, arch=args.arch, random_weights=args.random_weights, seed=args.seed)
+    with plan.transaction():
+        path = export_onnx(args.checkpoint, args.output, config, arch=args.arch, random_weights=args.random_weights, seed=args.seed)
     record = read_sidecar(path, "onnx")
     print(f"exported {record['arch']} ({record['export']['precision']}, opset {record['export']['opset']}) -> {path}")
     for line in iter_parity_lines(record):
@@ -120,29 +123,32 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 
 def run_export_trt(args: argparse.Namespace) -> int:
-    from .artifacts import read_sidecar
+    from diffpir_rt.engine.artifacts import read_sidecar
     from .tensorrt_build import build_engine, parse_range
 
-    if not args.onnx.is_file():
-        raise DiffPIRError(f"--onnx {args.onnx}: no such file")
-    if args.output.resolve() == args.onnx.resolve():
-        raise DiffPIRError(f"--output {args.output}: is the ONNX input; refusing to overwrite an input")
-    if not args.workspace > 0:
+    from diffpir_rt.engine.paths import OutputPlan, check_input_file
+
+    check_input_file(args.onnx, "--onnx")
+    outputs = OutputPlan([args.onnx, args.onnx.with_name(args.onnx.name + ".json")])
+    outputs.add(args.output, "--output")
+    outputs.add(args.output.with_name(args.output.name + ".json"), "the sidecar")
+    if not 0 < args.workspace < float("inf"):
         raise DiffPIRError(f"--workspace {args.workspace}: expected a positive number of GiB")
     ranges = {
         name: None if getattr(args, name) is None else parse_range(getattr(args, name), f"--{name}")
         for name in ("batch", "height", "width")
     }
-    plan = build_engine(
-        args.onnx,
-        args.output,
-        fp16=args.fp16,
-        timing_cache=args.timing_cache,
-        device=args.device,
-        workspace_gib=args.workspace,
-        force=args.force,
-        **ranges,
-    )
+    with outputs.transaction():
+        plan = build_engine(
+            args.onnx,
+            args.output,
+            fp16=args.fp16,
+            timing_cache=args.timing_cache,
+            device=args.device,
+            workspace_gib=args.workspace,
+            force=args.force,
+            **ranges,
+        )
     record = read_sidecar(plan, "engine")
     key = record["key"]
     print(f"engine {plan}: {key['precision']} on {key['gpu_name']} (sm {key['compute_capability']}), TensorRT {key['tensorrt_version']}")

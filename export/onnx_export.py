@@ -35,7 +35,7 @@ from diffpir_rt.engine.denoiser import UNetDenoiser, load_unet
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.engine.unet import UNetConfig, build_unet, resolve_arch
 
-from .artifacts import sha256_files, tool_versions, write_sidecar
+from diffpir_rt.engine.artifacts import sha256_files, tool_versions, write_sidecar
 from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, METADATA_KEYS, WIDTH, CONTRACT_VERSION, IOContract, Precision, contract_from_dims, fix_axes, unet_contract
 
 logger = logging.getLogger(__name__)
@@ -341,7 +341,7 @@ def export_onnx(
     height = config.height or unet_config.image_size
     width = config.width or unet_config.image_size
     if height % multiple or width % multiple:
-        raise DiffPIRError(f"--height/--width: {height}x{width} must be multiples of {multiple} for arch {reference.arch}")
+        raise DiffPIRError(f"--width/--height: {width}x{height} must be multiples of {multiple} for arch {reference.arch}")
 
     precision = config.precision
     module = reference if precision is Precision.FP32 else copy.deepcopy(reference).to(torch.float16)
@@ -362,9 +362,12 @@ def export_onnx(
     }
     assert tuple(metadata) == METADATA_KEYS
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = output.parent / f".{output.name}.{uuid.uuid4().hex[:12]}.tmp"
-    work.mkdir()
+    work = output.parent / f".{output.name[:64]}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir()
+    except OSError as e:
+        raise DiffPIRError(f"--output {output}: cannot write in {output.parent} ({e.strerror or e})") from None
     try:
         # 1. Trace (the exporter may split >2 GiB models into one file per tensor; re-saved below).
         raw = work / "raw" / output.name
@@ -461,7 +464,7 @@ def iter_parity_lines(record: dict[str, Any]) -> Iterator[str]:
     yield f"parity vs {parity['reference']} ({parity['criterion']}, tolerance {parity['tolerance']:g}):"
     for case in parity["cases"]:
         yield (
-            f"  B={case['batch']} {case['height']}x{case['width']} t={case['timesteps']}: "
+            f"  B={case['batch']} {case['width']}x{case['height']} t={case['timesteps']}: "
             f"max abs error {case['max_abs_error']:.3g} (max|torch| {case['max_abs_reference']:.3g}) "
             f"{'ok' if case['passed'] else 'FAILED'}"
         )

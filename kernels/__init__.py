@@ -10,13 +10,14 @@ from diffpir_rt._rooms import require_qualified_name
 
 require_qualified_name(__name__, "kernels")
 
-from ._loader import IMPLS, Impl, cupy_problem, resolve_impl  # noqa: E402
+from ._loader import IMPLS, ORIGINS, Impl, cupy_problem, resolve_impl  # noqa: E402
 from .diffpir_step import launch_predict_x0_01, launch_step_correction, launch_step_mask  # noqa: E402
 from .fourier_correction import launch_fourier_correction  # noqa: E402
 
 __all__ = [
     "IMPLS",
     "Impl",
+    "ORIGINS",
     "cupy_problem",
     "launch_fourier_correction",
     "launch_predict_x0_01",

@@ -1,14 +1,14 @@
-// diffpir_step.cu: the fused DiffPIR step, spec §3-4 with the data steps of §6
+// diffpir_step.cu: the fused DiffPIR step, docs/algorithm.md §3-4 with the data steps of §6
 // (reference: engine/step.py diffpir_update = predict_x0 -> data step -> renoise).
 //
-//   x0      = clamp(sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps, -1, 1)                  spec §3
-//   x0_01   = x0 / 2 + 1/2                                  ([-1,1] -> [0,1], spec §1)
+//   x0      = clamp(sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps, -1, 1)                  docs/algorithm.md §3
+//   x0_01   = x0 / 2 + 1/2                                  ([-1,1] -> [0,1], docs/algorithm.md §1)
 //   data step on [0, 1] images, one of:
-//     mask        x0_01 = x0_01 + m (y - x0_01) / (m + rho)           spec §6.1 (inpaint, denoise)
-//     correction  x0_01 = x0_01 + Re(IFFT(C))   C from fourier_correction.cu, spec §6.2-6.3
+//     mask        x0_01 = x0_01 + m (y - x0_01) / (m + rho)           docs/algorithm.md §6.1 (inpaint, denoise)
+//     correction  x0_01 = x0_01 + Re(IFFT(C))   C from fourier_correction.cu, docs/algorithm.md §6.2-6.3
 //   x0      = 2 x0_01 - 1
-//   eps_hat = (x_t - sqrt(a_t) x0) * (1 / sqrt(1 - a_t))                                  spec §4 2b
-//   x_t'    = sqrt(a_t') x0 + sqrt(1 - a_t') (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)  spec §4 2c
+//   eps_hat = (x_t - sqrt(a_t) x0) * (1 / sqrt(1 - a_t))                                  docs/algorithm.md §4 2b
+//   x_t'    = sqrt(a_t') x0 + sqrt(1 - a_t') (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)  docs/algorithm.md §4 2c
 //
 // Entry points (extern "C", unmangled for cupy.RawModule.get_function):
 //   diffpir_predict_x0_01         x0_01 only: the FFT's input in the Fourier path

@@ -1,4 +1,4 @@
-// fourier_correction.cu: the spectral part of the residual-form Fourier data step, spec §6.2-6.3
+// fourier_correction.cu: the spectral part of the residual-form Fourier data step, docs/algorithm.md §6.2-6.3
 // (reference: engine/operators.py FourierDataStep.correction).
 //
 //   C = conj(otf) . tile( (Y - fold(otf . X)) / (fold(|otf|^2) + rho) )

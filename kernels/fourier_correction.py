@@ -48,7 +48,7 @@ def launch_fourier_correction(
             raise DiffPIRError(f"{NAME}: {label} expected (1 or {batch}, {', '.join(map(str, tail))}), got {tuple(t.shape)}")
     if height % sf or width % sf or tuple(y_spectrum.shape) != (batch, channels, h, w):
         raise DiffPIRError(
-            f"{NAME}: y_spectrum {tuple(y_spectrum.shape)} does not fit a {height}x{width} spectrum at scale {sf}"
+            f"{NAME}: y_spectrum {tuple(y_spectrum.shape)} does not fit a {width}x{height} spectrum at scale {sf}"
         )
     complex64 = torch.complex64
     _loader.check_tensors(

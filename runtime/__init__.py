@@ -9,3 +9,8 @@ path whose tolerance against the fp32 reference is tested, caches what is expens
 from diffpir_rt._rooms import require_qualified_name
 
 require_qualified_name(__name__, "runtime")
+
+from .jobs import RestoreRequest, run_requests  # noqa: E402
+from .restorer import Restorer, RuntimePath  # noqa: E402
+
+__all__ = ["Restorer", "RestoreRequest", "RuntimePath", "run_requests"]

@@ -67,7 +67,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="what runs the UNet; auto = the fastest tested path for the device (default: %(default)s)")
     g.add_argument("--dtype", choices=PRECISIONS, default="auto",
                    help="UNet precision; auto = fp16 on CUDA, fp32 on CPU (fp16 is refused on CPU) (default: %(default)s)")
-    g.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads (default: torch's / the physical cores)")
+    g.add_argument("--threads", type=argtypes.thread_count, default=None, help="CPU threads (default: torch's / the physical cores)")
     g.add_argument("--reference", action="store_true", help="run the exact fp32 eager reference loop (slow, for checking)")
 
 
@@ -133,7 +133,7 @@ def add_restore_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", required=True, choices=TASKS, help="degradation to invert")
     p.add_argument("--input", required=True, type=Path, help="measurement y: PNG/JPEG/TIFF (8/16-bit) or .npy (C,H,W) in [0,1]")
-    p.add_argument("--output", required=True, type=Path, help="restored image: .png/.jpg/.tif or .npy; <output>.json records the run")
+    p.add_argument("--output", required=True, type=argtypes.output_path, help="restored image: .png/.jpg/.tif or .npy; <output>.json records the run")
     p.add_argument("--kernel", type=Path, help="blur kernel (.npy, .png, .mat); deblur: required, sr: default bicubic")
     p.add_argument("--kernel-index", type=argtypes.non_negative_int, default=None, help="which kernel of a .mat cell array (default: 0)")
     p.add_argument("--mask", type=Path, help="inpainting mask image, nonzero = observed (required for inpaint)")
@@ -181,7 +181,12 @@ def run_restore(args: argparse.Namespace) -> int:
     from diffpir_rt.engine import operator_from_files
     from diffpir_rt.engine.paths import OutputPlan
 
-    # 1. Everything cheap first: paths, task inputs, hyperparameters, device.
+    from diffpir_rt.engine.tasks import check_inputs
+
+    # 1. Everything cheap first: flags the task does not take, paths, task inputs, hyperparameters, device.
+    check_inputs(args.task, kernel=args.kernel, mask=args.mask, scale=args.scale)
+    if args.kernel_index is not None and args.kernel is None:
+        raise DiffPIRError("--kernel-index: applies to a --kernel file")
     check_inputs_exist(args, ("input", "kernel", "mask", "checkpoint", "onnx", "engine"))
     inputs = [args.input, args.kernel, args.mask, args.checkpoint, args.onnx, args.engine]
     plan = OutputPlan(inputs)
@@ -242,18 +247,18 @@ def add_degrade_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", required=True, choices=TASKS, help="the degradation to apply")
     p.add_argument("--input", required=True, type=Path, help="clean image x")
-    p.add_argument("--output", required=True, type=Path, help="measurement y (.png/.tif/.jpg or .npy)")
+    p.add_argument("--output", required=True, type=argtypes.output_path, help="measurement y (.png/.tif/.jpg or .npy)")
     p.add_argument("--kernel", default=None, help="deblur: 'gaussian', 'motion' or a kernel file (default: gaussian)")
     p.add_argument("--kernel-index", type=argtypes.non_negative_int, default=None, help="which kernel of a .mat file")
     p.add_argument("--index", type=argtypes.non_negative_int, default=0,
                    help="image index seeding the kernel draw (seed 10*index; default: %(default)s)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="sr: factor (default: 4)")
     p.add_argument("--mask", default=None, help="inpaint: 'box', 'random' or a mask image (default: random)")
-    p.add_argument("--mask-seed", type=argtypes.seed, default=0, help="numpy seed of the mask draw (default: %(default)s, as the official script)")
+    p.add_argument("--mask-seed", type=argtypes.seed32, default=0, help="numpy seed of the mask draw (default: %(default)s, as the official script)")
     p.add_argument("--sigma-n", type=argtypes.unit_float, default=None, help="noise std in [0,1] units (default: the task's official)")
-    p.add_argument("--noise-seed", type=argtypes.seed, default=0, help="numpy seed of the noise (default: %(default)s, as the official script)")
-    p.add_argument("--save-kernel", type=Path, help="deblur: also write the kernel used (.npy)")
-    p.add_argument("--save-mask", type=Path, help="inpaint: also write the mask used (.png, 255 = observed)")
+    p.add_argument("--noise-seed", type=argtypes.seed32, default=0, help="numpy seed of the noise (default: %(default)s, as the official script)")
+    p.add_argument("--save-kernel", type=argtypes.output_path, help="deblur: also write the kernel used (.npy)")
+    p.add_argument("--save-mask", type=argtypes.output_path, help="inpaint: also write the mask used (.png, 255 = observed)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output bit depth for images (default: %(default)s)")
     p.set_defaults(handler=run_degrade)
 
@@ -323,7 +328,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=argtypes.positive_int, default=16, help="how many images (default: %(default)s)")
     p.add_argument("--size", type=argtypes.positive_int, default=None, help="image side in pixels (default: the model's training size)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--output", required=True, type=Path, help="grid image (.png/.jpg/.tif)")
+    p.add_argument("--output", required=True, type=argtypes.output_path, help="grid image (.png/.jpg/.tif)")
     add_model_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(handler=run_generate)
@@ -337,6 +342,14 @@ def run_generate(args: argparse.Namespace) -> int:
     plan = OutputPlan([args.checkpoint, args.onnx, args.engine])
     plan.add(args.output, "--output", suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff"))
     record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
+    if args.size is not None:  # refused before the model loads (the engine checks it again)
+        from diffpir_rt.engine.paths import MAX_NPY_ELEMENTS
+
+        if args.num * 3 * args.size**2 > MAX_NPY_ELEMENTS:
+            raise DiffPIRError(
+                f"--num {args.num} --size {args.size}: {args.num * 3 * args.size**2:,} values; "
+                f"at most {MAX_NPY_ELEMENTS:,} are generated at once"
+            )
     restorer = make_restorer(args)
     config_class = METHODS[args.method][0]
     fields = {"steps": args.steps}

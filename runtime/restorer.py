@@ -34,18 +34,16 @@ from diffpir_rt.engine import (
     Operator,
     build_method,
     generate,
-    prepare_unet,
+    make_denoiser_from,
     resolve_device,
     sample,
 )
-from diffpir_rt.engine.backends import make_denoiser_from
 from diffpir_rt.errors import DiffPIRError
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Above this many bytes of pre-drawn noise a CUDA graph is not worth its memory (RePaint's
 #: default schedule draws ~7000 images of noise); such runs take the eager loop.
 MAX_GRAPH_NOISE_BYTES = 2 * 1024**3
@@ -171,14 +169,13 @@ class Restorer:
         if self.reference:
             if backend not in ("auto", "torch"):
                 raise DiffPIRError(f"--reference runs the torch fp32 loop; drop --backend {backend}")
-            model = source.load_torch(device=device)
+            model = make_denoiser_from(source, device=device)  # fp32, NCHW, the reference attention
             return RuntimePath("reference", "torch", "fp32", str(device), reason="--reference: the fp32 eager loop"), model
 
         if device.type == "cuda":
             if backend == "onnxruntime":
                 raise DiffPIRError("--backend onnxruntime: on CUDA the graph runtime is the fast path; use --device cpu for ONNX Runtime")
-            model = prepare_unet(source.load_torch(device=device), _TORCH_DTYPES[self.precision], channels_last=True,
-                                 attention="sdpa", copy=False)  # fmt: skip
+            model = self._fast_torch(self.precision)
             from diffpir_rt.kernels import cupy_problem
 
             path = RuntimePath("cuda-graph", "torch", self.precision, str(device), kernels="cupy",
@@ -200,14 +197,17 @@ class Restorer:
             denoiser = make_denoiser_from(ModelSource("onnx", onnx_path), device=device, threads=self.threads)
             return RuntimePath("onnxruntime", "onnxruntime", "fp32", str(device),
                                reason="CPU: ONNX Runtime is the fastest CPU UNet measured (docs/runtime.md)"), denoiser  # fmt: skip
-        model = prepare_unet(source.load_torch(device=device), _TORCH_DTYPES[self.precision], channels_last=True,
-                             attention="sdpa", copy=False)  # fmt: skip
+        model = self._fast_torch(self.precision)
         reason = "CPU: torch channels-last + SDPA"
         if backend == "auto" and problem is not None:
             reason += f" (ONNX Runtime path unavailable: {problem})"
         elif self.precision != "fp32":
             reason += f" in {self.precision}"
         return RuntimePath("torch-fast", "torch", self.precision, str(device), reason=reason), model
+
+    def _fast_torch(self, precision: str) -> Any:
+        """The torch model of the fast paths: channels-last convolutions and fused attention."""
+        return make_denoiser_from(self.source, device=self.device, dtype=precision, channels_last=True, attention="sdpa")
 
     # ------------------------------------------------------------------ configuration
 
@@ -306,9 +306,7 @@ class Restorer:
                 "use the torch weights (--checkpoint) or a fixed variance (--param variance=fixed_small)"
             )
         if getattr(self, "_torch_fallback", None) is None:
-            precision = _TORCH_DTYPES["fp32" if self.device.type == "cpu" else self.precision]
-            self._torch_fallback = prepare_unet(self.source.load_torch(device=self.device), precision,
-                                                channels_last=True, attention="sdpa", copy=False)  # fmt: skip
+            self._torch_fallback = self._fast_torch("fp32" if self.device.type == "cpu" else self.precision)
             self._notify(f"method {method.config.method} needs {missing}: running it on torch instead of {self.path.backend}")
         return self._torch_fallback
 
@@ -328,7 +326,7 @@ class Restorer:
         return {
             "path": self.path.to_dict(),
             "model": self.source.to_dict(),
-            "backend": self.denoiser.describe() if hasattr(self.denoiser, "describe") else {"backend": "torch"},
+            "backend": self.denoiser.describe(),
             "torch": torch.__version__,
         }
 

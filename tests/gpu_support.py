@@ -1,4 +1,4 @@
-"""Skip markers for GPU-only tests, each with the reason it skipped (style.md tests/), and
+"""Skip markers for GPU-only tests, each with the reason it skipped, and
 `record_measurement` for the figures a GPU run must report."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Train the bundled prior: a small guided-diffusion UNet on natural images (issue #6).
+"""Train the bundled prior: a small guided-diffusion UNet on natural images.
 
-DDPM eps-objective on the linear 1000-step schedule of spec §2.1 (uniform t, MSE
+DDPM eps-objective on the linear 1000-step schedule of docs/algorithm.md §2.1 (uniform t, MSE
 on eps). The learn_sigma channels v are kept (so the 6-channel contract of §11 is
 unchanged) but trained with a small zero-target MSE: DiffPIR never reads them, and
 v = 0 means GD's variance halfway (in log) between beta_t and beta_tilde_t.
@@ -39,9 +39,21 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.engine.prior import sha256_file
-from diffpir_rt.engine.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, linear_schedule
-from diffpir_rt.engine.unet import ARCH_PRESETS, AttentionBlock, ResBlock, UNetModel, build_unet, resolve_arch
+from diffpir_rt.engine import (
+    ARCH_PRESETS,
+    BETA_END,
+    BETA_START,
+    NUM_TRAIN_TIMESTEPS,
+    OFFICIAL_DEFAULTS,
+    AttentionBlock,
+    ResBlock,
+    UNetModel,
+    build_unet,
+    linear_schedule,
+    load_unet,
+    resolve_arch,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +304,7 @@ class Trainer:
         eps = torch.randn(crops.shape, generator=self.generator)
         x0 = crops.to(self.device, torch.float32) / 127.5 - 1.0  # [0, 255] -> model range [-1, 1]
         eps, t = eps.to(self.device), t.to(self.device)
-        # q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)   (spec §2.1)
+        # q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)   (docs/algorithm.md §2.1)
         x_t = self.sqrt_alpha_bar[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus_alpha_bar[t].view(-1, 1, 1, 1) * eps
 
         for group in self.optimizer.param_groups:
@@ -612,7 +624,6 @@ def fp16_roundtrip_error(config_arch: str, fp32_state: dict[str, Tensor], fp16_p
     Inputs: x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps at several t, with a
     smooth random x0 (B=2, the arch's training size), the regime DiffPIR evaluates the prior in.
     """
-    from diffpir_rt.engine.denoiser import load_unet
 
     reference = build_unet(config_arch)
     reference.load_state_dict(fp32_state, strict=True)
@@ -714,7 +725,6 @@ def export_prior(
     """
     from safetensors.torch import save_file
 
-    from diffpir_rt.engine.tasks import OFFICIAL_DEFAULTS
 
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise DiffPIRError(f"name: expected a plain file stem, got {name!r}")
@@ -764,7 +774,7 @@ def export_prior(
             "num_timesteps": NUM_TRAIN_TIMESTEPS,
             "beta_start": BETA_START,
             "beta_end": BETA_END,
-            "spec": "spec §2.1",
+            "doc": "docs/algorithm.md §2.1",
         },
         "training": {
             "program": "diffpir train (training/train.py)",

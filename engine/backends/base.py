@@ -1,6 +1,6 @@
 """The Denoiser interface every backend implements, so one sampler runs on any of them.
 
-Backends differ in how they run, never in what they compute (design.md): each
+Backends differ in how they run, never in what they compute: each
 returns eps for (x_t, t) exactly as `UNetDenoiser` does, within the tolerance its
 precision states.
 """

@@ -1,12 +1,11 @@
-"""The denoiser's I/O contract, declared once (TRT demo `base_model.py` get_input_names etc.).
+"""The denoiser's I/O contract, declared once, for every exporter, builder and runtime.
 
 The exporter names and marks dynamic axes from it, the TensorRT builder plans its
 optimization profile from it, and the runtimes allocate buffers and check inputs
 with it. Pure Python: no onnx, onnxruntime or tensorrt import.
 
 I/O stays float32 at every precision: an fp16 export casts inside the graph, so the
-sampler's fp32 state never changes dtype at the backend boundary (design.md,
-"Precision policy").
+sampler's fp32 state never changes dtype at the backend boundary (docs/runtime.md, "Precision").
 """
 
 from __future__ import annotations
@@ -24,6 +23,11 @@ SIZE_AXES = (HEIGHT, WIDTH)
 METADATA_KEYS = ("diffpir_contract", "arch", "size_multiple", "in_channels", "precision", "checkpoint_sha256")
 #: Bumped when names, dtypes or axes change; runtimes refuse other versions.
 CONTRACT_VERSION = "1"
+#: Bounds on what an artifact's metadata may claim (a forged file must not make the runtime pad
+#: every image to a billion pixels): UNet size multiples are powers of two up to 2^8 in every
+#: preset, channels a handful.
+MAX_SIZE_MULTIPLE = 1024
+MAX_IN_CHANNELS = 64
 
 
 class Precision(str, enum.Enum):
@@ -38,6 +42,34 @@ class Precision(str, enum.Enum):
             return cls(value)
         except ValueError:
             raise DiffPIRError(f"precision: expected one of {[p.value for p in cls]}, got {value!r}") from None
+
+
+def parse_metadata(found: Mapping[str, Any], artifact: str) -> dict[str, Any]:
+    """An exported artifact's DiffPIR metadata, checked: every key present, the contract version
+    this build reads, size_multiple an integer in 1..MAX_SIZE_MULTIPLE, in_channels in
+    1..MAX_IN_CHANNELS, a known precision. Returns the strings with those two as ints.
+
+    Raises:
+        DiffPIRError: naming the artifact and the first bad field (a forged or foreign file).
+    """
+    missing = [k for k in METADATA_KEYS if k not in found]
+    if missing:
+        raise DiffPIRError(
+            f"{artifact}: no DiffPIR metadata ({', '.join(missing)} missing); export it with `diffpir export onnx`"
+        )
+    if str(found["diffpir_contract"]) != CONTRACT_VERSION:
+        raise DiffPIRError(
+            f"{artifact}: I/O contract version {str(found['diffpir_contract'])[:20]!r}; this build reads "
+            f"{CONTRACT_VERSION!r}; re-export it"
+        )
+    out: dict[str, Any] = {k: str(v) for k, v in found.items() if k in METADATA_KEYS}
+    for key, high in (("size_multiple", MAX_SIZE_MULTIPLE), ("in_channels", MAX_IN_CHANNELS)):
+        text = out[key].strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= high:
+            raise DiffPIRError(f"{artifact}: metadata {key} is {out[key][:20]!r}; expected an integer in 1..{high} (a forged file?)")
+        out[key] = int(text)
+    out["precision"] = Precision.parse(out["precision"]).value
+    return out
 
 
 @dataclass(frozen=True)

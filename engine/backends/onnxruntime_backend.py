@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .contract import CONTRACT_VERSION, METADATA_KEYS, IOContract, contract_from_dims, unet_contract
+from .contract import IOContract, contract_from_dims, parse_metadata, unet_contract
 
 from diffpir_rt.errors import DiffPIRError
 from .base import batch_timesteps, check_image_input
@@ -118,8 +118,11 @@ class OnnxRuntimeDenoiser:
         self.path = Path(onnx)
         self.device = torch.device(device)
         self._stream: int | None = None
-        if not self.path.is_file():
-            raise DiffPIRError(f"onnx {self.path}: file not found")
+        from ..paths import check_input_file, shown
+
+        check_input_file(self.path, "onnx")  # a folder, FIFO or device says so, and is never opened
+        if self.device.type not in ("cpu", "cuda"):
+            raise DiffPIRError(f"device: the onnxruntime backend runs on cpu or cuda, got {self.device}")
         if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise DiffPIRError(f"threads: expected a positive int, got {intra_op_threads!r}")
         chosen = list(providers) if providers is not None else choose_providers(ort.get_available_providers(), self.device)
@@ -140,14 +143,15 @@ class OnnxRuntimeDenoiser:
             self.session = ort.InferenceSession(str(self.path), options, providers=chosen, provider_options=provider_options)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types, all RuntimeError-like
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DiffPIRError(f"onnx {self.path}: not a loadable ONNX model ({first})") from e
+            first = first.replace(str(self.path), "the file").split("] ")[-1]  # ORT's "[ONNXRuntimeError] : 7 : ..." prefix
+            raise DiffPIRError(f"onnx {shown(self.path)}: not a loadable ONNX model ({first[:100]})") from None
         self.providers: list[str] = self.session.get_providers()
         self.provider = self.providers[0]
         if self.provider != chosen[0]:
             logger.warning("onnxruntime: %s unavailable for %s, running on %s", chosen[0], self.path, self.provider)
         self.metadata = self._read_metadata()
-        self.size_multiple = int(self.metadata["size_multiple"])
-        self.in_channels = int(self.metadata["in_channels"])
+        self.size_multiple = self.metadata["size_multiple"]
+        self.in_channels = self.metadata["in_channels"]
         self.precision = self.metadata["precision"]
         dims = {v.name: tuple(d if isinstance(d, int) else None for d in v.shape) for v in (*self.session.get_inputs(), *self.session.get_outputs())}
         self.contract: IOContract = contract_from_dims(unet_contract(self.in_channels, self.size_multiple), dims, f"onnx {self.path}")
@@ -177,20 +181,11 @@ class OnnxRuntimeDenoiser:
                             "trt_timing_cache_enable": "1", "trt_timing_cache_path": cache})
         return options
 
-    def _read_metadata(self) -> dict[str, str]:
+    def _read_metadata(self) -> dict[str, Any]:
+        from ..paths import shown
+
         found = dict(self.session.get_modelmeta().custom_metadata_map)
-        missing = [k for k in METADATA_KEYS if k not in found]
-        if missing:
-            raise DiffPIRError(
-                f"onnx {self.path}: no DiffPIR metadata ({', '.join(missing)} missing); "
-                "export it with `diffpir export onnx`"
-            )
-        if found["diffpir_contract"] != CONTRACT_VERSION:
-            raise DiffPIRError(
-                f"onnx {self.path}: I/O contract version {found['diffpir_contract']!r}; this build reads "
-                f"{CONTRACT_VERSION!r}; re-export it"
-            )
-        return found
+        return parse_metadata(found, f"onnx {shown(self.path)}")
 
     def __call__(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         check_image_input(x_t, self.in_channels)

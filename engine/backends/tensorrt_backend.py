@@ -20,13 +20,109 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .contract import contract_from_dict, contract_from_dims
-from diffpir_rt.export.tensorrt_build import check_plan, current_gpu, import_tensorrt, shapes_outside_profile
+from dataclasses import dataclass
+from typing import Mapping
 
 from diffpir_rt.errors import DiffPIRError
+
+from ..artifacts import read_sidecar, sha256_files
 from .base import batch_timesteps, check_image_input
+from .contract import contract_from_dict, contract_from_dims
 
 logger = logging.getLogger(__name__)
+
+TRT_MISSING = "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)"
+#: Key fields that describe the machine a plan runs on (a plan moved elsewhere fails these).
+ENVIRONMENT_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability")
+
+
+def import_tensorrt() -> Any:
+    """The tensorrt module, or the one-line install hint as a DiffPIRError."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise DiffPIRError(TRT_MISSING) from None
+    return tensorrt
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "9.0"
+
+
+def current_gpu(device: Any = "cuda") -> GpuInfo:
+    """Name and compute capability of the CUDA device (part of the engine key)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise DiffPIRError(f"device {device}: TensorRT runs on a CUDA device, e.g. cuda or cuda:0")
+    if not torch.cuda.is_available():
+        raise DiffPIRError("TensorRT needs an NVIDIA GPU, and torch sees no CUDA device here")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}")
+
+
+def shapes_outside_profile(profile: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """One line per input whose shape lies outside the profile's [min, max] (empty if all fit)."""
+    problems = []
+    for name, (low, _, high) in profile.items():
+        shape = tuple(shapes[name])
+        if len(shape) != len(low) or any(s < lo or s > hi for s, lo, hi in zip(shape, low, high)):
+            problems.append(f"{name} {shape} not within min {tuple(low)} .. max {tuple(high)}")
+    return problems
+
+
+def key_mismatches(recorded: Mapping[str, Any], expected: Mapping[str, Any], fields: tuple[str, ...] | None = None) -> list[str]:
+    """'field: plan X, here Y' for each key field (default all) that differs."""
+    fields = fields or tuple(expected)
+    return [f"{f}: plan {recorded.get(f)!r}, here {expected[f]!r}" for f in fields if recorded.get(f) != expected[f]]
+
+
+def check_plan(
+    plan: str | os.PathLike[str],
+    tensorrt_version: str,
+    gpu: GpuInfo,
+    onnx_sha256: str | None = None,
+) -> dict[str, Any]:
+    """The plan's sidecar record, if the plan may run here; else a DiffPIRError saying why.
+
+    Checks the plan bytes against the recorded hash (a replaced or truncated
+    file), the TensorRT version and GPU it was built for, and, if given, the hash
+    of the ONNX it should come from (a stale plan).
+    """
+    plan = Path(plan)
+    if not plan.is_file():
+        raise DiffPIRError(f"engine {plan}: file not found")
+    record = read_sidecar(plan, "engine")
+    key = record.get("key")
+    if not isinstance(key, dict) or "plan_sha256" not in record:
+        raise DiffPIRError(f"engine {plan}: sidecar {plan.name}.json has no engine key; rebuild the plan")
+    rebuild = f"rebuild it with `diffpir export trt --onnx {record.get('onnx', 'unet.onnx')} --output {plan}`"
+    if sha256_files([plan]) != record["plan_sha256"]:
+        raise DiffPIRError(f"engine {plan}: the file changed since it was built (SHA-256 differs from its sidecar); {rebuild}")
+    here = {"tensorrt_version": tensorrt_version, "gpu_name": gpu.name, "compute_capability": gpu.compute_capability}
+    problems = key_mismatches(key, here)
+    if onnx_sha256 is not None and key.get("onnx_sha256") != onnx_sha256:
+        problems.append("onnx_sha256: the ONNX differs from the one the plan was built from")
+    if problems:
+        raise DiffPIRError(f"engine {plan} was built elsewhere or is stale ({'; '.join(problems)}); {rebuild}")
+    return record
+
+
+def onnx_files(onnx_path: Path, model_header: Any) -> list[Path]:
+    """The .onnx and the external-data files it references, in a stable order (its content hash)."""
+    locations = set()
+    for init in model_header.graph.initializer:
+        if init.data_location == 1:  # TensorProto.EXTERNAL
+            for entry in init.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return [onnx_path] + [onnx_path.parent / name for name in sorted(locations)]
+
+
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
@@ -60,8 +156,6 @@ class TensorRTDenoiser:
             self.device = torch.device("cuda", torch.cuda.current_device())
         onnx_sha256 = None
         if onnx is not None:
-            from diffpir_rt.export.artifacts import sha256_files
-            from diffpir_rt.export.tensorrt_build import onnx_files
 
             import onnx as onnx_lib
 

@@ -27,9 +27,9 @@ from diffpir_rt.errors import DiffPIRError
 from ..imageio import from_model
 from ..operators import RCOND, DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, Schedule, linear_schedule
+from ..tasks import TASKS
+from ..tasks import check_task as check_task_name
 from .base import MethodConfig, Step, check_config
-
-TASKS = ("deblur", "sr", "inpaint", "denoise")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -50,8 +50,8 @@ def model_measurement(data: DataStep, like: Tensor) -> Tensor:
 
 
 def check_task(method: str, task: str, supported: tuple[str, ...], why: str = "") -> None:
-    if task not in TASKS:
-        raise DiffPIRError(f"task: expected one of {TASKS}, got {task!r}")
+    """A known task name that `method` applies to, else DiffPIRError saying why not."""
+    check_task_name(task)
     if task not in supported:
         raise DiffPIRError(f"method {method}: does not apply to task {task}" + (f" ({why})" if why else ""))
 

@@ -18,19 +18,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
 
-from ..imageio import from_model
 from ..operators import DataStep, Operator
-from ..schedule import NUM_TRAIN_TIMESTEPS, linear_schedule
+from ..schedule import NUM_TRAIN_TIMESTEPS
 from .base import MethodConfig, Step, check_config
+from .ddpm import VARIANCES, ddpm_step, ddpm_values, finish_image, space_timesteps, spaced_schedule
 from .ddrm import check_task, model_measurement
-
-VAR_TYPES = ("learned_range", "fixed_small", "fixed_large")
 
 
 # --------------------------------------------------------------------------- schedules
@@ -62,56 +58,6 @@ def schedule_counts(times: list[int]) -> tuple[int, int]:
     return sum(b < a for a, b in pairs), sum(b > a for a, b in pairs)
 
 
-def respaced_timesteps(count: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
-    """guided-diffusion space_timesteps(T, str(count)) for one section: `count` original
-    timesteps spread with stride (T - 1)/(count - 1), Python round() on an accumulated float
-    (so "250" keeps 0 and 999). Ascending."""
-    if count < 1 or count > num_timesteps:
-        raise DiffPIRError(f"t_T: expected an integer in [1, {num_timesteps}], got {count}")
-    stride = 1 if count <= 1 else (num_timesteps - 1) / (count - 1)
-    cur, kept = 0.0, []
-    for _ in range(count):
-        kept.append(round(cur))
-        cur += stride
-    return sorted(set(kept))
-
-
-@dataclass(frozen=True)
-class RespacedChain:
-    """guided-diffusion SpacedDiffusion tables in float64, indexed by the respaced index i."""
-
-    timestep_map: tuple[int, ...]
-    betas: np.ndarray
-    alphas_cumprod: np.ndarray
-    posterior_log_variance_clipped: np.ndarray
-    posterior_mean_coef1: np.ndarray
-    posterior_mean_coef2: np.ndarray
-    log_betas_fixed_large: np.ndarray
-
-
-def respaced_chain(kept: list[int]) -> RespacedChain:
-    """beta'_i = 1 - abar[t_i] / abar[t_{i-1}], then every posterior quantity from beta'
-    (at least two kept timesteps)."""
-    alpha_bar = linear_schedule().alpha_bar
-    last, betas = 1.0, []
-    for t in kept:
-        betas.append(1.0 - alpha_bar[t] / last)
-        last = alpha_bar[t]
-    b = np.array(betas, dtype=np.float64)
-    ab = np.cumprod(1.0 - b)
-    ab_prev = np.append(1.0, ab[:-1])
-    post_var = b * (1.0 - ab_prev) / (1.0 - ab)
-    return RespacedChain(
-        timestep_map=tuple(kept),
-        betas=b,
-        alphas_cumprod=ab,
-        posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
-        posterior_mean_coef1=b * np.sqrt(ab_prev) / (1.0 - ab),
-        posterior_mean_coef2=(1.0 - ab_prev) * np.sqrt(1.0 - b) / (1.0 - ab),
-        log_betas_fixed_large=np.log(np.append(post_var[1], b[1:])),
-    )
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -119,7 +65,8 @@ def respaced_chain(kept: list[int]) -> RespacedChain:
 class RePaintConfig(MethodConfig):
     """RePaint hyperparameters. Defaults: all 19 official `confs/*.yml` (timestep_respacing
     '250', schedule_jump_params t_T 250, n_sample 1, jump_length 10, jump_n_sample 10,
-    learn_sigma, clip_denoised). Model calls: 2410 (250 + 24 * 9 * 10), plus 2160 undo
+    learn_sigma, clip_denoised). The DDPM step, its variance types and the respacing are
+    guided-diffusion's, shared with the DDPM family (engine/methods/ddpm.py). Model calls: 2410 (250 + 24 * 9 * 10), plus 2160 undo
     steps and 6979 noise tensors besides x_T's. `RePaintConfig.fast()`: 460 model calls.
 
     RePaint has no noise model: y is pasted as is (inpainting of noiseless measurements).
@@ -129,8 +76,8 @@ class RePaintConfig(MethodConfig):
             official config) and where the jump schedule starts.
         jump_length: j, how many respaced steps each resampling goes back up.
         jump_n_sample: r, how many times each jump point is passed (r - 1 jumps each).
-        var_type: the DDPM variance: "learned_range" (official; the model's second output
-            half), "fixed_small" or "fixed_large" (for models without learned variance).
+        variance: the DDPM variance: "learned" (learned_range, official; the model's second
+            output half), "fixed_small" or "fixed_large" (for models without learned variance).
     """
 
     method: ClassVar[str] = "repaint"
@@ -142,19 +89,19 @@ class RePaintConfig(MethodConfig):
     t_T: int = 250
     jump_length: int = 10
     jump_n_sample: int = 10
-    var_type: str = "learned_range"
+    variance: str = "learned"
 
     def __post_init__(self) -> None:
         self._check_int("t_T", 2, NUM_TRAIN_TIMESTEPS)
         self._check_int("jump_length", 1, self.t_T - 1)
         self._check_int("jump_n_sample", 1, NUM_TRAIN_TIMESTEPS)
-        if self.var_type not in VAR_TYPES:
-            raise DiffPIRError(f"var_type: expected one of {VAR_TYPES}, got {self.var_type!r}")
+        if self.variance not in VARIANCES:
+            raise DiffPIRError(f"variance: expected one of {VARIANCES}, got {self.variance!r}")
 
     @classmethod
-    def fast(cls, var_type: str = "learned_range") -> "RePaintConfig":
+    def fast(cls, variance: str = "learned") -> "RePaintConfig":
         """The fast preset (ours, not official): t_T 100, j 10, r 5 -> 460 model calls."""
-        return cls(**cls.FAST, var_type=var_type)
+        return cls(**cls.FAST, variance=variance)
 
     @classmethod
     def for_task(cls, task: str, sigma_n: float) -> "RePaintConfig":
@@ -193,33 +140,16 @@ class RePaint:
     def __init__(self, config: RePaintConfig, impl: str = "torch") -> None:
         check_config(config, RePaintConfig)
         self.config = config
-        self.needs_variance = config.var_type == "learned_range"
-        self.chain = respaced_chain(respaced_timesteps(config.t_T))
+        self.needs_variance = config.variance == "learned"
+        # timestep_respacing = str(t_T), as in every official config ("250": 0, 4, ..., 995, 999)
+        self.chain = spaced_schedule(frozenset(space_timesteps(NUM_TRAIN_TIMESTEPS, str(config.t_T))))
         # FRAMEWORK WORKAROUND: the official code draws a reverse step's sample noise BEFORE
         # the known-region noise that is injected before the model call, and run_steps calls
         # the model before `update`. The "inject" step therefore takes both tensors and hands
         # the sample noise to the next ("reverse") step through this slot; it is always set
         # by the step right before and cleared when used. A pre-model hook in run_steps would
-        # make this unnecessary (see docs/methods.md, section 7, "In the engine").
+        # make this unnecessary (docs/methods.md, section 7, "In the engine").
         self._sample_noise: Optional[Tensor] = None
-
-    def _reverse_values(self, i: int) -> dict[str, float]:
-        c = self.chain
-        ab = float(c.alphas_cumprod[i])
-        values = {
-            "sqrt_recip_a": math.sqrt(1.0 / ab),
-            "sqrt_recipm1_a": math.sqrt(1.0 / ab - 1.0),
-            "coef1": float(c.posterior_mean_coef1[i]),
-            "coef2": float(c.posterior_mean_coef2[i]),
-            "min_log": float(c.posterior_log_variance_clipped[i]),
-            "max_log": float(np.log(c.betas[i])),
-            "nonzero": 1.0 if i > 0 else 0.0,  # no noise at i = 0 (the sample is the mean)
-        }
-        if self.config.var_type == "fixed_small":
-            values["std"] = math.exp(0.5 * values["min_log"])
-        elif self.config.var_type == "fixed_large":
-            values["std"] = math.exp(0.5 * float(c.log_betas_fixed_large[i]))
-        return values
 
     def steps(self) -> tuple[Step, ...]:
         c, times = self.chain, self.config.times()
@@ -236,7 +166,7 @@ class RePaint:
                 if not first:
                     ab = float(c.alphas_cumprod[i])
                     add(None, t, 2, "inject", {"sqrt_a": math.sqrt(ab), "sqrt_1m_a": math.sqrt(1.0 - ab)})
-                add(t, t_next, 0 if not first else 1, "reverse", self._reverse_values(i))
+                add(t, t_next, 0 if not first else 1, "reverse", ddpm_values(c, i, self.config.variance))
                 first = False
             else:  # undo: q(x_{i+1} | x_i) on the respaced chain
                 beta = float(c.betas[i + 1])
@@ -263,25 +193,15 @@ class RePaint:
             # mask * known + (1 - mask) * x, written with the projector A^+ A onto the known
             # region (exact for binary masks: no x + (known - x) rounding in the known region).
             return x - data.range_filter(x, 1.0) + data.range_filter(known, 1.0)
-        # reverse: the DDPM step of guided-diffusion's p_sample, x0 clipped to [-1, 1].
+        # reverse: guided-diffusion's p_sample, x0 clipped to [-1, 1] (clip_denoised).
         if z is not None:
             noise = z[0]
         else:
             if self._sample_noise is None:
                 raise DiffPIRError("repaint: a reverse step ran without the inject step before it")
             noise, self._sample_noise = self._sample_noise, None
-        eps, v = out if self.needs_variance else (out, None)
-        x0 = (step["sqrt_recip_a"] * x - step["sqrt_recipm1_a"] * eps).clamp(-1.0, 1.0)
-        mean = step["coef1"] * x0 + step["coef2"] * x
-        if step["nonzero"] == 0.0:
-            return mean
-        if v is not None:
-            frac = (v + 1.0) / 2.0
-            std = torch.exp(0.5 * (frac * step["max_log"] + (1.0 - frac) * step["min_log"]))
-        else:
-            std = step["std"]
-        return mean + std * noise
+        return ddpm_step(x, out, step, noise, self.config.variance, clip=True)[0]
 
     def finish(self, x: Tensor) -> Tensor:
         """The last p_sample (the clipped x0 of the t = 0 call); y is not pasted (official)."""
-        return from_model(x).clamp(0.0, 1.0)
+        return finish_image(x)

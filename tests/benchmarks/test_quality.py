@@ -200,7 +200,7 @@ def test_hyperparameters_take_overrides_then_task_defaults() -> None:
     task = TaskSpec("inpaint_box", 0.05)
     config, source = quality.hyperparameters(task)
     assert (config.lam, config.zeta, config.steps, config.sigma_n) == (1.0, 1.0, 20, 0.05)  # sigma_n: the measurement's
-    assert "spec §8.1" in source
+    assert "docs/algorithm.md §8.1" in source
     config, _ = quality.hyperparameters(task, {"inpaint": {"lam": 3.0, "steps": 50, "source": "card"}}, zeta=0.2)
     assert (config.lam, config.zeta, config.steps) == (3.0, 0.2, 50)
 

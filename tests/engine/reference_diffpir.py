@@ -1,4 +1,4 @@
-"""An independent float64 numpy transcription of the official DiffPIR loop (spec §2-6).
+"""An independent float64 numpy transcription of the official DiffPIR loop (docs/algorithm.md §2-6).
 
 Written from the spec, not from engine/: it uses the official (non-residual) closed
 forms, the USRNet ``data_solution`` with ``splits``, and runs the discarded final
@@ -34,7 +34,7 @@ def splits_mean(a: np.ndarray, sf: int) -> np.ndarray:
 
 
 def fourier_solution(x01: np.ndarray, y01: np.ndarray, kernel: np.ndarray, sf: int, rho: float) -> np.ndarray:
-    """USRNet/DiffPIR data_solution (spec §6.3), sf = 1 for deblurring; arrays (C, H, W)."""
+    """USRNet/DiffPIR data_solution (docs/algorithm.md §6.3), sf = 1 for deblurring; arrays (C, H, W)."""
     H, W = x01.shape[-2:]
     FB = p2o(kernel, (H, W))
     FBC, F2B = np.conj(FB), np.abs(FB) ** 2
@@ -64,7 +64,7 @@ def reference_sample(
     sf: int = 1,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One image (C, H, W). Returns the [0, 1] output of spec §4.4."""
+    """One image (C, H, W). Returns the [0, 1] output of docs/algorithm.md §4.4."""
     a = np.asarray(alphas_cumprod())
     sigma_bar = np.sqrt(1 - a) / np.sqrt(a)
     rhos = lam * max(0.001, sigma_n) ** 2 / sigma_bar**2

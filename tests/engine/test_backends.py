@@ -1,4 +1,4 @@
-"""The torch backend and the backend factory: dtypes within stated tolerances, and every argument error."""
+"""The torch backend and the backend factory: dtypes within stated tolerances, and its errors."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffpir_rt.engine import DiffPIRError, UNetDenoiser, build_unet
-from diffpir_rt.engine.backends import BACKENDS, Denoiser, check_backend_arguments, make_denoiser
+from diffpir_rt.engine import DiffPIRError, ModelSource, UNetDenoiser, build_unet
+from diffpir_rt.engine.backends import BACKENDS, Denoiser, make_denoiser_from
 from diffpir_rt.engine.backends.base import batch_timesteps
 from diffpir_rt.engine.backends.torch_backend import TorchDenoiser
 
-#: Reduced-precision tolerances vs the fp32 path, relative to max|eps| (design.md precision policy).
+#: Reduced-precision tolerances vs the fp32 path, relative to max|eps| (docs/runtime.md, "Precision").
 DTYPE_TOLERANCE = {"fp16": 1e-2, "bf16": 5e-2}
 
 
@@ -31,14 +31,14 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def test_fp32_backend_is_the_denoiser(checkpoint: Path) -> None:
-    backend = make_denoiser("torch", checkpoint=checkpoint, arch="tiny")
+    backend = make_denoiser_from(ModelSource("checkpoint", checkpoint, "tiny"))
     assert isinstance(backend, Denoiser) and backend.name == "torch" and backend.size_multiple == 2
     x_t = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = tiny()(x_t, torch.tensor([10, 900]))
     assert torch.equal(backend(x_t, torch.tensor([10, 900])), expected)
     info = backend.describe()
-    assert info == {**info, "backend": "torch", "precision": "fp32", "arch": "tiny", "weights": str(checkpoint)}
+    assert info == {**info, "backend": "torch", "precision": "fp32", "arch": "tiny", "weights": f"checkpoint:{checkpoint}"}
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -54,7 +54,7 @@ def test_reduced_precision_within_tolerance(dtype: str) -> None:
 def test_channels_last_matches_contiguous() -> None:
     x_t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     plain = TorchDenoiser(tiny())(x_t, 42)
-    nhwc = TorchDenoiser(tiny(), channels_last=True)
+    nhwc = TorchDenoiser(tiny(), channels_last=True, attention="sdpa")
     assert nhwc.describe()["channels_last"]
     assert float((nhwc(x_t, 42) - plain).abs().max()) <= 1e-5
 
@@ -65,35 +65,16 @@ def test_batch_timesteps_forms() -> None:
         assert out.dtype == torch.int64 and out.tolist() == [7, 7, 7]
 
 
-@pytest.mark.parametrize(
-    ("backend", "kwargs", "message"),
-    [
-        ("jax", {}, r"--backend 'jax': expected one of \('torch', 'onnxruntime', 'tensorrt'\)"),
-        ("onnxruntime", {}, r"--backend onnxruntime needs --onnx"),
-        ("tensorrt", {}, r"--backend tensorrt needs --engine"),
-        ("onnxruntime", {"onnx": "u.onnx", "checkpoint": "c.pt"}, r"--backend onnxruntime: --checkpoint apply to another backend"),
-        ("torch", {"onnx": "u.onnx"}, r"--backend torch: --onnx apply to another backend"),
-        ("torch", {"engine": "u.plan", "threads": 2}, r"--backend torch: --engine, --threads apply to another backend"),
-        ("onnxruntime", {"onnx": "u.onnx", "dtype": "fp16"}, r"--dtype fp16: applies to the torch backend"),
-        ("onnxruntime", {"onnx": "u.onnx", "threads": 0}, r"--threads 0: expected a positive integer"),
-        ("tensorrt", {"engine": "u.plan", "channels_last": True}, r"--channels-last apply to another backend"),
-    ],
-)
-def test_backend_argument_errors(backend: str, kwargs: dict, message: str) -> None:
-    with pytest.raises(DiffPIRError, match=message):
-        check_backend_arguments(backend, **kwargs)
-    with pytest.raises(DiffPIRError, match=message):
-        make_denoiser(backend, **kwargs)
-
-
-def test_torch_backend_errors(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_factory_errors(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import diffpir_rt.engine.prior as prior
 
     with pytest.raises(DiffPIRError, match=r"dtype: expected one of \['fp32', 'fp16', 'bf16'\], got 'fp64'"):
-        make_denoiser("torch", checkpoint=checkpoint, arch="tiny", dtype="fp64")
+        make_denoiser_from(ModelSource("checkpoint", checkpoint, "tiny"), dtype="fp64")
     with pytest.raises(DiffPIRError, match="--arch applies to --checkpoint"):
-        make_denoiser("torch", arch="tiny")
+        ModelSource("bundled", arch="tiny")
+    with pytest.raises(DiffPIRError, match="name one model source"):
+        ModelSource.from_arguments(checkpoint=checkpoint, onnx=Path("u.onnx"))
     monkeypatch.setattr(prior, "bundled_card", lambda: None)
     with pytest.raises(DiffPIRError, match="no checkpoint: this installation ships no bundled prior"):
-        make_denoiser("torch")
+        make_denoiser_from(ModelSource())
     assert BACKENDS == ("torch", "onnxruntime", "tensorrt")

@@ -1,4 +1,4 @@
-"""Measurement synthesis (engine/degrade.py) against the official protocol (spec §7).
+"""Measurement synthesis (engine/degrade.py) against the official protocol (docs/algorithm.md §7).
 
 Expected values come from files generated with the official seeding
 (tests/data/derived, see tests/data/README.md), from independent re-derivations
@@ -40,7 +40,7 @@ DATA = Path(__file__).parents[1] / "data"
 DERIVED = DATA / "derived"
 LEVIN = DATA / "kernels" / "Levin09.mat"
 KERNELS_12 = DATA / "kernels" / "kernels_12.mat"
-LEVIN_SIZES = [19, 17, 15, 27, 13, 21, 23, 23]  # spec §12
+LEVIN_SIZES = [19, 17, 15, 27, 13, 21, 23, 23]  # docs/algorithm.md §12
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ def test_imresize_2d_and_dtype():
 
 
 def test_bicubic_downsample_matches_bicubic_kernel_and_top_left_decimation():
-    """Independent source: KAIR's x4 kernel + top-left decimation approximates imresize (spec §6.3)."""
+    """Independent source: KAIR's x4 kernel + top-left decimation approximates imresize (docs/algorithm.md §6.3)."""
     x = _butterfly().astype(np.float64) / 255
     y = bicubic_downsample(x, 4)
     assert y.shape == (64, 64, 3)
@@ -336,6 +336,7 @@ def test_bicubic_sr_kernel_centroids(sf, centre):
 
 def test_load_kernel_npy_png_and_hdf5_matrix(tmp_path, rng):
     k = rng.random((5, 7)).astype(np.float32)
+    k /= k.sum(dtype=np.float64)  # a unit-sum kernel is used exactly as stored
     np.save(tmp_path / "k.npy", k)
     np.testing.assert_array_equal(load_kernel(tmp_path / "k.npy"), k)
 
@@ -360,7 +361,7 @@ def _raises(match: str):
 
 
 def test_load_kernel_errors(tmp_path):
-    with _raises("file not found"):
+    with _raises("no such file"):
         load_kernel(tmp_path / "none.npy")
     (tmp_path / "k.txt").write_text("1")
     with _raises("unsupported suffix '.txt'"):
@@ -369,7 +370,7 @@ def test_load_kernel_errors(tmp_path):
     with _raises("only .mat files"):
         load_kernel(tmp_path / "k.npy", 0)
     np.save(tmp_path / "k3.npy", np.ones((3, 3, 1)))
-    with _raises(r"expected a non-empty 2-D array, got shape \(3, 3, 1\)"):
+    with _raises(r"expected 2-D, got shape \(3, 3, 1\)"):
         load_kernel(tmp_path / "k3.npy")
     np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan]]))
     with _raises("NaN or Inf"):
@@ -381,17 +382,26 @@ def test_load_kernel_errors(tmp_path):
     with _raises("sums to -9"):
         load_kernel(tmp_path / "neg.npy")
     np.save(tmp_path / "cplx.npy", np.ones((3, 3), dtype=complex))
-    with _raises("expected real numbers"):
+    with _raises("complex numbers"):
         load_kernel(tmp_path / "cplx.npy")
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with _raises("cannot read .npy"):
+    with _raises("not an .npy file"):
         load_kernel(tmp_path / "bad.npy")
     Image.fromarray(np.zeros((3, 3), dtype=np.uint8)).save(tmp_path / "black.png")
     with _raises("all black"):
         load_kernel(tmp_path / "black.png")
     (tmp_path / "bad.png").write_bytes(b"not png")
-    with _raises("cannot read image"):
+    with _raises("not a PNG, JPEG or TIFF image"):
         load_kernel(tmp_path / "bad.png")
+
+
+def test_load_kernel_normalises_other_sums_with_a_warning(tmp_path, caplog):
+    k = np.arange(9, dtype=np.uint8).reshape(3, 3) * 10  # an integer kernel summing to 360
+    np.save(tmp_path / "u8.npy", k)
+    with caplog.at_level("WARNING"):
+        loaded = load_kernel(tmp_path / "u8.npy")
+    np.testing.assert_allclose(loaded, k / 360.0, rtol=1e-6)
+    assert "summing to 360; normalised to sum 1" in caplog.text
 
 
 def test_load_kernel_mat_errors(tmp_path):

@@ -91,7 +91,7 @@ def _gaussian(size: int, std: float) -> np.ndarray:
 @pytest.mark.parametrize("op_name", ["deblur", "sr"])
 @pytest.mark.parametrize("rho", [7.06e-7, 1.5e-3, 9.2])
 def test_float32_prox_within_1e4_of_float64(op_name: str, rho: float, rng: np.random.Generator) -> None:
-    """The residual form keeps fp32 within 1e-4 of float64 even at rho ~ 1e-6 (issue #2)."""
+    """The residual form keeps fp32 within 1e-4 of float64 even at rho ~ 1e-6."""
     n = 64
     truth = scipy.ndimage.gaussian_filter(rng.random((1, 3, n, n)), (0, 0, 2, 2))
     if op_name == "deblur":
@@ -124,7 +124,7 @@ def test_per_sample_masks_equal_separate_operators(rng: np.random.Generator) -> 
 
 
 def test_inpaint_prox_matches_official_formula(rng: np.random.Generator) -> None:
-    """(m y + rho x0) / (m + rho) in [-1, 1] units (spec §6.1) equals our [0, 1] residual form."""
+    """(m y + rho x0) / (m + rho) in [-1, 1] units (docs/algorithm.md §6.1) equals our [0, 1] residual form."""
     m = torch.from_numpy((rng.random((1, 1, 8, 8)) > 0.5).astype(np.float64))
     x0, y = torch.rand(1, 3, 8, 8, dtype=torch.float64), torch.rand(1, 3, 8, 8, dtype=torch.float64)
     rho = 0.01
@@ -195,7 +195,7 @@ def test_sr_forward_needs_divisible_image() -> None:
 @pytest.mark.parametrize("kind", ["gaussian", "motion", "sr4"])
 @pytest.mark.parametrize("rho", [7.06e-7, 1.5e-3])
 def test_float32_prox_on_real_image_and_official_kernels(kind: str, rho: float) -> None:
-    """256x256 set3c image, official 61x61 kernels (spec §7), sigma_n 0.05: fp32 within 1e-4 of float64."""
+    """256x256 set3c image, official 61x61 kernels (docs/algorithm.md §7), sigma_n 0.05: fp32 within 1e-4 of float64."""
     from diffpir_rt.engine.degrade import gaussian_kernel, motion_kernel
     from diffpir_rt.engine.imageio import read_image
 

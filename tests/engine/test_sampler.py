@@ -182,7 +182,7 @@ def test_any_size_pads_for_the_model_and_crops_back(task: str, size: tuple[int, 
 
 
 def test_initial_state_formula() -> None:
-    """x_T = sqrt(a_T/a_ty)(2y - 1) + sqrt((1 - a_T) - (a_T/a_ty)(1 - a_ty)) z with t_y = 26 (spec §5)."""
+    """x_T = sqrt(a_T/a_ty)(2y - 1) + sqrt((1 - a_T) - (a_T/a_ty)(1 - a_ty)) z with t_y = 26 (docs/algorithm.md §5)."""
     a = linear_schedule().alpha_bar
     y = torch.rand(1, 3, 8, 8, dtype=torch.float64)
     z = torch.randn(1, 3, 8, 8, dtype=torch.float64)

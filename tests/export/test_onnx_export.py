@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from diffpir_rt.engine import ModelSource
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from diffpir_rt.engine import DiffPIRError, UNetDenoiser  # noqa: E402
-from diffpir_rt.engine.backends import Denoiser, make_denoiser  # noqa: E402
+from diffpir_rt.engine.backends import Denoiser, make_denoiser_from  # noqa: E402
 from diffpir_rt.engine.backends.onnxruntime_backend import (  # noqa: E402
     OnnxRuntimeDenoiser,
     choose_providers,
@@ -24,7 +26,7 @@ from diffpir_rt.engine.operators import Deblur  # noqa: E402
 from diffpir_rt.engine.sampler import DiffPIRConfig, sample  # noqa: E402
 from diffpir_rt.export import OnnxExportConfig, export_onnx  # noqa: E402
 from diffpir_rt.export import onnx_export as onnx_export_module  # noqa: E402
-from diffpir_rt.export.artifacts import read_sidecar, sha256_files  # noqa: E402
+from diffpir_rt.engine.artifacts import read_sidecar, sha256_files  # noqa: E402
 from diffpir_rt.export.onnx_export import PARITY_TOLERANCE, precision_report  # noqa: E402
 
 #: Stated tolerances of these tests (max abs error on eps; eps of this random UNet is O(1)).
@@ -187,7 +189,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone(tmp_path: Path
 
 
 def test_ort_backend_implements_the_denoiser_interface(onnx_dynamic: Path) -> None:
-    runtime = make_denoiser("onnxruntime", onnx=onnx_dynamic, threads=1)
+    runtime = make_denoiser_from(ModelSource("onnx", onnx_dynamic), threads=1)
     assert isinstance(runtime, Denoiser)
     assert runtime.name == "onnxruntime" and runtime.size_multiple == 2
     info = runtime.describe()

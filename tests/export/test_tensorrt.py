@@ -11,22 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffpir_rt.engine import ModelSource
+
 from diffpir_rt.engine import DiffPIRError
-from diffpir_rt.export.artifacts import sha256_files, write_sidecar
+from diffpir_rt.engine.artifacts import sha256_files, write_sidecar
 from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, WIDTH, ShapeRange, fix_axes, unet_contract
-from diffpir_rt.export.tensorrt_build import (
+from diffpir_rt.engine.backends.tensorrt_backend import (
     TRT_MISSING,
-    EngineKey,
     GpuInfo,
     check_plan,
-    default_timing_cache,
     import_tensorrt,
     key_mismatches,
-    parse_range,
-    plan_profile,
-    resolve_build_precision,
     shapes_outside_profile,
 )
+from diffpir_rt.export.tensorrt_build import EngineKey, default_timing_cache, parse_range, plan_profile, resolve_build_precision
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_trt = pytest.mark.skipif(not HAS_TRT, reason=TRT_MISSING)
@@ -166,13 +164,13 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_tensorrt_is_one_clear_error(no_tensorrt: None, tmp_path: Path) -> None:
-    from diffpir_rt.engine.backends import make_denoiser
+    from diffpir_rt.engine.backends import make_denoiser_from
 
     with pytest.raises(DiffPIRError, match=r"^TensorRT is not installed \(pip install tensorrt; needs an NVIDIA GPU\)$"):
         import_tensorrt()
     plan = _fake_plan(tmp_path, _key())
     with pytest.raises(DiffPIRError, match=r"TensorRT is not installed"):
-        make_denoiser("tensorrt", engine=plan, device="cuda")
+        make_denoiser_from(ModelSource("tensorrt", plan), device="cuda")
 
 
 def test_build_engine_checks_the_onnx_then_needs_tensorrt(no_tensorrt: None, onnx_dynamic: Path, onnx_static: Path, tmp_path: Path) -> None:
@@ -199,7 +197,7 @@ def test_build_engine_checks_the_onnx_then_needs_tensorrt(no_tensorrt: None, onn
 @needs_gpu
 @pytest.mark.gpu
 def test_trt_engine_matches_torch_and_is_cached(onnx_dynamic: Path, torch_denoiser, tmp_path: Path) -> None:
-    from diffpir_rt.engine.backends import make_denoiser
+    from diffpir_rt.engine.backends import make_denoiser_from
     from diffpir_rt.export import build_engine
 
     plan = build_engine(onnx_dynamic, tmp_path / "unet.plan", batch=ShapeRange(1, 2, 3),
@@ -207,7 +205,7 @@ def test_trt_engine_matches_torch_and_is_cached(onnx_dynamic: Path, torch_denois
     stamp = plan.stat().st_mtime_ns
     assert build_engine(onnx_dynamic, plan, batch=ShapeRange(1, 2, 3), height=ShapeRange(8, 16, 32),
                         width=ShapeRange(8, 16, 32)).stat().st_mtime_ns == stamp  # cache hit
-    runtime = make_denoiser("tensorrt", engine=plan, onnx=onnx_dynamic, device="cuda")
+    runtime = make_denoiser_from(ModelSource("tensorrt", plan), device="cuda")
     x_t = torch.randn(3, 3, 16, 24, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([999, 500, 3])
     with torch.no_grad():

@@ -55,7 +55,7 @@ def test_nvcc_compiles_without_spills_and_exports_entry_points(source: Path, arc
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    # ptxas -v: a register array indexed at run time lands in local memory (HOPPER.md).
+    # ptxas -v: a register array indexed at run time lands in local memory, which is slow.
     for frame, stores, loads in re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr):
         assert (frame, stores, loads) == ("0", "0", "0"), result.stderr
     data = cubin.read_bytes()

@@ -141,7 +141,7 @@ def test_fourier_correction(sf, size, batch, kernels, launches, rng) -> None:
 
 
 def test_nan_propagates_like_torch(launches) -> None:
-    """The clamp must not turn NaN into +-1 (NaN never passes, METHOD.md)."""
+    """The clamp must not turn NaN into +-1 (a NaN must reach the output, where the runtime reports it)."""
     c = StepCoefficients.at(linear_schedule(), 999, 770, 0.3)
     x = torch.zeros(1, 3, 4, 4)
     eps = torch.zeros_like(x)

@@ -107,6 +107,13 @@ def one_step(method, model, data, x: Tensor, step: Step, z: Optional[Tensor]) ->
         return method.update(x, out, step, data, z)
 
 
+def random_state(rng: np.random.Generator, t: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A batch of 2 plausible x_t: sqrt(abar_t) x0 + sqrt(1 - abar_t) n, x0 uniform in [-1, 1]."""
+    ab = 1.0 if t < 0 else float(np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[t])
+    x = np.sqrt(ab) * rng.uniform(-1, 1, size=(2, *SHAPE)) + np.sqrt(1 - ab) * rng.normal(size=(2, *SHAPE))
+    return torch.from_numpy(x).to(dtype)
+
+
 def noises(rng: np.random.Generator, count: int, shape: Sequence[int]) -> list[Tensor]:
     return [torch.from_numpy(rng.normal(size=tuple(shape))) for _ in range(count)]
 

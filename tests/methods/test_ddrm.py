@@ -18,7 +18,9 @@ from diffpir_rt.engine.operators import Deblur, Inpaint
 from diffpir_rt.engine.sampler import sample
 
 from . import reference_methods as R
-from .spectral_family import SHAPE, LinearModel, dense_matrix, flat, measurement, noises, one_step, problems, seeded_draw
+from .spectral_family import (
+    SHAPE, LinearModel, dense_matrix, flat, measurement, noises, one_step, problems, random_state, seeded_draw,
+)  # fmt: skip
 
 TASKS = ["deblur", "sr2", "inpaint", "denoise"]
 
@@ -69,8 +71,7 @@ def test_every_step_matches_reference_float64(task: str, sigma_n: float, rng) ->
     method, model, data = build_method(config), LinearModel(), op.data_step(y)
     specs = reference_spectra(singles, y, config)
     for step in method.steps():
-        ab = R.alpha_bar_at(step.t)
-        x = np.sqrt(ab) * torch.from_numpy(rng.uniform(-1, 1, size=(2, *SHAPE))) + np.sqrt(1 - ab) * torch.from_numpy(rng.normal(size=(2, *SHAPE)))
+        x = random_state(rng, step.t)
         z = torch.from_numpy(rng.normal(size=(1, 2, *SHAPE)))
         got = one_step(method, model, data, x, step, z)
         for b, spec in enumerate(specs):
@@ -88,8 +89,7 @@ def test_steps_float32_within_1e4(task: str, rng) -> None:
     method, model, data = build_method(config), LinearModel(), op.data_step(y.float())
     specs = reference_spectra(singles, y.float().double(), config)
     for step in method.steps()[::3] + method.steps()[-2:]:
-        ab = R.alpha_bar_at(step.t)
-        x = (np.sqrt(ab) * torch.from_numpy(rng.uniform(-1, 1, size=(2, *SHAPE))) + np.sqrt(1 - ab) * torch.from_numpy(rng.normal(size=(2, *SHAPE)))).float()
+        x = random_state(rng, step.t, torch.float32)
         z = torch.from_numpy(rng.normal(size=(1, 2, *SHAPE))).float()
         got = one_step(method, model, data, x, step, z)
         assert got.dtype == torch.float32

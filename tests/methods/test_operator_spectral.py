@@ -137,7 +137,8 @@ def test_gram_solve_and_adjoint_equal_dense(name: str, mu: float, rng: np.random
     for b, single in enumerate(singles):
         A = dense_matrix(single, shape)
         rb = r[b].numpy().ravel()
-        np.testing.assert_allclose(solved[b].numpy().ravel(), np.linalg.solve(A @ A.T + mu * np.eye(A.shape[0]), rb), rtol=1e-9, atol=1e-9)
+        expected = np.linalg.solve(A @ A.T + mu * np.eye(A.shape[0]), rb)
+        np.testing.assert_allclose(solved[b].numpy().ravel(), expected, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(adjoint[b].numpy().ravel(), A.T @ rb, atol=1e-12)
 
 

@@ -1,4 +1,4 @@
-"""Content keys and sidecar JSON files of exported artifacts (style: artifacts are keyed by content).
+"""Provenance of files: content hashes, sidecar JSON records, atomic writes of artifacts.
 
 Every artifact `X` (unet.onnx, unet.plan) has a sidecar `X.json` beside it that
 records what it was made from; consumers compare it with what they have and
@@ -26,6 +26,11 @@ def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
     """unet.onnx -> unet.onnx.json (the restore CLI's record naming)."""
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of one file's bytes (weights, exported graphs)."""
+    return sha256_files([path])
 
 
 def sha256_files(paths: Iterable[str | os.PathLike[str]]) -> str:
@@ -73,7 +78,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_sidecar(artifact: str | os.PathLike[str], record: dict[str, Any]) -> Path:
     """Write `artifact`.json atomically, keys sorted so equal records give equal bytes."""
-    from diffpir_rt.engine.imageio import write_text
+    from .imageio import write_text
 
     body = {"sidecar_version": SIDECAR_VERSION, **record}
     return write_text(sidecar_path(artifact), json.dumps(body, indent=2, sort_keys=True) + "\n")

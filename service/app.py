@@ -1,0 +1,374 @@
+"""The Ray Serve application: an HTTP ingress in front of restorer replicas.
+
+- `DiffPIRIngress` (no model, no CPU reserved): routes, bearer token, body and pixel
+  limits, multipart parsing, the request -> `RestoreRequest` checks of `diffpir restore`
+  (service/forms.py), PNG encoding, JSON errors, one log line and the metrics per request.
+  A bad request is answered here and never reaches a model replica.
+- `DiffPIRRestorer` (one `Restorer` each, the GPU or CPU slots): a queue limit (429
+  beyond), dynamic batching with `@serve.batch`, then the batch split into groups of
+  equal `batch_key` (same task, method, config, image size, operator kind), each group one
+  `run_requests` call in a worker thread, so the event loop keeps collecting the next
+  batch. A group that fails is retried one request at a time, so one bad request cannot
+  fail the others. On CUDA a group is padded to the next captured batch size.
+
+`build_app(args)` is the application builder: `diffpir serve` calls it with its settings,
+and the Serve config from `diffpir serve --print-config` names it as `import_path`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Gauge, Histogram
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from diffpir_rt import __version__
+from diffpir_rt.errors import DiffPIRError
+
+from .forms import RequestError, Upload, check_config, parse_restore_form
+from .settings import METRIC_PREFIX, ServeSettings, hash_token, ingress_options, restorer_options
+
+logger = logging.getLogger("ray.serve")
+
+RECORD_HEADER = "X-DiffPIR-Record"
+REQUEST_ID_HEADER = "X-Request-Id"
+LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
+BATCH_BOUNDARIES = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64]
+
+
+def _error(status: int, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _request_id() -> str:
+    """Serve's id of the request being handled (the proxy's, or the client's X-Request-Id); Serve answers it as X-Request-Id."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or uuid.uuid4().hex
+    except Exception:  # noqa: BLE001 - a private API: an id of our own will do
+        return uuid.uuid4().hex
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@serve.deployment(name="DiffPIRRestorer")
+class DiffPIRRestorer:
+    """One prepared Restorer; batches what arrives together and runs it."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        from diffpir_rt.engine import ModelSource
+        from diffpir_rt.runtime.restorer import Restorer
+
+        self.settings = ServeSettings.from_dict(settings)
+        s = self.settings
+        device = s.device
+        if s.gpus_per_replica > 0 and (device == "auto" or device.startswith("cuda")):
+            device = "cuda"  # Ray shows this replica its own GPU(s) only, as cuda:0
+        threads = s.threads  # None: the runtime's default (the node's physical cores)
+        source = ModelSource.from_arguments(s.checkpoint and _path(s.checkpoint), s.arch, s.onnx and _path(s.onnx),
+                                            s.engine and _path(s.engine))  # fmt: skip
+        start = time.perf_counter()
+        self.restorer = Restorer(source, backend=s.backend, device=device, precision=s.dtype, reference=s.reference,
+                                 threads=threads, notify=lambda line: logger.warning(line))  # fmt: skip
+        self.pad = s.pad_batches == "on" or (s.pad_batches == "auto" and self.restorer.device.type == "cuda")
+        self.pad_sizes = sorted({min(2**i, s.max_batch_size) for i in range(8)} | {s.max_batch_size})
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffpir-restore")
+        self._batch.set_max_batch_size(s.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(s.batch_wait_s)
+        self.pending = 0
+        self.batch_sizes = Histogram(f"{METRIC_PREFIX}batch_size", description="requests per restore batch (one run_requests call)",
+                                     boundaries=BATCH_BOUNDARIES)  # fmt: skip
+        self.queued = Gauge(f"{METRIC_PREFIX}queued_requests", description="requests waiting or running in this replica")
+        self.restore_ms = Histogram(f"{METRIC_PREFIX}restore_ms", description="run_requests wall time per batch (ms)",
+                                    boundaries=LATENCY_BOUNDARIES_MS)  # fmt: skip
+        path = self.restorer.path
+        logger.info(f"restorer ready in {time.perf_counter() - start:.1f} s: {path.name} ({path.backend}, "
+                    f"{path.precision}, {path.device}); batches up to {s.max_batch_size}, wait {s.batch_wait_ms:g} ms")  # fmt: skip
+
+    async def restore(self, request: Any) -> dict[str, Any]:
+        """One RestoreRequest -> {"status": 200, "image": (C, H, W) tensor, "record": dict} or an error."""
+        s = self.settings
+        if self.pending >= s.max_queued:
+            return {"status": 429, "error": f"this replica has {self.pending} requests queued (--max-queued {s.max_queued}); retry later"}
+        self.pending += 1
+        self.queued.set(self.pending)
+        try:
+            from diffpir_rt.runtime.jobs import batch_key
+
+            try:
+                check_config(self.restorer, request, s.limits)
+                key = batch_key(self.restorer, request)
+            except RequestError as e:
+                return {"status": e.status, "error": str(e)}
+            except DiffPIRError as e:
+                return {"status": 422, "error": str(e)}
+            return await self._batch((key, request, time.perf_counter()))
+        finally:
+            self.pending -= 1
+            self.queued.set(self.pending)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batch(self, items: list[tuple[Any, Any, float]]) -> list[dict[str, Any]]:
+        groups: dict[Any, list[int]] = {}
+        for i, (key, _, _) in enumerate(items):
+            groups.setdefault(key, []).append(i)
+        results: list[Any] = [None] * len(items)
+        loop = asyncio.get_running_loop()
+        for indices in groups.values():
+            requests = [items[i][1] for i in indices]
+            started = time.perf_counter()
+            outs = await loop.run_in_executor(self._executor, self._run_group, requests)
+            for i, out in zip(indices, outs):
+                if out["status"] == 200:
+                    out["record"]["service"] = {"queued_s": round(started - items[i][2], 4), "replica": _replica_id()}
+                results[i] = out
+        return results
+
+    def _run_group(self, requests: list[Any]) -> list[dict[str, Any]]:
+        """run_requests on one group (in the worker thread); a failing group is retried one by one."""
+        from diffpir_rt.runtime.jobs import run_requests
+
+        n = len(requests)
+        size = next((p for p in self.pad_sizes if p >= n), n) if self.pad else n
+        batch = list(requests) + [requests[-1]] * (size - n)  # padding repeats the last request; its results are dropped
+        start = time.perf_counter()
+        try:
+            outs = run_requests(self.restorer, batch)[:n]
+        except Exception as e:  # noqa: BLE001 - one request must not fail the others
+            if n > 1:
+                logger.warning(f"a batch of {n} failed ({type(e).__name__}: {_first_line(e)}); running its requests one by one")
+                return [out for r in requests for out in self._run_group([r])]
+            if isinstance(e, DiffPIRError):
+                return [{"status": 422, "error": str(e)}]
+            logger.exception("restore failed")
+            return [{"status": 500, "error": f"internal error ({type(e).__name__}: {_first_line(e)}); see the server log"}]
+        self.batch_sizes.observe(n)
+        self.restore_ms.observe(1000 * (time.perf_counter() - start))
+        results = []
+        for image, record in outs:
+            record["batch_size"] = n
+            if size != n:
+                record["padded_batch_size"] = size
+            results.append({"status": 200, "image": image.detach().to("cpu"), "record": record})
+        return results
+
+    async def health(self) -> dict[str, Any]:
+        return {"ok": True, "queued": self.pending, "runs": self.restorer.runs}
+
+    async def info(self) -> dict[str, Any]:
+        from diffpir_rt.engine import METHODS, TASKS
+
+        return {
+            "version": __version__,
+            "runtime": self.restorer.describe(),
+            "tasks": list(TASKS),
+            "methods": list(METHODS),
+            "task_defaults": {t: self.restorer.task_defaults(t).to_dict() for t in TASKS},
+            "batching": {"max_batch_size": self.settings.max_batch_size, "wait_ms": self.settings.batch_wait_ms,
+                         "pad_to": self.pad_sizes if self.pad else None},  # fmt: skip
+        }
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+@serve.deployment(name="DiffPIRIngress")
+class DiffPIRIngress:
+    """HTTP in and out: routes, auth, limits, parsing; the restore runs on a DiffPIRRestorer."""
+
+    def __init__(self, restorer: DeploymentHandle, settings: dict[str, Any]) -> None:
+        self.restorer = restorer
+        self.settings = ServeSettings.from_dict(settings)
+        self._info: Optional[dict[str, Any]] = None
+        self.requests = Counter(f"{METRIC_PREFIX}requests_total", description="HTTP requests by route and status",
+                                tag_keys=("route", "status"))  # fmt: skip
+        self.errors = Counter(f"{METRIC_PREFIX}errors_total", description="HTTP requests answered with an error",
+                              tag_keys=("route", "status"))  # fmt: skip
+        self.latency = Histogram(f"{METRIC_PREFIX}request_latency_ms", description="HTTP request latency (ms)",
+                                 boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",))  # fmt: skip
+
+    async def __call__(self, request: Request) -> Response:
+        start = time.perf_counter()
+        request_id = _request_id()
+        route = request.url.path.rstrip("/") or "/"
+        detail: dict[str, Any] = {}
+        try:
+            response = await self._route(request, route, request_id, detail)
+        except RequestError as e:
+            response = _error(e.status, str(e))
+            detail["error"] = str(e)
+        except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the replica keeps serving
+            logger.exception(f"request {request_id} failed")
+            response = _error(500, f"internal error ({type(e).__name__}); see the server log")
+        ms = 1000 * (time.perf_counter() - start)
+        known = route if route in ("/healthz", "/v1/info", "/v1/restore", "/v1/restore/json") else "other"
+        status = str(response.status_code)
+        self.requests.inc(tags={"route": known, "status": status})
+        self.latency.observe(ms, tags={"route": known})
+        if response.status_code >= 400:
+            self.errors.inc(tags={"route": known, "status": status})
+        if known != "/healthz" or response.status_code != 200:
+            text = " ".join(f"{k}={v}" for k, v in detail.items())
+            logger.info(f"{request.method} {route[:80]} {response.status_code} {ms:.1f} ms id={request_id} {text}".rstrip())
+        return response
+
+    async def _route(self, request: Request, route: str, request_id: str, detail: dict[str, Any]) -> Response:
+        if route == "/healthz":
+            return await self._health()
+        if not route.startswith("/v1/"):
+            raise RequestError(404, f"{route[:80]}: not found; the API is GET /healthz, GET /v1/info, POST /v1/restore")
+        self._authorise(request)
+        if route == "/v1/info":
+            if request.method != "GET":
+                raise RequestError(405, f"{request.method} {route}: use GET")
+            return JSONResponse(await self._get_info())
+        if route in ("/v1/restore", "/v1/restore/json"):
+            if request.method != "POST":
+                raise RequestError(405, f"{request.method} {route}: use POST with a multipart/form-data body")
+            return await self._restore(request, request_id, detail, as_json=route.endswith("/json"))
+        raise RequestError(404, f"{route[:80]}: not found; the API is GET /healthz, GET /v1/info, POST /v1/restore")
+
+    # -- endpoints
+
+    async def _health(self) -> Response:
+        try:
+            state = await asyncio.wait_for(self.restorer.health.remote(), timeout=5.0)
+        except Exception as e:  # noqa: BLE001
+            return _error(503, f"no restorer replica answered ({type(e).__name__}); the model may still be loading")
+        return JSONResponse({"status": "ok", **state})
+
+    async def _get_info(self) -> dict[str, Any]:
+        if self._info is None:
+            info = await asyncio.wait_for(self.restorer.info.remote(), timeout=30.0)
+            info["limits"] = {k: v for k, v in self.settings.public().items()
+                              if k in ("max_pixels", "max_body_bytes", "max_steps", "max_queued", "request_timeout_s")}  # fmt: skip
+            info["settings"] = self.settings.public()
+            self._info = info
+        return self._info
+
+    async def _restore(self, request: Request, request_id: str, detail: dict[str, Any], as_json: bool) -> Response:
+        s = self.settings
+        items = await self._read_form(request)
+        parsed = await asyncio.to_thread(parse_restore_form, items, s.limits)
+        req = parsed.request
+        detail.update(task=req.task, size=f"{req.y.shape[-1]}x{req.y.shape[-2]}", seed=req.seed)
+        try:
+            result = await asyncio.wait_for(self.restorer.restore.remote(req), timeout=s.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"the restore took longer than {s.request_timeout_s:g} s (--request-timeout)") from None
+        except Exception as e:  # noqa: BLE001 - replica death, back pressure: a clear status, never a hang
+            raise _handle_error(e) from None
+        if result["status"] != 200:
+            headers = {"Retry-After": "1"} if result["status"] in (429, 503) else None
+            detail["error"] = result["error"]
+            return _error(result["status"], result["error"], headers)
+        record = result["record"]
+        record["bit_depth"] = parsed.bit_depth
+        record["service"] = {**record.get("service", {}), "request_id": request_id}
+        detail.update(batch=record["batch_size"], restore_s=record["seconds"])
+        from diffpir_rt.engine.imageio import encode_image
+
+        png = await asyncio.to_thread(encode_image, result["image"], "png", parsed.bit_depth)
+        if as_json:
+            return JSONResponse({"image": base64.b64encode(png).decode("ascii"), "content_type": "image/png", "record": record})
+        header = json.dumps(record, separators=(",", ":"), ensure_ascii=True)
+        return Response(png, media_type="image/png", headers={RECORD_HEADER: header})
+
+    # -- pieces
+
+    def _authorise(self, request: Request) -> None:
+        expected = self.settings.token_sha256
+        if expected is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestError(401, "missing bearer token (Authorization: Bearer <token>)")
+        if not hmac.compare_digest(hash_token(token.strip()), expected):
+            raise RequestError(401, "wrong bearer token")
+
+    async def _read_form(self, request: Request) -> list[tuple[str, Any]]:
+        s = self.settings
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise RequestError(415, f"content type {content_type[:60]!r}: expected multipart/form-data (fields image, task, ...)")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > s.max_body_bytes:
+            raise RequestError(413, f"body: {int(length):,} bytes; at most {s.max_body_bytes:,} are accepted (--max-body-bytes)")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > s.max_body_bytes:
+                raise RequestError(413, f"body: more than {s.max_body_bytes:,} bytes; at most {s.max_body_bytes:,} are accepted")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, receive).form(max_files=3, max_fields=32, max_part_size=s.max_body_bytes)
+        except Exception as e:  # noqa: BLE001 - starlette raises several kinds on a malformed body
+            message = getattr(e, "detail", None) or getattr(e, "message", None) or str(e) or type(e).__name__
+            raise RequestError(400, f"body: not a valid multipart/form-data form ({message})") from None
+        items: list[tuple[str, Any]] = []
+        try:
+            for name, value in form.multi_items():
+                if isinstance(value, str):
+                    items.append((name, value))
+                else:
+                    items.append((name, Upload(value.filename or name, await value.read())))
+        finally:
+            await form.close()
+        return items
+
+
+def _handle_error(e: BaseException) -> RequestError:
+    """What a failed handle call tells the client: 429 on back pressure, 503 when no replica can answer."""
+    from ray import exceptions as ray_exceptions
+    from ray.serve import exceptions as serve_exceptions
+
+    if isinstance(e, getattr(serve_exceptions, "BackPressureError", ())):
+        return RequestError(429, "every restorer replica's queue is full; retry later")
+    if isinstance(e, (ray_exceptions.RayActorError, getattr(serve_exceptions, "DeploymentUnavailableError", ()))):
+        return RequestError(503, "the restorer replica stopped while running this request (Ray restarts it); retry")
+    logger.error(f"restore call failed: {type(e).__name__}: {_first_line(e)}")
+    return RequestError(503, f"the restore could not run ({type(e).__name__}); retry")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _path(text: str):
+    from pathlib import Path
+
+    return Path(text)
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def build_app(args: Optional[dict[str, Any]] = None) -> serve.Application:
+    """The application from serve settings (a ServeSettings dict): Serve's app builder entry point."""
+    settings = ServeSettings.from_dict(args)
+    data = settings.to_dict()
+    restorer = DiffPIRRestorer.options(**restorer_options(settings)).bind(data)
+    return DiffPIRIngress.options(**ingress_options(settings)).bind(restorer, data)

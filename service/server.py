@@ -1,0 +1,233 @@
+"""`diffpir serve`: start Ray (or join a cluster), run the application, stop cleanly.
+
+Lifecycle:
+1. Cheap checks first (model flags, token, port free), before Ray starts.
+2. A local Ray instance of its own (`address="local"`: never a stray $RAY_ADDRESS), or
+   `--address` of an existing cluster; Serve's HTTP proxy on --host:--port (127.0.0.1 by
+   default); the application from `app.build_app(settings)`.
+3. SIGINT/SIGTERM: stop taking new work and drain (each replica finishes its in-flight
+   requests, up to --drain-timeout), shut Serve down, shut Ray down (the local instance:
+   GCS, raylet, every worker), then end whatever process this one started that is still
+   there. A second signal, or the drain's deadline passing, ends the drain at once. On a
+   cluster only this application is deleted (and Serve, if nothing else runs on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from diffpir_rt.errors import DiffPIRError
+
+from .settings import APP_NAME, ServeSettings
+
+logger = logging.getLogger(__name__)
+
+RAY_MISSING = 'diffpir serve needs Ray Serve: pip install "diffpir-rt[serve]"'
+
+
+def import_ray(what: str = "diffpir serve") -> Any:
+    """ray, or a one-line DiffPIRError naming the extra to install."""
+    try:
+        import ray
+        from ray import serve  # noqa: F401
+    except ImportError as e:
+        raise DiffPIRError(f'{what} needs Ray ({e.name} is not installed): pip install "diffpir-rt[serve]"') from None
+    return ray
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise DiffPIRError(f"--port {port}: cannot listen on {host} ({e.strerror}); is another server running?") from None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("utf-8", "replace")
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+def end_processes(pids: list[int], grace_s: float = 3.0) -> list[int]:
+    """SIGTERM, then SIGKILL after `grace_s`, to processes this one started; returns those signalled."""
+    signalled = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            signalled.append(pid)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while signalled and time.monotonic() < deadline and any(_alive(p) for p in signalled):
+        time.sleep(0.1)
+    for pid in signalled:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return signalled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Server:
+    """One `diffpir serve` run: start, wait for a signal, drain and stop."""
+
+    def __init__(self, settings: ServeSettings, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                 metrics_port: Optional[int] = None, say=print) -> None:  # fmt: skip
+        self.settings = settings
+        self.address = address
+        self.num_cpus = num_cpus
+        self.metrics_port = metrics_port
+        self.say = say
+        self.stop = threading.Event()
+        self.signals = 0
+        self.local = address is None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.say(f"diffpir serve: {signal.Signals(signum).name}: draining (up to {self.settings.drain_timeout_s:g} s; "
+                     "signal again to stop at once)")  # fmt: skip
+            self.stop.set()
+        else:
+            self.say("diffpir serve: stopping now")
+            self._force_stop()
+
+    def run(self) -> int:
+        s = self.settings
+        ray = import_ray()
+        from ray import serve
+
+        if self.local:
+            check_port_free(s.host, s.port)
+        init: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "namespace": "diffpir"}
+        if self.local:
+            init.update(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1)
+            if self.metrics_port:
+                init["_metrics_export_port"] = self.metrics_port
+        else:
+            init["address"] = self.address
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.before = set(descendants(os.getpid()))
+        try:
+            ray.init(**init)
+            for sig in previous:  # after ray.init, which installs its own SIGTERM handler
+                signal.signal(sig, self._on_signal)
+            # Serve's own access log is off: the ingress logs one line per request, with what it was.
+            logging_config = {"enable_access_log": False, "log_level": "INFO"}
+            serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s + 30},
+                        logging_config=logging_config)  # fmt: skip
+            from .app import build_app
+
+            if not self.stop.is_set():
+                try:
+                    serve.run(build_app(s.to_dict()), name=APP_NAME, route_prefix="/", blocking=False, logging_config=logging_config)
+                except RuntimeError as e:
+                    raise DiffPIRError(f"the application did not start: {_cause(e)}") from None
+            if not self.stop.is_set():
+                self._ready_line()
+            while not self.stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _ready_line(self) -> None:
+        s = self.settings
+        where = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{s.port}"
+        replicas = f"{s.autoscale_min}-{s.autoscale_max} (autoscaling)" if s.autoscale_max is not None else str(s.replicas)
+        extras = [f"token required" if s.token_sha256 else "no token"]
+        if self.local and self.metrics_port:
+            extras.append(f"metrics on http://127.0.0.1:{self.metrics_port}/metrics")
+        self.say(f"diffpir serve: ready on {where} ({replicas} restorer replica(s), batches up to {s.max_batch_size}; "
+                 f"{', '.join(extras)}). SIGINT/SIGTERM stops it.", )  # fmt: skip
+
+    def _shutdown(self) -> None:
+        """Drain and stop, within --drain-timeout plus a margin; then end what is left of ours."""
+        ray = sys.modules.get("ray")
+        budget = self.settings.drain_timeout_s + 20.0
+        done = threading.Event()
+        watchdog = threading.Thread(target=self._watchdog, args=(budget, done), daemon=True)
+        watchdog.start()
+        started = time.monotonic()
+        try:
+            if ray is not None and ray.is_initialized():
+                from ray import serve
+
+                try:
+                    # Deleting the application first drains it: each replica finishes its in-flight requests
+                    # (graceful_shutdown_timeout_s = --drain-timeout) while the proxies still deliver the answers.
+                    serve.delete(APP_NAME)
+                    if self.local or not serve.status().applications:
+                        serve.shutdown()
+                except Exception as e:  # noqa: BLE001 - stopping must go on
+                    self.say(f"diffpir serve: Serve shutdown: {type(e).__name__}: {e}")
+                ray.shutdown()
+        finally:
+            done.set()
+        left = end_processes(self._ours())
+        tail = f"; ended {len(left)} leftover process(es)" if left else ""
+        self.say(f"diffpir serve: stopped in {time.monotonic() - started:.1f} s{tail}")
+
+    def _watchdog(self, budget: float, done: threading.Event) -> None:
+        if not done.wait(budget):
+            self.say(f"diffpir serve: the drain took longer than {budget:g} s; stopping now")
+            self._force_stop()
+
+    def _ours(self) -> list[int]:
+        """Processes under this one that were not there before Ray started."""
+        return [pid for pid in descendants(os.getpid()) if pid not in getattr(self, "before", set())]
+
+    def _force_stop(self) -> None:
+        end_processes(self._ours(), grace_s=1.0)
+        os._exit(1)
+
+
+def _cause(e: BaseException) -> str:
+    """The most telling line of a Serve deployment failure (a DiffPIRError's message if there is one)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "DiffPIRError:" in line:
+            return line.split("DiffPIRError:", 1)[1].strip()
+    return lines[-1] if lines else type(e).__name__
