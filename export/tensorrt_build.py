@@ -18,19 +18,16 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from diffpir_rt.errors import DiffPIRError
 
 from diffpir_rt.engine.backends.tensorrt_backend import (
-    ENVIRONMENT_FIELDS,
     GpuInfo,
     check_plan,
     current_gpu,
     import_tensorrt,
-    key_mismatches,
     onnx_files,
-    shapes_outside_profile,
 )
 from diffpir_rt.engine.artifacts import canonical_sha256, read_sidecar, sha256_files, tool_versions, write_bytes, write_sidecar
 from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, WIDTH, IOContract, Precision, Profile, ShapeRange

@@ -37,7 +37,7 @@ from diffpir_rt import __version__
 from diffpir_rt.errors import DiffPIRError
 
 from .forms import RequestError, Upload, check_config, parse_restore_form
-from .settings import METRIC_PREFIX, ServeSettings, hash_token, ingress_options, restorer_options
+from .settings import DRAIN_KEY, DRAIN_NAMESPACE, METRIC_PREFIX, ServeSettings, hash_token, ingress_options, restorer_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -193,6 +193,8 @@ class DiffPIRIngress:
         self.restorer = restorer
         self.settings = ServeSettings.from_dict(settings)
         self._info: Optional[dict[str, Any]] = None
+        self._draining = False
+        self._drain_checked = 0.0
         self.requests = Counter(f"{METRIC_PREFIX}requests_total", description="HTTP requests by route and status",
                                 tag_keys=("route", "status"))  # fmt: skip
         self.errors = Counter(f"{METRIC_PREFIX}errors_total", description="HTTP requests answered with an error",
@@ -208,7 +210,7 @@ class DiffPIRIngress:
         try:
             response = await self._route(request, route, request_id, detail)
         except RequestError as e:
-            response = _error(e.status, str(e))
+            response = _error(e.status, str(e), {"Retry-After": "1"} if e.status in (429, 503) else None)
             detail["error"] = str(e)
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the replica keeps serving
             logger.exception(f"request {request_id} failed")
@@ -226,6 +228,8 @@ class DiffPIRIngress:
         return response
 
     async def _route(self, request: Request, route: str, request_id: str, detail: dict[str, Any]) -> Response:
+        if route in ("/healthz", "/v1/restore", "/v1/restore/json") and self._is_draining():
+            raise RequestError(503, "the server is shutting down (draining in-flight requests); retry on another server")
         if route == "/healthz":
             return await self._health()
         if not route.startswith("/v1/"):
@@ -288,6 +292,19 @@ class DiffPIRIngress:
         return Response(png, media_type="image/png", headers={RECORD_HEADER: header})
 
     # -- pieces
+
+    def _is_draining(self) -> bool:
+        """Whether `diffpir serve` has begun to drain (a flag in Ray's key-value store, read at most twice a second)."""
+        now = time.monotonic()
+        if not self._draining and now - self._drain_checked > 0.5:
+            self._drain_checked = now
+            try:
+                from ray.experimental.internal_kv import _internal_kv_get
+
+                self._draining = _internal_kv_get(DRAIN_KEY, namespace=DRAIN_NAMESPACE) is not None
+            except Exception:  # noqa: BLE001 - without the flag, Serve's own drain still finishes in-flight work
+                pass
+        return self._draining
 
     def _authorise(self, request: Request) -> None:
         expected = self.settings.token_sha256

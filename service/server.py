@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from diffpir_rt.errors import DiffPIRError
 
-from .settings import APP_NAME, ServeSettings
+from .settings import APP_NAME, DRAIN_KEY, DRAIN_NAMESPACE, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ class Server:
             ray.init(**init)
             for sig in previous:  # after ray.init, which installs its own SIGTERM handler
                 signal.signal(sig, self._on_signal)
+            _drain_flag(False)
             # Serve's own access log is off: the ingress logs one line per request, with what it was.
             logging_config = {"enable_access_log": False, "log_level": "INFO"}
             serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s + 30},
@@ -196,6 +197,7 @@ class Server:
                 from ray import serve
 
                 try:
+                    _drain_flag(True)  # the ingress answers new work 503 from now on
                     # Deleting the application first drains it: each replica finishes its in-flight requests
                     # (graceful_shutdown_timeout_s = --drain-timeout) while the proxies still deliver the answers.
                     serve.delete(APP_NAME)
@@ -222,6 +224,18 @@ class Server:
     def _force_stop(self) -> None:
         end_processes(self._ours(), grace_s=1.0)
         os._exit(1)
+
+
+def _drain_flag(on: bool) -> None:
+    try:
+        from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+        if on:
+            _internal_kv_put(DRAIN_KEY, b"1", overwrite=True, namespace=DRAIN_NAMESPACE)
+        else:
+            _internal_kv_del(DRAIN_KEY, namespace=DRAIN_NAMESPACE)
+    except Exception as e:  # noqa: BLE001 - a private API: without it, new requests are queued until the drain ends
+        logger.warning(f"drain flag: {type(e).__name__}: {e}")
 
 
 def _cause(e: BaseException) -> str:

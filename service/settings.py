@@ -18,6 +18,9 @@ from diffpir_rt.errors import DiffPIRError
 from .forms import Limits
 
 APP_NAME = "diffpir"
+#: Ray's internal key-value store: set while `diffpir serve` drains, so the ingress answers new work 503.
+DRAIN_KEY = b"diffpir-serve:draining"
+DRAIN_NAMESPACE = "diffpir"
 TOKEN_ENV = "DIFFPIR_SERVE_TOKEN"
 #: Metrics names (Prometheus; Ray prefixes user metrics with "ray_").
 METRIC_PREFIX = "diffpir_"

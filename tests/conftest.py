@@ -11,6 +11,16 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 
+# The tests' tensors are small: one intra-op thread is faster than two fighting over a shared
+# CI machine's cores. (Subprocesses the tests start keep torch's default.)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's ONNX export cache in a per-session temporary folder, never the user's home."""
+    monkeypatch.setenv("DIFFPIR_RT_CACHE", str(tmp_path_factory.getbasetemp() / "diffpir-cache"))
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

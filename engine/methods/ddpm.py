@@ -280,11 +280,60 @@ def finish_image(x: Tensor) -> Tensor:
     return from_model(x).clamp(0.0, 1.0)
 
 
+# ----------------------------------------------------------------------------- the family's shared parts
+
+
+class RespacedSchedule:
+    """Config mixin of the ancestral family: fields `steps` and `spacing` pick the respaced chain."""
+
+    steps: int
+    spacing: str
+
+    def timesteps(self) -> list[int]:
+        return timesteps_of(self.steps, self.spacing)
+
+    @property
+    def num_model_calls(self) -> int:
+        return len(self.timesteps())
+
+
+class AncestralMethod:
+    """What DDPM, DPS, DMPS and ILVR share: x_T ~ N(0, I), DDPM steps on the respaced chain
+    (their `update` adds each method's own term), the final clamp to [0, 1].
+
+    Subclasses set `config_class` and `tasks`, and override `update` (and `steps` when
+    their steps carry extra values or noise).
+    """
+
+    config_class: ClassVar[type] = MethodConfig
+    tasks: tuple[str, ...] = ()
+    needs_grad = False
+    needs_variance = False
+
+    def __init__(self, config: Any, impl: str = "torch") -> None:
+        check_config(config, self.config_class)
+        self.config = config
+        self.needs_variance = config.variance == "learned"
+        self.schedule = schedule_of(config.steps, config.spacing)
+
+    def steps(self) -> tuple[Step, ...]:
+        return ddpm_steps(self.schedule, self.config.variance)
+
+    def init_noise(self) -> int:
+        return 1
+
+    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
+        return noise_state(z)
+
+    def finish(self, x: Tensor) -> Tensor:
+        return finish_image(x)
+
+
 # ----------------------------------------------------------------------------- DDPM generation
 
 
 @dataclass(frozen=True)
-class DDPMConfig(MethodConfig):
+class DDPMConfig(RespacedSchedule, MethodConfig):
     """Unconditional DDPM ancestral sampling (Ho et al. 2020; guided-diffusion `p_sample_loop`).
 
     Args:
@@ -309,42 +358,15 @@ class DDPMConfig(MethodConfig):
         check_steps(self)
         check_variance(self)
 
-    def timesteps(self) -> list[int]:
-        return timesteps_of(self.steps, self.spacing)
-
-    @property
-    def num_model_calls(self) -> int:
-        return len(self.timesteps())
-
     @classmethod
     def for_task(cls, task: str, sigma_n: float) -> "DDPMConfig":
         raise DiffPIRError(f"method {cls.method}: does not apply to task {task} (it generates; use generate())")
 
 
-class DDPM:
+class DDPM(AncestralMethod):
     """Unconditional DDPM generation: x_T ~ N(0, I), then `steps` ancestral steps."""
 
-    tasks: tuple[str, ...] = ()
-    needs_grad = False
-    needs_variance = False
-
-    def __init__(self, config: DDPMConfig, impl: str = "torch") -> None:
-        check_config(config, DDPMConfig)
-        self.config = config
-        self.needs_variance = config.variance == "learned"
-        self.schedule = schedule_of(config.steps, config.spacing)
-
-    def steps(self) -> tuple[Step, ...]:
-        return ddpm_steps(self.schedule, self.config.variance)
-
-    def init_noise(self) -> int:
-        return 1
-
-    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
-        return noise_state(z)
+    config_class = DDPMConfig
 
     def update(self, x: Tensor, eps: Any, step: Step, data: Optional[DataStep], z: Optional[Tensor]) -> Tensor:
         return ddpm_step(x, eps, step, z[0], self.config.variance, self.config.clip_denoised)[0]
-
-    def finish(self, x: Tensor) -> Tensor:
-        return finish_image(x)

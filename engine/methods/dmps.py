@@ -26,10 +26,10 @@ from torch import Tensor
 from diffpir_rt.errors import DiffPIRError
 
 from ..imageio import from_model
-from ..operators import RCOND, DataStep, Operator
+from ..operators import RCOND, DataStep
 from ..schedule import NUM_TRAIN_TIMESTEPS
-from .base import MethodConfig, Step, check_config
-from .ddpm import check_steps, check_variance, ddpm_step, ddpm_steps, finish_image, noise_state, schedule_of, timesteps_of
+from .base import MethodConfig, Step
+from .ddpm import AncestralMethod, RespacedSchedule, check_steps, check_variance, ddpm_step, ddpm_steps
 
 #: The official clip of alpha and abar in the likelihood step.
 ALPHA_CLIP = 1e-16
@@ -38,7 +38,7 @@ DMPS_LAMBDA = 1.75
 
 
 @dataclass(frozen=True)
-class DMPSConfig(MethodConfig):
+class DMPSConfig(RespacedSchedule, MethodConfig):
     """DMPS hyperparameters (official defaults: configs/*_config.yaml).
 
     Args:
@@ -69,12 +69,6 @@ class DMPSConfig(MethodConfig):
         check_steps(self)
         check_variance(self)
 
-    def timesteps(self) -> list[int]:
-        return timesteps_of(self.steps, self.spacing)
-
-    @property
-    def num_model_calls(self) -> int:
-        return len(self.timesteps())
 
     @classmethod
     def for_task(cls, task: str, sigma_n: float) -> "DMPSConfig":
@@ -84,18 +78,11 @@ class DMPSConfig(MethodConfig):
         return cls(sigma_n=sigma_n)
 
 
-class DMPS:
+class DMPS(AncestralMethod):
     """DMPS: the DDPM step, then the closed-form noise-aware likelihood step."""
 
+    config_class = DMPSConfig
     tasks = ("fourier", "mask")
-    needs_grad = False
-    needs_variance = False
-
-    def __init__(self, config: DMPSConfig, impl: str = "torch") -> None:
-        check_config(config, DMPSConfig)
-        self.config = config
-        self.needs_variance = config.variance == "learned"
-        self.schedule = schedule_of(config.steps, config.spacing)
 
     def _likelihood_values(self, i: int) -> dict[str, float]:
         s = self.schedule
@@ -113,11 +100,6 @@ class DMPS:
     def steps(self) -> tuple[Step, ...]:
         return ddpm_steps(self.schedule, self.config.variance, extra=self._likelihood_values)
 
-    def init_noise(self) -> int:
-        return 1
-
-    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
-        return noise_state(z)
 
     def update(self, x: Tensor, eps: Any, step: Step, data: Optional[DataStep], z: Optional[Tensor]) -> Tensor:
         x_prime, _ = ddpm_step(x, eps, step, z[0], self.config.variance, self.config.clip_denoised)
@@ -129,5 +111,3 @@ class DMPS:
             correction = data.pinv(residual, RCOND)
         return x_prime + step["gain"] * correction
 
-    def finish(self, x: Tensor) -> Tensor:
-        return finish_image(x)

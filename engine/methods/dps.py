@@ -24,20 +24,17 @@ from torch import Tensor
 from diffpir_rt.errors import DiffPIRError
 
 from ..imageio import from_model
-from ..operators import DataStep, Operator
+from ..operators import DataStep
 from ..schedule import NUM_TRAIN_TIMESTEPS
-from .base import MethodConfig, Step, check_config
+from .base import MethodConfig, Step
 from .ddpm import (
+    AncestralMethod,
+    RespacedSchedule,
     check_steps,
     check_variance,
     ddpm_from_x0,
-    ddpm_steps,
-    finish_image,
-    noise_state,
     predict_x0,
-    schedule_of,
     split_output,
-    timesteps_of,
 )
 
 #: zeta per task: the official configs' `conditioning.params.scale` (configs/
@@ -48,7 +45,7 @@ DPS_ZETA = {"deblur": 0.3, "sr": 0.3, "inpaint": 0.5, "denoise": 0.3}
 
 
 @dataclass(frozen=True)
-class DPSConfig(MethodConfig):
+class DPSConfig(RespacedSchedule, MethodConfig):
     """DPS hyperparameters (official defaults: configs/diffusion_config.yaml and the task configs).
 
     Args:
@@ -77,12 +74,6 @@ class DPSConfig(MethodConfig):
         check_steps(self)
         check_variance(self)
 
-    def timesteps(self) -> list[int]:
-        return timesteps_of(self.steps, self.spacing)
-
-    @property
-    def num_model_calls(self) -> int:
-        return len(self.timesteps())
 
     @classmethod
     def for_task(cls, task: str, sigma_n: float) -> "DPSConfig":
@@ -92,27 +83,12 @@ class DPSConfig(MethodConfig):
         return cls(zeta=DPS_ZETA[task])
 
 
-class DPS:
+class DPS(AncestralMethod):
     """DPS on the torch backend: each step differentiates the residual norm through the UNet."""
 
+    config_class = DPSConfig
     tasks = ("fourier", "mask")
     needs_grad = True
-    needs_variance = False
-
-    def __init__(self, config: DPSConfig, impl: str = "torch") -> None:
-        check_config(config, DPSConfig)
-        self.config = config
-        self.needs_variance = config.variance == "learned"
-        self.schedule = schedule_of(config.steps, config.spacing)
-
-    def steps(self) -> tuple[Step, ...]:
-        return ddpm_steps(self.schedule, self.config.variance)
-
-    def init_noise(self) -> int:
-        return 1
-
-    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
-        return noise_state(z)
 
     def update(self, x: Tensor, eps: Any, step: Step, data: Optional[DataStep], z: Optional[Tensor]) -> Tensor:
         eps, v = split_output(eps, self.config.variance)
@@ -129,5 +105,3 @@ class DPS:
             x_prime = ddpm_from_x0(x.detach(), x0.detach(), None if v is None else v.detach(), step, z[0], self.config.variance)
             return x_prime - self.config.zeta * grad
 
-    def finish(self, x: Tensor) -> Tensor:
-        return finish_image(x)

@@ -37,9 +37,9 @@ from torch import Tensor
 from diffpir_rt.errors import DiffPIRError
 
 from ..imageio import to_model
-from ..operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator
-from .base import MethodConfig, Step, check_config
-from .ddpm import check_steps, check_variance, ddpm_step, ddpm_steps, finish_image, noise_state, schedule_of, timesteps_of
+from ..operators import DataStep, ElementwiseDataStep, FourierDataStep
+from .base import MethodConfig, Step
+from .ddpm import AncestralMethod, RespacedSchedule, check_steps, check_variance, ddpm_step, ddpm_steps
 
 #: Low-pass factor N per task when `factor` is None: SR uses its scale.
 ILVR_FACTOR = {"deblur": 8, "denoise": 4}
@@ -128,7 +128,7 @@ class LowPass:
 
 
 @dataclass(frozen=True)
-class ILVRConfig(MethodConfig):
+class ILVRConfig(RespacedSchedule, MethodConfig):
     """ILVR hyperparameters (official: scripts/ilvr_sample.py and the README's FFHQ command).
 
     Args:
@@ -162,12 +162,6 @@ class ILVRConfig(MethodConfig):
         self._check_int("range_t", 0, self.steps - 1)
         check_variance(self)
 
-    def timesteps(self) -> list[int]:
-        return timesteps_of(self.steps, self.spacing)
-
-    @property
-    def num_model_calls(self) -> int:
-        return len(self.timesteps())
 
     @classmethod
     def for_task(cls, task: str, sigma_n: float) -> "ILVRConfig":
@@ -179,18 +173,14 @@ class ILVRConfig(MethodConfig):
         raise DiffPIRError(f"method {cls.method}: does not apply to task {task}")
 
 
-class ILVR:
+class ILVR(AncestralMethod):
     """ILVR: DDPM steps whose low frequencies (phi_N) are replaced by the noised reference's."""
 
+    config_class = ILVRConfig
     tasks = ("fourier", "mask")
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: ILVRConfig, impl: str = "torch") -> None:
-        check_config(config, ILVRConfig)
-        self.config = config
-        self.needs_variance = config.variance == "learned"
-        self.schedule = schedule_of(config.steps, config.spacing)
+        super().__init__(config, impl)
         self._lowpass: dict[int, LowPass] = {}
 
     def steps(self) -> tuple[Step, ...]:
@@ -203,11 +193,6 @@ class ILVR:
         # Noise per step: the sample's, then the reference's while i > range_t.
         return ddpm_steps(s, self.config.variance, noise=lambda i: 2 if i > range_t else 1, extra=refine)
 
-    def init_noise(self) -> int:
-        return 1
-
-    def initial_state(self, operator: Optional[Operator], y: Optional[Tensor], data: Optional[DataStep], z: list[Tensor]) -> Tensor:
-        return noise_state(z)
 
     def _plan(self, data: Optional[DataStep]) -> tuple[LowPass, bool]:
         """The low-pass for this operator, and whether y is already down(ref) (SR)."""
@@ -239,5 +224,3 @@ class ILVR:
         low = step["sqrt_ab"] * ref_low + lowpass.down(step["sqrt_1m_ab"] * z[1] - x_prime)
         return x_prime + lowpass.up(low, *x.shape[-2:])
 
-    def finish(self, x: Tensor) -> Tensor:
-        return finish_image(x)

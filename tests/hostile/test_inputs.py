@@ -129,7 +129,7 @@ def _truncated_png() -> bytes:
 
 def _bad_crc() -> bytes:
     data = bytearray(makers.png_bytes(_rgb32))
-    data[40] ^= 0xFF  # inside the IDAT chunk
+    data[60] ^= 0xFF  # inside the IDAT data
     return bytes(data)
 
 
@@ -138,7 +138,7 @@ IMAGES: dict[str, tuple[str, Callable[[], bytes], str]] = {
     "random bytes": ("random.png", lambda: os.urandom(2048), "not a PNG, JPEG or TIFF"),
     "text": ("text.png", lambda: b"this is not an image\n" * 10, "not a PNG, JPEG or TIFF"),
     "truncated PNG": ("trunc.png", _truncated_png, "corrupt or truncated"),
-    "PNG with a bad CRC": ("crc.png", _bad_crc, "corrupt or truncated"),
+    "PNG with a bad CRC": ("crc.png", _bad_crc, "corrupt"),
     "PNG bomb 10000^2": ("bomb.png", lambda: makers.png_declaring(10000, 10000), "pixels; at most"),
     "PNG bomb 100000^2": ("bomb2.png", lambda: makers.png_declaring(100000, 100000), "decompression bomb"),
     "16-bit PNG bomb": ("bomb16.png", lambda: makers.png_declaring(9000, 9000, bit_depth=16), "pixels; at most"),

@@ -288,6 +288,10 @@ def test_sigterm_drains_in_flight_requests_and_leaves_no_process(server, inputs:
         time.sleep(0.05)
     assert probe.health()["queued"] == n
     server.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)
+    with pytest.raises(ServiceError) as late:  # new work during the drain: a clear 503 (or, once stopped, no answer)
+        client.restore(inputs.clean, "denoise", steps=STEPS)
+    assert late.value.status in (503, 0), late.value
     results = [f.result(timeout=120) for f in futures]  # drained: every in-flight request answered
     pool.shutdown()
     assert [r.record["seed"] for r in results] == list(range(n))
