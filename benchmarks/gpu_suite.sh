@@ -10,6 +10,7 @@
 #   imports  every module of the GPU path imports with pypng absent (the GPU image has none:
 #            --no-deps); a failure stops the suite before any stage spends time
 #   fatbin   cmake build of kernels/*.cu into kernels/prebuilt/ (else CuPy compiles with NVRTC)
+#   restore  diffpir restore --device DEVICE: the run record must name the CUDA-graph path
 #   tests    pytest -m gpu (kernels == torch references, graph == eager, fp16 PSNR) -> pytest.xml;
 #            figures the tests measure (fp16/bf16 PSNR) go to summary.json "measurements"
 #   kernels  python -m diffpir_rt.benchmarks.kernel_micro -> kernels.json
@@ -52,7 +53,7 @@ DEFAULT_IMPORTS="diffpir_rt.engine.* diffpir_rt.kernels.* diffpir_rt.runtime.* d
 diffpir_rt.benchmarks.latency diffpir_rt.benchmarks.kernel_micro diffpir_rt.benchmarks.suite_summary \
 tests.kernels.test_cupy_kernels tests.engine.test_graph_runtime_gpu"
 export DIFFPIR_SUITE_IMPORTS=${DIFFPIR_SUITE_IMPORTS:-$DEFAULT_IMPORTS}
-export PYTHONUNBUFFERED=1 ROOT PY WORK
+export PYTHONUNBUFFERED=1 ROOT PY WORK DEVICE
 : >"$LOG"
 printf 'stage\tstatus\tseconds\tlimit\n' >"$STAGES"
 
@@ -136,6 +137,20 @@ print("imports: every module of the GPU path imports without pypng")
 EOF
 }
 
+# The product path: `diffpir restore` with the bundled prior on the suite's device, and the run
+# record must name the path that ran (on CUDA the graph runtime, the runtime's default there).
+restore_check() {
+  "$PY" -m diffpir_rt restore --task deblur --device "$DEVICE" --input "$ROOT/examples/butterfly_gaussian_blur.png" \
+    --kernel "$ROOT/examples/gaussian_k61_idx0.npy" --output "$WORK/restored.png" --steps 5 || return 1
+  "$PY" - "$WORK/restored.png.json" "$DEVICE" <<'EOF'
+import json, sys
+record = json.load(open(sys.argv[1]))["runtime"]["path"]
+print("restore: path", record["name"], "kernels", record["kernels"], "| reason:", record["reason"], "| fallbacks:", record["fallbacks"])
+if sys.argv[2].startswith("cuda") and record["name"] != "cuda-graph":
+    sys.exit("restore: --device cuda did not run the CUDA-graph path")
+EOF
+}
+
 # Write the summary (the Python one, else the stage table alone).
 summarise() {
   "$PY" -m diffpir_rt.benchmarks.suite_summary --stages "$STAGES" --out-dir "$OUT" --kernels-markdown "$WORK/kernels.md" \
@@ -164,12 +179,12 @@ build_fatbins() {
 if [[ $QUICK == 1 ]]; then
   PYTEST_ARGS=(-m gpu tests/kernels tests/engine/test_graph_runtime_gpu.py)
   MICRO_ARGS=(--device "$DEVICE" --batches 1 --size 32 --calls 2 --repeats 2)
-  LATENCY_ARGS=(--device "$DEVICE" --arch tiny --sizes 32 --steps 3 --batches 1 --tasks deblur --warmup 1 --repeats 2)
+  LATENCY_ARGS=(--device "$DEVICE" --random-weights --arch tiny --sizes 32 --steps 3 --batches 1 --tasks deblur --warmup 1 --repeats 2)
 else
   # This issue's GPU tests only: other rooms' GPU tests have their own suites and budgets.
   PYTEST_ARGS=(-m gpu tests/kernels tests/engine/test_graph_runtime_gpu.py)
   MICRO_ARGS=(--device "$DEVICE" --batches 1 32 --size 256)
-  LATENCY_ARGS=(--device "$DEVICE" --arch ffhq_10m --sweep star --tasks deblur sr4 inpaint --sizes 256 64 512
+  LATENCY_ARGS=(--device "$DEVICE" --random-weights --arch ffhq_10m --sweep star --tasks deblur sr inpaint --sizes 256 64 512
     --batches 1 32 16 4 --steps 20 5 10 100 --star-order batch steps task size)
 fi
 
@@ -192,6 +207,8 @@ else
   log "fatbin: cmake or nvcc missing; CuPy compiles the sources with NVRTC"
   printf 'fatbin\tskipped(no cmake/nvcc)\t0\t0\n' >>"$STAGES"
 fi
+
+stage restore 120 restore_check || log "restore: the product path failed or did not run the graph (see above)"
 
 stage tests 200 "$PY" -m pytest -q -rA -p no:cacheprovider --continue-on-collection-errors \
   --junitxml="$OUT/pytest.xml" "${PYTEST_ARGS[@]}"

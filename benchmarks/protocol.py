@@ -1,18 +1,20 @@
-"""The quality benchmark's measurement protocol: tasks, test images, seeds (docs/algorithm.md §7).
+"""The quality benchmark's measurement protocol: scenarios, test images, seeds (docs/algorithm.md §7).
 
-Measurements are made with the engine's official-protocol functions (the same as
-`diffpir degrade`): Gaussian/motion kernels seeded by image index (seed 10*index),
-truncating uint8 circular blur, MATLAB bicubic downsampling, DPS box/random masks,
-then Gaussian noise. Every random draw of an image depends on its index in the
-sorted file list and the run seed only, so no number depends on which other images
-(or methods, or tasks) are in the run.
+A scenario is one of the engine's tasks (deblur, sr, inpaint, denoise: the task registry
+of engine/tasks.py, the one vocabulary) with the named kernel or mask of the official
+protocol: deblur/gaussian, deblur/motion, sr/x4, inpaint/box, inpaint/random, denoise.
+Measurements come from the registry's `make_measurement` (the same as `diffpir degrade`):
+Gaussian/motion kernels seeded by image index (seed 10*index), truncating uint8 circular
+blur, MATLAB bicubic downsampling, DPS box/random masks, then Gaussian noise. Every
+random draw of an image depends on its index in the sorted file list and the run seed
+only, so no number depends on which other images (or methods, or scenarios) are in the run.
 
 Seeds of image `index` with run seed `s`:
   kernel   RandomState(10*index)               (official, engine.degrade)
   mask     RandomState(index)                  (the official single-image script uses 0 for
                                                 every image; index 0 gets exactly that mask)
   noise    RandomState(NOISE_SEED_OFFSET + s + index)
-  sampler  torch.Generator seeded s + index    (DiffPIR's x_T and per-step noise)
+  sampler  torch.Generator seeded s + index    (every method's x_T and per-step noise)
 """
 
 from __future__ import annotations
@@ -25,20 +27,17 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from diffpir_rt.engine import Deblur, Denoise, DiffPIRError, Inpaint, SuperResolution, read_image
+from diffpir_rt.engine import TASKS, DiffPIRError, make_measurement as registry_measurement, read_image
 
 # engine.degrade (scipy.io, scipy.ndimage, h5py: ~0.5 s) is imported where used, so that
 # registering `diffpir eval` costs nothing for the other sub-commands.
 
-#: Task labels: the engine task each maps to, and how its measurement is made.
-TASK_LABELS: dict[str, str] = {
-    "gaussian_deblur": "deblur",  # 61x61 Gaussian, std 3(1 + 2u) per image
-    "motion_deblur": "deblur",  # 61x61 motion kernel, intensity 0.5, second draw
-    "sr4": "sr",  # MATLAB bicubic x1/4
-    "inpaint_box": "inpaint",  # 128x128 hole, margin 16
-    "inpaint_random": "inpaint",  # 50% of the pixels missing
-    "denoise": "denoise",  # identity (not in the official code)
-}
+#: The named variants of each task: the deblur kernel, the inpainting mask. SR's variant is
+#: its scale (sr/x2, sr/x3, sr/x4); denoising has none.
+VARIANTS: dict[str, tuple[str, ...]] = {"deblur": ("gaussian", "motion"), "inpaint": ("box", "random")}
+SR_SCALES = (2, 3, 4)
+#: The benchmark's scenarios, in report order (the paper's x4 for SR).
+SCENARIO_NAMES = ("deblur/gaussian", "deblur/motion", "sr/x4", "inpaint/box", "inpaint/random", "denoise")
 NOISE_LEVELS = (0.0, 0.05)
 TESTSETS = ("CBSD68", "McMaster", "set3c")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -49,21 +48,26 @@ NOISE_SEED_OFFSET = 2**20
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """One benchmark task: degradation, noise level and its size options.
+class Scenario:
+    """One benchmark scenario: an engine task, its kernel/mask variant, noise level and sizes.
 
     Args:
-        label: a key of TASK_LABELS.
+        task: deblur, sr, inpaint or denoise (engine.TASKS).
         sigma_n: measurement noise std in [0, 1] units (0.05 = 12.75/255).
+        variant: deblur: "gaussian" (61x61, std 3(1 + 2u) per image) or "motion" (61x61,
+            intensity 0.5); inpaint: "box" (box x box hole) or "random" (random_p missing);
+            None for sr and denoise.
         kernel_size: Gaussian kernel size (official 61; smaller only for tests or small crops).
         motion_kernel_size: motion kernel size (official 61, >= 54).
-        box: inpainting box side (official 128); box_margin: its distance from the border (16).
+        box: inpainting box side (official 128 on 256 images); box_margin: its least distance
+            from the border (16).
         random_p: missing fraction of the random mask (official 0.5).
         scale: SR factor (the paper's x4).
     """
 
-    label: str
+    task: str
     sigma_n: float
+    variant: Optional[str] = None
     kernel_size: int = 61
     motion_kernel_size: int = 61
     box: int = 128
@@ -72,53 +76,115 @@ class TaskSpec:
     scale: int = 4
 
     def __post_init__(self) -> None:
-        if self.label not in TASK_LABELS:
-            raise DiffPIRError(f"task: expected one of {tuple(TASK_LABELS)}, got {self.label!r}")
-        if not (math.isfinite(self.sigma_n) and 0.0 <= self.sigma_n <= 1.0):
+        if self.task not in TASKS:
+            raise DiffPIRError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        allowed = VARIANTS.get(self.task, ())
+        if allowed and self.variant not in allowed:
+            raise DiffPIRError(f"task {self.task}: variant {self.variant!r}; expected one of {', '.join(allowed)}")
+        if not allowed and self.variant is not None:
+            raise DiffPIRError(f"task {self.task}: has no variant (got {self.variant!r})")
+        if isinstance(self.sigma_n, bool) or not isinstance(self.sigma_n, (int, float)) or not (
+            math.isfinite(self.sigma_n) and 0.0 <= self.sigma_n <= 1.0
+        ):
             raise DiffPIRError(f"task {self.label}: sigma_n {self.sigma_n}; expected a number in [0, 1]")
-        if self.label == "denoise" and self.sigma_n == 0:
+        if self.task == "denoise" and self.sigma_n == 0:
             raise DiffPIRError("task denoise: sigma_n 0 makes y = x; expected sigma_n > 0")
         for name in ("kernel_size", "motion_kernel_size", "box", "scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DiffPIRError(f"task {self.label}: {name} {value!r}; expected a positive integer")
+        if isinstance(self.box_margin, bool) or not isinstance(self.box_margin, int) or self.box_margin < 0:
+            raise DiffPIRError(f"task {self.label}: box_margin {self.box_margin!r}; expected an integer >= 0")
         from diffpir_rt.engine import degrade
 
         if self.motion_kernel_size < degrade.MOTION_MIN_SIZE:
             raise DiffPIRError(
                 f"task {self.label}: motion_kernel_size {self.motion_kernel_size}; expected >= {degrade.MOTION_MIN_SIZE}"
             )
-        if self.scale not in (2, 3, 4):
+        if self.scale not in SR_SCALES:
             raise DiffPIRError(f"task {self.label}: scale {self.scale}; expected 2, 3 or 4")
         if not 0.0 < self.random_p < 1.0:
             raise DiffPIRError(f"task {self.label}: random_p {self.random_p}; expected a fraction in (0, 1)")
 
+    @classmethod
+    def named(cls, name: str, sigma_n: float, **options: Any) -> "Scenario":
+        """The scenario `name` ("deblur/gaussian", "sr/x4", "denoise", ...) at noise level sigma_n."""
+        task, _, variant = name.partition("/")
+        if task == "sr" and variant:
+            scales = {f"x{s}": s for s in SR_SCALES}
+            if variant not in scales:
+                raise DiffPIRError(f"task {name!r}: expected sr/x2, sr/x3 or sr/x4")
+            options = {**options, "scale": scales[variant]}
+            variant = ""
+        if task not in TASKS or (task in VARIANTS) != bool(variant) or (variant and variant not in VARIANTS[task]):
+            raise DiffPIRError(f"task {name!r}: expected one of {', '.join(scenario_names())}")
+        return cls(task, float(sigma_n), variant or None, **options)
+
     @property
-    def task(self) -> str:
-        """The engine task (deblur, sr, inpaint, denoise): picks the default hyperparameters."""
-        return TASK_LABELS[self.label]
+    def label(self) -> str:
+        """The scenario's name: task/variant (deblur/gaussian, sr/x4, inpaint/box, denoise)."""
+        if self.task == "sr":
+            return f"sr/x{self.scale}"
+        return f"{self.task}/{self.variant}" if self.variant else self.task
 
     @property
     def border(self) -> int:
-        """Pixels shaved off each side before metrics: sf for SR, 0 otherwise (docs/algorithm.md §9)."""
+        """Pixels shaved off each side before metrics: sf for SR, 0 otherwise (docs/algorithm.md §7)."""
         return self.scale if self.task == "sr" else 0
 
     @property
     def key(self) -> str:
+        """label@sigma_n: one column group of the tables, one --tasks item."""
         return f"{self.label}@{self.sigma_n:g}"
 
+    @property
+    def slug(self) -> str:
+        """The key as a file-name part (deblur-gaussian_sigma0.05)."""
+        return f"{self.label.replace('/', '-')}_sigma{self.sigma_n:g}"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"key": self.key, "label": self.label, **asdict(self)}
 
 
-def task_matrix(labels: Sequence[str], noise_levels: Sequence[float], **options: Any) -> list[TaskSpec]:
-    """Every (task, noise level) pair, except noiseless denoising (y = x)."""
-    return [
-        TaskSpec(label, float(sigma), **options)
-        for label in labels
-        for sigma in noise_levels
-        if not (label == "denoise" and sigma == 0)
-    ]
+def scenario_names() -> tuple[str, ...]:
+    return SCENARIO_NAMES
+
+
+def expand_task_names(name: str) -> list[str]:
+    """A --tasks item without noise: a scenario name, or a task name for all its scenarios."""
+    if name == "all":
+        return list(SCENARIO_NAMES)
+    if name in TASKS:
+        return [s for s in SCENARIO_NAMES if s.partition("/")[0] == name]
+    Scenario.named(name, 0.05)  # raises the one-line "expected one of" for unknown names
+    return [name]
+
+
+def task_matrix(names: Sequence[str], noise_levels: Sequence[float], **options: Any) -> list[Scenario]:
+    """Every (scenario, noise level) pair, except noiseless denoising (y = x).
+
+    An item "name@sigma" pins that scenario's noise level; other items take every level of
+    `noise_levels`. Task names expand to their scenarios ("deblur": gaussian and motion).
+    Duplicates are dropped, first seen first.
+    """
+    out: list[Scenario] = []
+    for item in names:
+        name, at, sigma_text = item.partition("@")
+        if at:
+            try:
+                levels = [float(sigma_text)]
+            except ValueError:
+                raise DiffPIRError(f"--tasks {item!r}: expected NAME@SIGMA with SIGMA a number in [0, 1]") from None
+        else:
+            levels = [float(s) for s in noise_levels]
+        for scenario_name in expand_task_names(name):
+            for sigma in levels:
+                if scenario_name == "denoise" and sigma == 0 and not at:
+                    continue
+                spec = Scenario.named(scenario_name, sigma, **options)
+                if spec not in out:
+                    out.append(spec)
+    return out
 
 
 @dataclass(frozen=True, eq=False)

@@ -130,7 +130,7 @@ class UNetDenoiser(nn.Module):
             )
 
 
-def _unpickling_problem(exc: Exception, zipped: bool) -> str:
+def _unpickling_problem(exc: Exception, zipped: bool, pickled: bool = False) -> str:
     """One true line out of torch.load's multi-paragraph errors (no opcode numbers, no internals)."""
     text = str(exc)
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -141,7 +141,9 @@ def _unpickling_problem(exc: Exception, zipped: bool) -> str:
         )
     if zipped:
         return "is a corrupt or truncated PyTorch checkpoint (a damaged zip archive)"
-    return "is not a PyTorch checkpoint (neither a zip archive nor a pickled state_dict)"
+    if pickled:
+        return "is a pickle, but not of a plain state_dict that loads safely; it was not loaded (re-save it as .safetensors)"
+    return "is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
 
 
 def _first_line(exc: Exception) -> str:
@@ -181,17 +183,18 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise DiffPIRError(f"checkpoint {label}: is not a readable safetensors file ({detail[:80]})") from None
     else:
         with open(path, "rb") as f:
-            zipped = f.read(4) == b"PK\x03\x04"
+            head = f.read(4)
+        zipped, pickled = head == b"PK\x03\x04", head[:1] == b"\x80"  # zip (torch.save), PROTO opcode
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols before it fails
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise DiffPIRError(f"checkpoint {label}: {_unpickling_problem(exc, zipped)}") from None
+            raise DiffPIRError(f"checkpoint {label}: {_unpickling_problem(exc, zipped, pickled)}") from None
         except MemoryError:
             raise DiffPIRError(f"checkpoint {label}: too large to load in the memory available") from None
         except Exception as exc:  # zip, pickle-opcode and I/O errors of arbitrary bytes
-            raise DiffPIRError(f"checkpoint {label}: {_unpickling_problem(exc, zipped)}") from None
+            raise DiffPIRError(f"checkpoint {label}: {_unpickling_problem(exc, zipped, pickled)}") from None
 
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -244,21 +247,18 @@ def _mismatch_message(
         for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape))
         if keys
     )
+    from .paths import shown
+
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    matches = [name for name, config in ARCH_PRESETS.items() if _expected_shapes(config) == shapes]
+    if matches:
+        return f"checkpoint {shown(path)} does not fit arch {arch_label} ({counts}); it matches arch {matches[0]!r}: use --arch {matches[0]}"
     if wrong_shape:
         key = wrong_shape[0]
         example = f"{key[:40]!r} is {tuple(state_dict[key].shape)}, expected {expected[key]}"
     else:
         example = f"e.g. {(missing or unexpected)[0][:40]!r}"
-    from .paths import shown
-
-    message = f"checkpoint {shown(path)} does not fit arch {arch_label} ({counts}; {example})"
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    matches = [name for name, config in ARCH_PRESETS.items() if _expected_shapes(config) == shapes]
-    if matches:
-        message += f"; it matches arch {matches[0]!r}: use --arch {matches[0]}"
-    else:
-        message += "; it matches no known arch"
-    return message
+    return f"checkpoint {shown(path)} does not fit arch {arch_label} ({counts}; {example}); it matches no known arch"
 
 
 def load_unet(

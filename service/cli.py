@@ -378,7 +378,7 @@ def run_batch(args: argparse.Namespace) -> int:
                             gpus_per_worker=gpus, batch_size=args.batch_size, num_cpus=args.num_cpus,
                             progress=not args.quiet)  # fmt: skip
     failed = summary["failed"]
-    rate = f" ({summary.get('images_per_s', 0):.3g} images/s)" if summary["restored"] else ""
+    rate = f" ({summary['images_per_s']:.3g} images/s once Ray was up)" if summary["restored"] else ""
     print(f"diffpir batch: {summary['restored']} restored, {summary['skipped']} skipped (done before), "
           f"{len(failed)} failed of {summary['inputs']} in {summary['seconds']:.1f} s{rate} -> {args.output}")  # fmt: skip
     for entry in failed:

@@ -238,7 +238,7 @@ def test_foreign_checkpoint_lists_missing_and_unexpected_keys(tmp_path: Path) ->
 def test_wrong_arch_suggests_the_matching_preset(tmp_path: Path) -> None:
     path = tmp_path / "tiny.safetensors"
     save_file(tiny_state_dict(), path)
-    expected = r"missing keys: \d+, unexpected keys: \d+, wrong shapes: \d+; .*it matches arch 'tiny': use --arch tiny$"
+    expected = r"missing keys: \d+, unexpected keys: \d+, wrong shapes: \d+\); it matches arch 'tiny': use --arch tiny$"
     with pytest.raises(DiffPIRError, match=expected) as info:
         load_unet(path, arch="ffhq_10m")
     assert len(str(info.value).replace(str(path), "")) <= 200

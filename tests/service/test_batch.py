@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from diffpir_rt.engine.imageio import read_image, read_image_and_depth
 
@@ -66,7 +67,20 @@ def test_batch_restores_good_files_lists_bad_ones_and_resumes(inputs: Inputs, se
     assert float((read_image(out / "b.png") - read_image(tmp_path / "ref" / "b.png")).abs().max()) <= 1 / 255 + 1e-6
 
 
-def test_batch_with_nothing_left_to_do_does_not_start_ray(inputs: Inputs, service_env: dict[str, str], tmp_path: Path) -> None:
+def _batch_here(inputs: Inputs, folder: Path, out: Path, capsys) -> tuple[int, str, str]:
+    """`diffpir batch` in this process: for the cases that end before Ray starts."""
+    from diffpir_rt.cli import main
+
+    code = main(["batch", "--task", "denoise", "--input", str(folder), "--output", str(out), "--checkpoint",
+                 str(inputs.checkpoint), "--arch", "tiny", "--quiet"])  # fmt: skip
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_batch_with_nothing_left_to_do_does_not_start_ray(inputs: Inputs, tmp_path: Path, capsys, monkeypatch) -> None:
+    import diffpir_rt.service.server as server
+
+    monkeypatch.setattr(server, "import_ray", lambda what="": pytest.fail("Ray was started with nothing to do"))
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a.png").write_bytes(inputs.clean.read_bytes())
@@ -74,15 +88,15 @@ def test_batch_with_nothing_left_to_do_does_not_start_ray(inputs: Inputs, servic
     out.mkdir()
     (out / "a.png").write_bytes(b"done")
     (out / "a.png.json").write_text("{}")
-    done = _batch(inputs, service_env, folder, out)
-    assert done.returncode == 0 and "0 restored, 1 skipped (done before), 0 failed of 1" in done.stdout
+    code, stdout, _ = _batch_here(inputs, folder, out, capsys)
+    assert code == 0 and "0 restored, 1 skipped (done before), 0 failed of 1" in stdout
 
 
-def test_batch_input_errors_are_one_line(inputs: Inputs, service_env: dict[str, str], tmp_path: Path) -> None:
+def test_batch_input_errors_are_one_line(inputs: Inputs, tmp_path: Path, capsys) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     for folder, out, message in ((tmp_path / "missing", tmp_path / "o", "no such folder or list file"),
                                  (empty, tmp_path / "o", "no input files"),
                                  (empty, empty, "is the input folder")):  # fmt: skip
-        proc = _batch(inputs, service_env, folder, out)
-        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        code, _, err = _batch_here(inputs, folder, out, capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
