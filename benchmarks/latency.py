@@ -43,7 +43,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffpir_rt.engine import (
+    MAX_PIXELS,
     DiffPIRConfig,
+    OutputPlan,
     GraphRuntime,
     GraphSampler,
     ModelSource,
@@ -61,6 +63,7 @@ from diffpir_rt.engine import (
     build_operator,
     build_unet,
     capture_cuda_graph,
+    check_input_file,
     check_capturable,
     degrade,
     pad_model,
@@ -69,7 +72,7 @@ from diffpir_rt.engine import (
     sample,
 )
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.runtime import Restorer
+from diffpir_rt.runtime import Restorer, tile_argument
 
 from . import harness, report
 
@@ -127,12 +130,83 @@ DEFAULT_SWEEP_BACKENDS = {
 
 @dataclass(frozen=True)
 class Config:
-    """One benchmark configuration (the backend is chosen separately)."""
+    """One benchmark configuration (the backend is chosen separately). size: a square side
+    (256) or "WIDTHxHEIGHT" ("2048x1536")."""
 
     task: str
-    size: int
+    size: Union[int, str]
     batch: int
     steps: int
+
+
+def parse_size(text: str) -> Union[int, str]:
+    """argparse type of --sizes: a square side ("512") or WIDTHxHEIGHT ("2048x1536")."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected a side or WIDTHxHEIGHT, got {text!r}")
+    sides = [argtypes.positive_int(p.strip()) for p in parts]
+    if len(sides) == 1 or sides[0] == sides[1]:
+        return sides[0]
+    return f"{sides[0]}x{sides[1]}"
+
+
+parse_size.__name__ = "size"
+
+
+def size_hw(size: Union[int, str]) -> tuple[int, int]:
+    """(height, width) of a Config size."""
+    if isinstance(size, int):
+        return size, size
+    width, height = (int(p) for p in str(size).split("x"))
+    return height, width
+
+
+class PeakMemory:
+    """Peak memory of what runs between start() and stop(), in MiB.
+
+    CUDA: torch.cuda.max_memory_allocated (torch's tensors on the device). CPU: the process's
+    peak resident set size (VmHWM, reset through /proc/self/clear_refs), so it counts
+    everything the restoration touches (torch tensors, ONNX Runtime's arena, the weights),
+    not only torch tensors; `delta` is that peak minus the resident size at start().
+    Where the peak cannot be reset (no procfs), None.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start_mb: Optional[float] = None
+        self.peak_mb: Optional[float] = None
+
+    @staticmethod
+    def _status_mb(key: str) -> Optional[float]:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.start_mb = self._status_mb("VmRSS")
+        except OSError:
+            self.start_mb = None
+
+    def stop(self) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.start_mb is not None:
+            self.peak_mb = self._status_mb("VmHWM")
+
+    @property
+    def delta_mb(self) -> Optional[float]:
+        if self.device.type == "cuda" or self.start_mb is None or self.peak_mb is None:
+            return None
+        return max(0.0, self.peak_mb - self.start_mb)
 
 
 # --------------------------------------------------------------------------- problems
@@ -148,15 +222,16 @@ class Problem:
 def make_problem(cfg: Config, device: torch.device, source: ModelSource) -> Problem:
     """A seeded synthetic restoration: smooth random images, the task's operator and the model's defaults."""
     g = torch.Generator().manual_seed(SEED)
-    coarse = torch.rand(cfg.batch, 3, max(2, cfg.size // 16), max(2, cfg.size // 16), generator=g)
-    clean = F.interpolate(coarse, size=(cfg.size, cfg.size), mode="bicubic", align_corners=False).clamp(0, 1)
+    height, width = size_hw(cfg.size)
+    coarse = torch.rand(cfg.batch, 3, max(2, height // 16), max(2, width // 16), generator=g)
+    clean = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
     kernel = mask = scale = None
     if cfg.task == "deblur":
-        kernel = degrade.gaussian_kernel(0, size=min(61, (cfg.size - 2) | 1))  # the official 61x61 where it fits
+        kernel = degrade.gaussian_kernel(0, size=min(61, (min(height, width) - 2) | 1))  # the official 61x61 where it fits
     elif cfg.task == "sr":
         scale = 4
     elif cfg.task == "inpaint":
-        mask = degrade.random_mask(cfg.size, cfg.size, seed=0)
+        mask = degrade.random_mask(height, width, seed=0)
     operator = build_operator(cfg.task, kernel=kernel, mask=mask, scale=scale)
     defaults = source.task_defaults(cfg.task)
     y = operator.forward(clean.double()).float()
@@ -201,7 +276,8 @@ class Backend:
         self.name, self.spec, self.device = name, spec, device
         self._graphs: Optional[GraphSampler] = None
         self.restorer: Optional[Restorer] = model if isinstance(model, Restorer) else None
-        self.model = model.denoiser if self.restorer is not None else model
+        # A Restorer's model as its loop calls it (tiled when its tiling says so), for the profile.
+        self.model = model.tiling.wrap(model.denoiser) if self.restorer is not None else model
         if spec.kind == "graph":
             check_capturable(model)  # a cudagraph-making torch.compile mode fails inside our capture
             self._graphs = GraphSampler(model, device, impl=spec.impl)
@@ -260,11 +336,13 @@ def unet_only_ms(runtime: GraphRuntime, model: Callable, repeats: int = 3) -> fl
 class Models:
     """The model source's fp32 denoiser and its prepared variants and Restorers, built once."""
 
-    def __init__(self, source: ModelSource, device: torch.device, threads: Optional[int]) -> None:
+    def __init__(self, source: ModelSource, device: torch.device, threads: Optional[int],
+                 tiling: Optional[dict[str, Any]] = None) -> None:
         self.source = source
         self.fp32 = source.load_torch(device=device)
         self.device = device
         self.threads = threads
+        self.tiling = tiling or {}  # Restorer(tile=, overlap=) of the restorer arms
         self._cache: dict[Any, Any] = {}
 
     def get(self, spec: BackendSpec) -> Any:
@@ -273,7 +351,7 @@ class Models:
         if spec.kind == "restorer":
             if spec.restorer not in self._cache:
                 self._cache[spec.restorer] = Restorer(self.source, device=self.device, threads=self.threads,
-                                                      **dict(spec.restorer))  # fmt: skip
+                                                      **self.tiling, **dict(spec.restorer))  # fmt: skip
             return self._cache[spec.restorer]
         if spec.runtime == "onnxruntime":
             return self._onnxruntime()
@@ -310,14 +388,16 @@ class Models:
 # --------------------------------------------------------------------------- measuring
 
 
-def flops_per_call(arch: str, size: int) -> float:
-    """FLOPs of one UNet call on one size x size image, counted on the meta device.
+def flops_per_call(arch: str, size: Union[int, str]) -> float:
+    """FLOPs of one UNet call on one whole image of a Config size, counted on the meta device
+    (a tiled run does these and its tiles' overlap on top).
 
     ffhq_10m at 256 gives 387.9 GFLOP, the issue's 388.
     """
+    height, width = size_hw(size)
     with torch.device("meta"):
         model = build_unet(arch)
-        x, t = torch.empty(1, 3, size, size), torch.zeros(1, dtype=torch.int64)
+        x, t = torch.empty(1, 3, height, width), torch.zeros(1, dtype=torch.int64)
     with FlopCounterMode(display=False) as counter:
         model(x, t)
     return float(counter.get_total_flops())
@@ -328,17 +408,20 @@ def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Name
     device = backend.device
     for _ in range(args.warmup):
         backend.restore(problem)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = PeakMemory(device)
+    memory.start()
     samples, output = [], None
     for _ in range(args.repeats):
         ms, output = harness.time_ms(lambda: backend.restore(problem), device)
         samples.append(ms)
-    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    memory.stop()
+    peak_mb = memory.peak_mb if device.type == "cuda" else None
     total = harness.stats(samples)
     unet_ms, profiled_ms = backend.profile(problem)
     calls = problem.config.num_model_calls
     per_image = {k: total[k] / cfg.batch for k in ("median", "p90", "min", "mean")}
+    height, width = size_hw(cfg.size)
+    megapixels = height * width / 1e6
     achieved = calls * flops * cfg.batch / (total["median"] / 1e3) / 1e12
     record = {
         "backend": backend.name,
@@ -353,6 +436,14 @@ def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Name
         # Two passes, so noise can put unet_ms above the total on a busy CPU: clamp the share.
         "unet_share": min(1.0, unet_ms / profiled_ms) if profiled_ms > 0 else None,
         "peak_mem_mb": peak_mb,
+        "height": height,
+        "width": width,
+        "megapixels": megapixels,
+        "s_per_megapixel": per_image["median"] / 1e3 / megapixels,
+        # CPU: the process's peak resident set during the timed runs, and its rise over the start.
+        "peak_rss_mb": memory.peak_mb if device.type != "cuda" else None,
+        "peak_rss_delta_mb": memory.delta_mb,
+        "tiling": backend.restorer.describe().get("tiling") if backend.restorer is not None else None,
         "tflops": achieved,
         "compute_fraction": achieved / args.peak_tflops if args.peak_tflops else None,
         "output": output.detach().float().cpu() if output is not None else None,
@@ -449,7 +540,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--arch", default=None, choices=arch_names(), help="UNet preset of --checkpoint / --random-weights")
     parser.add_argument("--random-weights", action="store_true", help="seeded random weights of --arch (GPU targets)")
     parser.add_argument("--tasks", nargs="+", default=["deblur", "sr", "inpaint"], choices=TASKS, help="tasks; the first is the centre")
-    parser.add_argument("--sizes", nargs="+", type=argtypes.positive_int, default=[256, 64, 512], help="image sides in pixels")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[256, 64, 512],
+                        help="image sizes: a square side (256) or WIDTHxHEIGHT (2048x1536)")
     parser.add_argument("--batches", nargs="+", type=argtypes.positive_int, default=[1, 32, 16, 4], help="batch sizes")
     parser.add_argument("--steps", nargs="+", type=argtypes.num_steps, default=[20, 5, 10, 100], help="DiffPIR steps")
     parser.add_argument("--backends", nargs="+", default=None, choices=sorted(BACKENDS), metavar="ARM",
@@ -463,21 +555,35 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=argtypes.positive_int, default=5, help="timed runs per arm (median reported)")
     parser.add_argument("--peak-tflops", type=argtypes.positive_float, default=None,
                         help=f"compute peak for the fraction ({DEFAULT_PEAK_TFLOPS} on CUDA when unset)")  # fmt: skip
-    parser.add_argument("--threads", type=argtypes.positive_int, default=None, help="CPU threads (unset: torch's)")
+    parser.add_argument("--threads", type=argtypes.thread_count, default=None, help="CPU threads (unset: torch's)")
+    parser.add_argument("--tile", type=tile_argument, default="auto",
+                        help="the restorer arms' tiling (diffpir restore --tile): auto, off or a tile side")
+    parser.add_argument("--overlap", type=argtypes.non_negative_int, default=None, help="their tile overlap (default: the runtime's)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                         help="cuDNN autotuning on CUDA, for every arm alike")  # fmt: skip
     parser.add_argument("--time-budget", type=argtypes.positive_float, default=None, help="seconds; later runs are skipped")
-    parser.add_argument("--out-dir", type=Path, default=Path("."), help="where latency.{json,md,png} go")
+    parser.add_argument("--out-dir", type=argtypes.output_path, default=Path("."), help="where latency.{json,md,png} go")
     parser.add_argument("--history", default="none", help="a JSONL file to append one line per run to, or 'none'")
     parser.add_argument("--no-plot", action="store_true", help="skip latency.png")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     args.device = str(device)
+    if args.checkpoint is not None:
+        check_input_file(args.checkpoint, "--checkpoint")
     args.source = ModelSource.from_arguments(args.checkpoint, args.arch, random_weights=args.random_weights)
+    too_big = [s for s in args.sizes for b in args.batches if s * s * b > MAX_PIXELS]
+    if too_big:
+        raise DiffPIRError(f"--sizes {too_big[0]} with --batches {max(args.batches)}: more than {MAX_PIXELS:,} pixels per batch")
+    # Every file the run writes, checked before it starts; a run that fails leaves none of them.
+    args.plan = OutputPlan([args.checkpoint])
+    for name in ("latency.json", "latency.md", *(() if args.no_plot else ("latency.png",))):
+        args.plan.add(args.out_dir / name, f"--out-dir {args.out_dir}")
+    if args.history.lower() != "none":
+        args.plan.add(Path(args.history), "--history", suffixes=(".jsonl", ".json", ".txt"))
     multiple = build_unet_size_multiple(args.source.arch_name)
-    bad = [s for s in args.sizes if s % multiple]
+    bad = [s for s in args.sizes if any(side % multiple for side in size_hw(s))]
     if bad:
-        raise DiffPIRError(f"--sizes {bad[0]}: expected a multiple of {multiple} (the model's size multiple)")
+        raise DiffPIRError(f"--sizes {bad[0]}: expected sides that are multiples of {multiple} (the model's size multiple)")
     args.backends = args.backends or DEFAULT_BACKENDS["cuda" if device.type == "cuda" else "cpu"]
     args.sweep_backends = args.sweep_backends or DEFAULT_SWEEP_BACKENDS["cuda" if device.type == "cuda" else "cpu"]
     if args.peak_tflops is None and device.type == "cuda":
@@ -498,7 +604,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
-        return _sweep(args, device)
+        # latency.json is rewritten after every configuration, so a run killed by a time limit
+        # keeps its finished rows; a run that fails with an error removes what it wrote.
+        with args.plan.transaction():
+            return _sweep(args, device)
     finally:
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = autotune
@@ -515,10 +624,10 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "baseline": BASELINE,
         "compile_recipe": COMPILE_RECIPE,
         "backends": {name: asdict(BACKENDS[name]) for name in args.backends},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "source"},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("source", "plan")},
         "seed": SEED,
     }
-    models = Models(args.source, device, args.threads)
+    models = Models(args.source, device, args.threads, {"tile": args.tile, "overlap": args.overlap})
     backends: dict[str, Backend] = {}
     flops_cache: dict[int, float] = {}
     results: list[dict[str, Any]] = []
@@ -582,7 +691,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    document = run(args)
+    try:
+        document = run(args)
+    except DiffPIRError:
+        raise
+    except Exception as exc:  # a sweep arm's own failure is recorded and skipped; this is the harness's
+        logger.debug("benchmark failed", exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DiffPIRError(f"the benchmark failed ({type(exc).__name__}: {first}); its reports were removed "
+                           "(run with -v for the traceback)") from exc  # fmt: skip
     print(report.markdown(document))
     failures = [r for r in document["results"] if "error" in r and not r["error"].startswith("skipped")]
     return 1 if failures and len(failures) == len(document["results"]) else 0

@@ -211,7 +211,7 @@ def list_images(folder: Path) -> list[Path]:
 def centre_crop(x: np.ndarray, size: int, name: str) -> np.ndarray:
     height, width = x.shape[:2]
     if height < size or width < size:
-        raise DiffPIRError(f"--crop {size}: image {name} is {height}x{width}, smaller than the crop")
+        raise DiffPIRError(f"--crop {size}: image {name} is {width}x{height}, smaller than the {size}x{size} crop")
     top, left = (height - size) // 2, (width - size) // 2
     return x[top : top + size, left : left + size]
 
@@ -233,6 +233,12 @@ def load_images(
         x = read_image(path).permute(1, 2, 0).numpy().astype(np.float64)
         if crop is not None:
             x = centre_crop(x, crop, path.name)
+        height, width = x.shape[:2]
+        if height < MOD_CROP or width < MOD_CROP:
+            raise DiffPIRError(
+                f"test image {path.name}: {width}x{height}; expected at least {MOD_CROP}x{MOD_CROP} "
+                f"(images are mod-cropped to a multiple of {MOD_CROP})"
+            )
         images.append(TestImage(dataset or folder.name, path.name, index, np.ascontiguousarray(degrade.mod_crop(x, MOD_CROP))))
     return images
 
@@ -242,17 +248,17 @@ def load_images(
 
 @dataclass(frozen=True, eq=False)
 class Measurement:
-    """y = H(x) + n for one image and task, with the operator the restorers use.
+    """y = H(x) + n for one image and scenario, with the operator the restorers use.
 
     Attributes:
         gt: (H, W, 3) ground truth in [0, 1].
         y: measurement, (H, W, 3) or (H/sf, W/sf, 3) for SR, float64 in [0, 1] plus noise, unclipped.
-        operator: the engine operator (Deblur / SuperResolution / Inpaint / Denoise).
+        operator: the engine operator (from the task registry).
         kernel: blur kernel (deblur), else None; mask: (H, W) 1 = observed (inpaint), else None.
-        seed: the image's seed (run seed + index): sampler and any stochastic baseline.
+        seed: the image's seed (run seed + index): every method's sampler and any stochastic baseline.
     """
 
-    spec: TaskSpec
+    spec: Scenario
     gt: np.ndarray
     y: np.ndarray
     operator: Any
@@ -276,38 +282,23 @@ def image_seed(index: int, seed: int = 0) -> int:
     return int(seed) + int(index)
 
 
-def make_measurement(spec: TaskSpec, image: TestImage, seed: int = 0) -> Measurement:
-    """The official-protocol measurement of one image (docs/algorithm.md §7); see the module docstring for seeds."""
-    from diffpir_rt.engine import degrade
-
-    x = image.pixels
-    height, width = x.shape[:2]
-    kernel = mask = None
-    if spec.label in ("gaussian_deblur", "motion_deblur"):
-        size = spec.kernel_size if spec.label == "gaussian_deblur" else spec.motion_kernel_size
-        if size > min(height, width):
-            raise DiffPIRError(
-                f"task {spec.label}: the {size}x{size} kernel is larger than image {image.name} ({height}x{width}); "
-                "use a larger --crop or a smaller kernel"
-            )
-        if spec.label == "gaussian_deblur":
-            kernel = degrade.gaussian_kernel(image.index, spec.kernel_size)
-        else:
-            kernel = degrade.motion_kernel(image.index, spec.motion_kernel_size)
-        y, operator = degrade.blur_image(x, kernel), Deblur(kernel)
-    elif spec.label == "sr4":
-        if height % spec.scale or width % spec.scale:
-            raise DiffPIRError(f"task sr: image {image.name} ({height}x{width}) is not divisible by {spec.scale}")
-        y, operator = degrade.bicubic_downsample(x, spec.scale), SuperResolution(spec.scale)
-    elif spec.label in ("inpaint_box", "inpaint_random"):
-        if spec.label == "inpaint_box":
-            mask = degrade.box_mask(height, width, seed=image.index, box=spec.box, margin=spec.box_margin)
-        else:
-            mask = degrade.random_mask(height, width, seed=image.index, p=spec.random_p)
-        y, operator = x * mask[..., None], Inpaint(mask)
-    elif spec.label == "denoise":
-        y, operator = x.copy(), Denoise()
-    else:  # TaskSpec validated the label
-        raise AssertionError(spec.label)
-    y = degrade.add_noise(np.asarray(y, dtype=np.float64), spec.sigma_n, seed=NOISE_SEED_OFFSET + image_seed(image.index, seed))
-    return Measurement(spec, x, y, operator, kernel, mask, image_seed(image.index, seed))
+def make_measurement(spec: Scenario, image: TestImage, seed: int = 0) -> Measurement:
+    """The official-protocol measurement of one image (the task registry's); seeds: see the module docstring."""
+    options: dict[str, Any] = {}
+    if spec.task == "deblur":
+        options = {"kernel": spec.variant, "kernel_index": image.index,
+                   "kernel_size": spec.kernel_size if spec.variant == "gaussian" else spec.motion_kernel_size}  # fmt: skip
+    elif spec.task == "sr":
+        options = {"scale": spec.scale}
+    elif spec.task == "inpaint":
+        options = {"mask": spec.variant, "mask_seed": image.index, "box": spec.box, "box_margin": spec.box_margin,
+                   "random_p": spec.random_p}  # fmt: skip
+    try:
+        made = registry_measurement(spec.task, image.pixels, sigma_n=spec.sigma_n,
+                                    noise_seed=NOISE_SEED_OFFSET + image_seed(image.index, seed), **options)  # fmt: skip
+    except DiffPIRError as e:
+        hint = {"deblur/gaussian": "; use a larger --crop or a smaller --kernel-size",
+                "deblur/motion": f"; motion kernels are {spec.motion_kernel_size}x{spec.motion_kernel_size}: use a larger --crop",
+                "inpaint/box": "; use a larger --crop or a smaller --box / --box-margin"}  # fmt: skip
+        raise DiffPIRError(f"task {spec.label}, image {image.name}: {e}{hint.get(spec.label, '')}") from None
+    return Measurement(spec, image.pixels, made.y, made.operator, made.kernel, made.mask, image_seed(image.index, seed))

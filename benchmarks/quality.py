@@ -1,10 +1,22 @@
-"""Quality benchmark: DiffPIR against classical baselines on the official degradations (docs/algorithm.md §7, §9).
+"""Quality benchmark: the method family and classical baselines on the official degradations.
 
-`evaluate` restores a list of test images for one task with DiffPIR and/or baselines
-and scores them (PSNR/SSIM on uint8, optional LPIPS), one image at a time with the
-image's own seed. `diffpir eval` (= `python -m diffpir_rt.benchmarks.quality`) runs it over test
-sets x tasks x noise levels and writes results.json first, then per_image.csv,
-summary.md, image grids, or with --ablation the steps and λ x ζ sweeps with a plot.
+`diffpir eval` restores the official-protocol measurements (benchmarks/protocol.py) of test
+images with every requested method that applies to each scenario, and scores them (PSNR /
+SSIM on uint8, optional LPIPS / FID), one image at a time with the image's own seed:
+
+* the diffusion and plug-and-play family (DiffPIR, DDRM, DDNM, DPS, DMPS, DPIR, RePaint,
+  ILVR), all through one runtime `Restorer` (diffpir_rt.runtime): the same prior, the same
+  measurements, the same seeds, the path `diffpir restore` would take on this machine. Each
+  method starts from the model's defaults for the task (`Restorer.config`: DiffPIR the
+  model card's tuned values, the others their official ones), then the run's overrides;
+  sigma_n is always the measurement's. A method that does not apply to a scenario is
+  skipped with a note;
+* classical baselines (benchmarks/baselines.py).
+
+It writes results.json first, then per_image.csv, summary.md (the layout of the DiffPIR
+paper's Table 1: method and NFE, PSNR / SSIM per scenario, seconds per image) and one
+before/after grid per scenario with a column per method; with --ablation, DiffPIR's
+steps and λ x ζ sweeps with a plot. Output goes to ./eval-results/<timestamp>/ unless --out.
 Examples: see EXAMPLES (`diffpir eval --help`).
 """
 
@@ -18,7 +30,8 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field, replace
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -26,18 +39,17 @@ import numpy as np
 import torch
 
 import diffpir_rt
-from diffpir_rt.engine import DiffPIRConfig, DiffPIRError, UNetDenoiser, build_unet, load_unet, sample
-from diffpir_rt.engine import argtypes
-from diffpir_rt.engine import defaults_for, resolve_device
+from diffpir_rt.engine import METHODS, OFFICIAL_DEFAULTS, DiffPIRError, ModelSource, argtypes, build_method
+from diffpir_rt.runtime import Restorer
 
 from . import baselines, metrics
 from . import quality_report as report
 from .protocol import (
     NOISE_LEVELS,
-    TASK_LABELS,
+    SCENARIO_NAMES,
     TESTSETS,
     Measurement,
-    TaskSpec,
+    Scenario,
     TestImage,
     load_images,
     make_measurement,
@@ -46,16 +58,31 @@ from .protocol import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "diffpir-rt.quality/1"
+SCHEMA = "diffpir-rt.quality/2"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_ROOT = Path(__file__).resolve().parent / "results" / "quality"
+#: The default output folder's parent, under the current directory (never the source tree).
+RESULTS_FOLDER = "eval-results"
 #: Where --dataset names are looked up: $DIFFPIR_TESTSETS, else the project's shared/data/testsets.
 TESTSETS_ENV = "DIFFPIR_TESTSETS"
-METHOD_ALIASES = {"baselines": tuple(baselines.BASELINES), "all": (*baselines.BASELINES, "diffpir")}
+#: The restoration methods of the engine, in report order (generation-only methods excluded).
+FAMILY = ("diffpir", "ddrm", "ddnm", "dps", "dmps", "dpir", "repaint", "ilvr")
+#: The config field a --method-steps value sets (default: "steps").
+STEPS_FIELD = {"dpir": "iter_num", "repaint": "t_T"}
+CLASSICAL = tuple(name for name in baselines.BASELINES if name != "datastep")
+METHOD_ALIASES = {
+    "classical": CLASSICAL,
+    "baselines": tuple(baselines.BASELINES),
+    "family": FAMILY,
+    "all": (*baselines.BASELINES, *FAMILY),
+}
+#: Without --methods: the baselines and DiffPIR (the family's other members are opt-in: DPS,
+#: DMPS and RePaint cost hundreds to thousands of UNet calls per image).
+DEFAULT_METHODS = (*baselines.BASELINES, "diffpir")
+REPORT_ORDER = (*baselines.BASELINES, *FAMILY)
 ABLATION_STEPS = (5, 10, 20, 50, 100)
 ABLATION_LAM = (1.0, 4.0, 7.0, 13.0)
 ABLATION_ZETA = (0.1, 0.3, 0.6, 1.0)
-ABLATION_TASKS = ("gaussian_deblur", "sr4")
+ABLATION_TASKS = ("deblur/gaussian", "sr/x4")
 
 BASELINE_NOTES = {
     "measurement": "y itself (same-size tasks), clipped and rounded.",
@@ -67,9 +94,109 @@ BASELINE_NOTES = {
     "tv": "skimage denoise_tv_chambolle, weight 0.8 σ_n.",
     "nlmeans": "skimage denoise_nl_means, h = 0.8 σ_n, 5×5 patches, 13×13 search, fast mode.",
     "datastep": "DiffPIR's data step with no prior: operator.prox(init_estimate(y), y, ρ) with ρ = λ max(σ_n, 0.001)² / σ̄_t² "
-    "at the schedule's last t > 0 (the sampler's last data step), same λ/steps as DiffPIR.",
-    "diffpir": "DiffPIR (engine.sample), seed = run seed + image index.",
+    "at the schedule's last t > 0 (the sampler's last data step), with DiffPIR's λ and steps of the run.",
 }
+FAMILY_NOTES = {
+    "diffpir": "DiffPIR (Zhu et al. 2023): HQS with the diffusion denoiser; the model card's tuned λ, ζ, steps per task "
+    "(the official values for a model without a card).",
+    "ddrm": "DDRM (Kawar et al. 2022): per-coordinate updates in the operator's spectral basis, η 0.85, η_b 1, 20 steps.",
+    "ddnm": "DDNM (Wang et al. 2023): range-null-space x̂0 ← x̂0 − A⁺(A x̂0 − y), 100 steps, η 0.85; DDNM+ (noise-aware) for σ_n > 0.",
+    "dps": "DPS (Chung et al. 2023): DDPM step minus ζ ∇‖y − A x̂0‖ through the UNet (torch only), ζ 0.3 (0.5 inpainting).",
+    "dmps": "DMPS (Meng & Kabashima 2022): DDPM step plus the closed-form noise-aware likelihood step, λ 1.75.",
+    "dpir": "DPIR (Zhang et al. 2021): HQS plug-and-play with the diffusion UNet as the Gaussian denoiser, σ_k log-spaced "
+    "49/255 → σ_n, K = 8 (deblur), 24 (SR), 1 (denoise); no inpainting.",
+    "repaint": "RePaint (Lugmayr et al. 2022): known-region injection and the jump schedule (t_T 250, j 10, r 10: 2410 UNet "
+    "calls; fast preset t_T 100, r 5: 460); inpainting only.",
+    "ilvr": "ILVR (Choi et al. 2021): low-pass refinement φ_N = up(down(·)) down to range_t 20, 100 steps; N = the SR "
+    "scale, 8 for deblur, 4 for denoise; no inpainting.",
+}
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def method_problem(name: str, spec: Scenario) -> Optional[str]:
+    """Why family method `name` does not apply to `spec` (its config's `for_task` says), or None.
+
+    DiffPIR's config has no `for_task`: its defaults come from the model (every task has them).
+    """
+    for_task = getattr(METHODS[name][0], "for_task", None)
+    if for_task is None:
+        return None
+    try:
+        for_task(spec.task, spec.sigma_n)
+    except DiffPIRError as e:
+        return str(e)
+    return None
+
+
+def plan_methods(spec: Scenario, requested: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(methods to run for `spec`, in report order; the family methods skipped, with why).
+
+    Baselines run only on the tasks they are made for (no note); a family method whose
+    official config has no setting for the scenario is skipped with its reason.
+    """
+    run: list[str] = []
+    skipped: list[dict[str, Any]] = []
+    for name in REPORT_ORDER:
+        if name not in requested:
+            continue
+        if name in baselines.BASELINES:
+            if baselines.applies(name, spec.task):
+                run.append(name)
+            continue
+        reason = method_problem(name, spec)
+        if reason is None:
+            run.append(name)
+        else:
+            skipped.append({"method": name, "key": spec.key, "scenario": spec.label, "sigma_n": spec.sigma_n, "reason": reason})
+    return run, skipped
+
+
+def _given(method: str, spec: Scenario, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What the benchmark itself fixes for a method's config: the measurement's sigma_n, DPIR's SR scale."""
+    config_class = METHODS[method][0]
+    given = dict(overrides)
+    if "sigma_n" in config_class.field_names():
+        given["sigma_n"] = spec.sigma_n
+    if method == "dpir" and spec.task == "sr" and "model_sigma2" not in given:
+        given["model_sigma2"] = config_class.for_task("sr", spec.sigma_n, scale=spec.scale).model_sigma2
+    return given
+
+
+def method_config(restorer: Restorer, spec: Scenario, method: str, overrides: Optional[dict[str, Any]] = None) -> Any:
+    """The config of `method` for `spec`: the Restorer's defaults for the task, then `overrides`."""
+    try:
+        return restorer.config(spec.task, method, **_given(method, spec, overrides or {}))
+    except DiffPIRError as e:
+        raise DiffPIRError(f"method {method}, task {spec.key}: {e}") from None
+
+
+def model_calls(config: Any) -> int:
+    """NFE: the UNet calls of a config's loop (the steps that call the model)."""
+    return sum(1 for step in build_method(config).steps() if step.t is not None)
+
+
+def runs_on(restorer: Restorer, config: Any) -> str:
+    """The path a method's restorations take: the Restorer's, or torch when the prepared
+    graph cannot serve it (the learned variance, gradients through the UNet)."""
+    method = build_method(config)
+    path = restorer.path
+    needs = []
+    if method.needs_variance and not hasattr(restorer.denoiser, "eps_and_variance"):
+        needs.append("the learned variance")
+    if method.needs_grad and path.backend != "torch":
+        needs.append("gradients through the UNet")
+    if not needs:
+        return f"{path.name} ({path.backend}, {path.precision})"
+    precision = "fp32" if restorer.device.type == "cpu" else path.precision
+    return f"torch-fast ({precision}, channels-last + SDPA): needs {' and '.join(needs)}, which {path.name} does not give"
+
+
+def config_changes(config: Any, default: Any) -> dict[str, tuple[Any, Any]]:
+    """field -> (value, default) where `config` differs from `default`."""
+    a, b = config.to_dict(), default.to_dict()
+    return {k: (a[k], b.get(k)) for k in a if k != "method" and a[k] != b.get(k)}
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -77,42 +204,28 @@ BASELINE_NOTES = {
 
 @dataclass
 class ImageResult:
-    """One image's scores per method; with keep_outputs, also its uint8 images for grids and FID."""
+    """One image's scores and seconds per method; with keep_outputs, also its uint8 images for grids and FID."""
 
     dataset: str
     image: str
     index: int
-    task: str
-    sigma_n: float
+    spec: Scenario
     seed: int
     metrics: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
     outputs: Optional[dict[str, np.ndarray]] = None
     gt: Optional[np.ndarray] = None
     measurement: Optional[np.ndarray] = None
 
     def rows(self, **extra: Any) -> list[dict[str, Any]]:
         """Flat per-(image, method) rows, JSON-safe."""
-        head = {"dataset": self.dataset, "image": self.image, "index": self.index, "task": self.task, "sigma_n": self.sigma_n}
+        head = {"dataset": self.dataset, "image": self.image, "index": self.index, "task": self.spec.task,
+                "scenario": self.spec.label, "sigma_n": self.spec.sigma_n}  # fmt: skip
         return [
-            {**head, "method": method, **extra, **{k: report.clean_number(v) for k, v in scores.items()}}
+            {**head, "method": method, **extra, **{k: report.clean_number(v) for k, v in scores.items()},
+             "seconds": round(self.seconds[method], 4)}  # fmt: skip
             for method, scores in self.metrics.items()
         ]
-
-
-def applicable_methods(task: TaskSpec, requested: Optional[Sequence[str]], with_model: bool) -> list[str]:
-    """Methods to run for `task`, in report order: the requested ones that apply to it."""
-    names = list(requested) if requested is not None else [*baselines.BASELINES, *(["diffpir"] if with_model else [])]
-    for name in names:
-        if name != "diffpir" and name not in baselines.BASELINES:
-            raise DiffPIRError(f"method {name!r}: expected one of {[*baselines.BASELINES, 'diffpir']}")
-    order = [*baselines.BASELINES, "diffpir"]
-    return [n for n in order if n in names and (n == "diffpir" or baselines.applies(n, task.task))]
-
-
-def restore_diffpir(model: Callable, m: Measurement, config: DiffPIRConfig, device: torch.device | str = "cpu") -> np.ndarray:
-    """DiffPIR restoration of one measurement: (H, W, 3) float64 in [0, 1]."""
-    x = sample(model, m.operator, m.y_tensor(device), config, seed=m.seed)
-    return x[0].permute(1, 2, 0).to("cpu", torch.float64).numpy()
 
 
 def score(gt_uint8: np.ndarray, out_uint8: np.ndarray, border: int, lpips: Optional[metrics.LpipsFn] = None) -> dict[str, Optional[float]]:
@@ -126,116 +239,69 @@ def score(gt_uint8: np.ndarray, out_uint8: np.ndarray, border: int, lpips: Optio
     return scores
 
 
+def restore(name: str, m: Measurement, restorer: Optional[Restorer], configs: dict[str, Any]) -> np.ndarray:
+    """One method's restoration of one measurement: (H, W, 3) float64 (baselines: unclipped)."""
+    if name in baselines.BASELINES:
+        return baselines.BASELINES[name][1](m, configs.get("datastep"))
+    if restorer is None:
+        raise DiffPIRError(f"method {name}: needs a model (a checkpoint, the bundled prior or --random-weights)")
+    x = restorer.restore(m.y_tensor(restorer.device), m.operator, configs[name], seed=m.seed)
+    return x[0].permute(1, 2, 0).to("cpu", torch.float64).numpy()
+
+
 def evaluate(
-    model: Optional[Callable],
-    task: TaskSpec,
+    restorer: Optional[Restorer],
+    spec: Scenario,
     images: Sequence[TestImage],
-    config: Optional[DiffPIRConfig],
+    configs: dict[str, Any],
     *,
-    methods: Optional[Sequence[str]] = None,
+    methods: Sequence[str],
     seed: int = 0,
-    device: torch.device | str = "cpu",
     lpips: Optional[metrics.LpipsFn] = None,
     keep_outputs: bool = False,
-    progress: Optional[Callable[[], None]] = None,
+    progress: Optional[Callable[[ImageResult, str], None]] = None,
 ) -> list[ImageResult]:
-    """Restore and score each image for one task; no number depends on the other images.
+    """Restore and score each image for one scenario; no number depends on the other images.
 
     Restoration and scoring are separate passes per image: every method's output is
     quantised to uint8 first, then scored against the uint8 ground truth.
 
     Args:
-        model: an eps-model (x_t, t) -> eps for DiffPIR, or None to run baselines only.
-        task: the degradation and noise level.
+        restorer: the runtime session of the family methods (None: baselines only).
+        spec: the scenario (task, kernel/mask, noise level).
         images: test images; each keeps its own index (kernel, mask and seeds come from it).
-        config: DiffPIR hyperparameters (also the datastep baseline's λ and steps); its
-            sigma_n should be task.sigma_n (see `hyperparameters`).
-        methods: names from baselines.BASELINES and "diffpir"; those that do not apply to
-            the task are skipped; default: all that apply (diffpir if model is given).
-        seed: run seed; image i uses seed + index.
+        configs: method -> its config for this scenario (`method_config`); "datastep" -> the
+            DiffPIR config whose λ and steps the datastep baseline uses.
+        methods: what to run, from `plan_methods` (they all apply to the scenario).
+        seed: run seed; image i uses seed + index (every method the same).
         lpips: an LPIPS scorer (metrics.load_lpips), or None.
         keep_outputs: keep uint8 ground truth and outputs, and the measurement, per image.
-        progress: called once per image.
+        progress: called after each (image, method) with the result so far and the method.
 
     Returns:
-        One ImageResult per image, in input order, with metrics[method] = {psnr, ssim[, lpips]}.
+        One ImageResult per image, in input order, with metrics[method] = {psnr, ssim[, lpips]}
+        and seconds[method] (the restoration's wall time).
     """
-    names = applicable_methods(task, methods, model is not None)
-    if "diffpir" in names and model is None:
-        raise DiffPIRError("method diffpir: needs a model (a checkpoint, the bundled prior or --random-weights)")
-    if config is None and ("diffpir" in names or "datastep" in names):
-        raise DiffPIRError("evaluate: methods diffpir and datastep need a DiffPIRConfig")
-    if config is not None and config.sigma_n != task.sigma_n:
-        logger.warning("config sigma_n %g differs from the measurement's %g (task %s)", config.sigma_n, task.sigma_n, task.label)
     results = []
     for image in images:
-        m = make_measurement(task, image, seed)
+        m = make_measurement(spec, image, seed)
         gt = metrics.to_uint8(m.gt)
+        result = ImageResult(image.dataset, image.name, image.index, spec, m.seed)
         outputs: dict[str, np.ndarray] = {}
-        for name in names:  # 1. restore
+        for name in methods:
             if name == "measurement" and m.y.shape != m.gt.shape:
                 continue
-            x = restore_diffpir(model, m, config, device) if name == "diffpir" else baselines.BASELINES[name][1](m, config)
+            start = time.perf_counter()
+            x = restore(name, m, restorer, configs)
+            result.seconds[name] = time.perf_counter() - start
             outputs[name] = metrics.to_uint8(x)
-        result = ImageResult(image.dataset, image.name, image.index, task.label, task.sigma_n, m.seed)
-        for name, out in outputs.items():  # 2. score
-            result.metrics[name] = score(gt, out, task.border, lpips)
+            result.metrics[name] = score(gt, outputs[name], spec.border, lpips)
+            if progress is not None:
+                progress(result, name)
         if keep_outputs:
             result.outputs, result.gt, result.measurement = outputs, gt, m.display()
         results.append(result)
-        if progress is not None:
-            progress()
     return results
-
-
-def hyperparameters(
-    task: TaskSpec,
-    tuned: Optional[dict[str, dict[str, Any]]] = None,
-    steps: Optional[int] = None,
-    lam: Optional[float] = None,
-    zeta: Optional[float] = None,
-    skip: str = "quad",
-) -> tuple[DiffPIRConfig, str]:
-    """DiffPIRConfig for a task: overrides, else the task defaults (a model card's tuned table first).
-
-    sigma_n is always the measurement's, so the sampler's rho_t matches the protocol.
-    """
-    defaults = defaults_for(task.task, tuned)
-    config = DiffPIRConfig(
-        lam=defaults.lam if lam is None else lam,
-        zeta=defaults.zeta if zeta is None else zeta,
-        sigma_n=task.sigma_n,
-        steps=defaults.steps if steps is None else steps,
-        skip=skip,
-    )
-    return config, defaults.source
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def load_model(
-    checkpoint: Optional[Path], arch: Optional[str], random_weights: bool, device: torch.device, seed: int = 0
-) -> tuple[UNetDenoiser, dict[str, Any], Optional[dict[str, dict[str, Any]]]]:
-    """(denoiser, what it is, its tuned task defaults or None): checkpoint, random weights, or the bundled prior."""
-    from diffpir_rt.engine import prior
-
-    if checkpoint is not None:
-        name = arch or "ffhq_10m"
-        model = load_unet(checkpoint, name, device=device)
-        return model, {"source": "checkpoint", "path": str(checkpoint), "arch": name, "sha256": prior.sha256_file(checkpoint)}, None
-    if random_weights:
-        name = arch or "tiny"
-        with torch.random.fork_rng(devices=[]):  # reproducible weights without touching the caller's RNG
-            torch.manual_seed(seed)
-            unet = build_unet(name)
-        model = UNetDenoiser(unet.to(device).eval().requires_grad_(False), arch=name).eval()
-        return model, {"source": "random", "path": None, "arch": name, "sha256": None, "seed": seed}, None
-    card = prior.bundled_card()
-    model = prior.load_bundled_prior(device=device)
-    assert card is not None  # load_bundled_prior raised otherwise
-    info = {"source": "bundled", "path": f"bundled:{card['weights']}", "arch": card["arch"], "sha256": card["sha256"]}
-    return model, info, card.get("task_defaults")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -263,7 +329,7 @@ def versions() -> dict[str, Optional[str]]:
         "scikit-image": skimage.__version__,
         "pillow": PIL.__version__,
     }
-    for package, module in (("lpips", "lpips"), ("pytorch-fid", "pytorch_fid")):
+    for package, module in (("onnxruntime", "onnxruntime"), ("lpips", "lpips"), ("pytorch-fid", "pytorch_fid")):
         if metrics.package_available(module):
             from importlib.metadata import PackageNotFoundError, version
 
@@ -276,9 +342,37 @@ def versions() -> dict[str, Optional[str]]:
     return found
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """The machine the seconds were measured on."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
@@ -325,36 +419,55 @@ def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `diffpir eval` options (also `python -m diffpir_rt.benchmarks.quality`)."""
+    """The `diffpir eval` options."""
     data = p.add_argument_group("data")
     data.add_argument("--dataset", action="append", choices=TESTSETS, help="a project test set, repeatable (default: set3c unless --data)")
     data.add_argument("--data", action="append", type=Path, metavar="DIR", help="a folder of test images, repeatable")
     data.add_argument("--testsets-root", type=Path, help=f"where --dataset folders live (default: ${TESTSETS_ENV} or ../shared/data/testsets)")
     data.add_argument("--crop", type=_positive_int, help="centre crop to CROP x CROP (e.g. 256); default: full size, mod-cropped to 8")
-    data.add_argument("--max-images", type=_positive_int, help="first N images of each set (each keeps its index and seeds)")
+    data.add_argument("--max-images", type=_positive_int, help="first N images of each set, sorted by name (each keeps its index and seeds)")
 
     tasks = p.add_argument_group("tasks")
-    tasks.add_argument("--tasks", default=None,
-                       help=f"comma list of {', '.join(TASK_LABELS)} or 'all' (default: all; ablation: {','.join(ABLATION_TASKS)})")
-    tasks.add_argument("--noise", type=_csv(_noise), default=None, help="comma list of σ_n in [0,1] units (default: 0,0.05; ablation: 0.05)")
+    tasks.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                       help=f"scenarios ({', '.join(SCENARIO_NAMES)}; sr/x2, sr/x3 too), task names (deblur = both kernels, "
+                       f"inpaint = both masks) or 'all'; NAME@SIGMA pins that one's noise level (default: all; ablation: "
+                       f"{' '.join(ABLATION_TASKS)})")  # fmt: skip
+    tasks.add_argument("--noise", type=_csv(_noise), default=None,
+                       help="comma list of σ_n in [0,1] units for --tasks items without @SIGMA (default: 0,0.05; ablation: 0.05)")
     tasks.add_argument("--kernel-size", type=_positive_int, default=61, help="Gaussian kernel size (default: 61, official)")
-    tasks.add_argument("--box", type=_positive_int, default=128, help="inpainting box side (default: 128)")
-    tasks.add_argument("--box-margin", type=int, default=16, help="inpainting box margin (default: 16)")
+    tasks.add_argument("--box", type=_positive_int, default=128, help="inpainting box side (default: 128, official on 256² images)")
+    tasks.add_argument("--box-margin", type=argtypes.non_negative_int, default=16, help="inpainting box margin (default: 16)")
 
     methods = p.add_argument_group("methods")
-    methods.add_argument("--methods", type=_csv(str), default=None,
-                         help=f"comma list of {', '.join([*baselines.BASELINES, 'diffpir'])}, or 'baselines' / 'all' (default: all)")
-    methods.add_argument("--steps", type=_single(_steps), help="DiffPIR steps N (default: the task's)")
-    methods.add_argument("--lam", type=_single(_lam), help="DiffPIR λ (default: the task's)")
-    methods.add_argument("--zeta", type=_single(_zeta), help="DiffPIR ζ (default: the task's)")
-    methods.add_argument("--skip", choices=("quad", "uniform"), default="quad", help="step spacing (default: quad)")
-    methods.add_argument("--seed", type=int, default=0, help="run seed; image i uses seed + i (default: 0)")
+    methods.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                         help=f"restoration methods ({', '.join(FAMILY)}) and baselines ({', '.join(baselines.BASELINES)}), "
+                         "space- or comma-separated, or the groups family, classical, baselines (classical + datastep), all "
+                         "(default: the baselines and diffpir)")  # fmt: skip
+    methods.add_argument("--method-steps", nargs="+", default=[], metavar="METHOD=N",
+                         help="steps of a family method instead of its default, e.g. dps=200 dmps=200 (dpir: its iterations "
+                         "K; repaint: t_T)")  # fmt: skip
+    methods.add_argument("--repaint-preset", choices=("official", "fast"), default="official",
+                         help="RePaint's jump schedule: official (t_T 250, r 10: 2410 UNet calls) or fast (t_T 100, r 5: 460) "
+                         "(default: official)")  # fmt: skip
+    methods.add_argument("--method-param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                         help="any config field of a family method, e.g. dps.zeta=0.5 or ddnm.travel_length=10, repeatable")
+    methods.add_argument("--steps", type=_single(_steps), help="DiffPIR steps N (default: the model's for the task)")
+    methods.add_argument("--lam", type=_single(_lam), help="DiffPIR λ (default: the model's for the task)")
+    methods.add_argument("--zeta", type=_single(_zeta), help="DiffPIR ζ (default: the model's for the task)")
+    methods.add_argument("--skip", choices=("quad", "uniform"), default=None, help="DiffPIR step spacing (default: quad)")
+    methods.add_argument("--seed", type=argtypes.seed32, default=0, help="run seed; image i uses seed + i (default: 0)")
 
-    model = p.add_argument_group("model")
+    model = p.add_argument_group("model and runtime (as `diffpir restore`)")
     model.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
     model.add_argument("--arch", help="UNet arch of --checkpoint (default ffhq_10m) or of --random-weights (default tiny)")
     model.add_argument("--random-weights", action="store_true", help="random UNet (smoke tests only: meaningless quality)")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    model.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                       help="what runs the UNet; auto = the fastest tested path for the device (default: auto)")
+    model.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                       help="UNet precision; auto = fp16 on CUDA, fp32 on CPU (fp16 is refused on CPU) (default: auto)")
+    model.add_argument("--threads", type=argtypes.thread_count, default=None, help="CPU threads (default: torch's)")
+    model.add_argument("--reference", action="store_true", help="run the exact fp32 eager reference loop (slow, for checking)")
 
     extra = p.add_argument_group("perceptual metrics (local weights only; nothing is downloaded)")
     extra.add_argument("--lpips-weights", type=Path, help="torchvision VGG16 state_dict for LPIPS(vgg) (needs the lpips package)")
@@ -367,26 +480,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ablation.add_argument("--ablation-zeta", type=_csv(_zeta), default=list(ABLATION_ZETA), help="default: 0.1,0.3,0.6,1")
 
     output = p.add_argument_group("output")
-    output.add_argument("--out", type=Path, help="output folder (default: benchmarks/results/quality/<timestamp>/)")
-    output.add_argument("--grid-images", type=int, default=3, help="images per before/after grid (default: 3; 0: none)")
-    output.add_argument("--quiet", action="store_true", help="no progress bar, no summary print")
+    output.add_argument("--out", type=Path, help=f"output folder (default: ./{RESULTS_FOLDER}/<timestamp>/ in the current directory)")
+    output.add_argument("--grid-images", type=argtypes.non_negative_int, default=3, help="images per before/after grid (default: 3; 0: none)")
+    output.add_argument("--note", action="append", default=[], metavar="TEXT", help="a line for the report's notes, repeatable")
+    output.add_argument("--quiet", action="store_true", help="no progress lines, no summary print")
 
 
 EXAMPLES = """examples:
-  diffpir eval --dataset set3c --crop 64 --random-weights --arch tiny --steps 5     # smoke test
-  diffpir eval --dataset CBSD68 --crop 256 --noise 0.05 --methods baselines        # classical baselines only
-  diffpir eval --dataset McMaster --checkpoint ffhq_10m.pt --arch ffhq_10m --device cuda --tasks sr4
-  diffpir eval --ablation --dataset set3c --tasks gaussian_deblur --device cuda     # steps, then lambda x zeta
+  diffpir eval --dataset set3c --crop 64 --random-weights --steps 5 --backend torch   # smoke test
+  diffpir eval --dataset CBSD68 --crop 256 --noise 0.05 --methods classical           # classical baselines only
+  diffpir eval --dataset CBSD68 --max-images 3 --crop 128 --noise 0.05 --tasks deblur sr/x4 inpaint/box \\
+      inpaint/random@0 denoise --box 64 --box-margin 8 --methods family classical \\
+      --method-steps dps=200 dmps=200 --repaint-preset fast                            # the method table
+  diffpir eval --dataset McMaster --checkpoint ffhq_10m.pt --arch ffhq_10m --device cuda --tasks sr/x4
+  diffpir eval --ablation --dataset set3c --tasks deblur/gaussian --device cuda       # steps, then lambda x zeta
 """
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="quality benchmark: DiffPIR vs baselines, PSNR/SSIM (+LPIPS/FID) tables, grids, ablation",
-        description="Restore the official-protocol measurements (docs/algorithm.md §7) of test images with DiffPIR and "
-        "classical baselines; score PSNR/SSIM on uint8 (docs/algorithm.md §9). Writes results.json, per_image.csv, "
-        "summary.md and grids/*.png (or ablation.json/md/png with --ablation).",
+        help="quality benchmark: the method family and baselines, PSNR/SSIM (+LPIPS/FID) tables, grids, ablation",
+        description="Restore the official-protocol measurements of test images with the diffusion methods (through the "
+        "runtime, as `diffpir restore`) and classical baselines; score PSNR/SSIM on uint8. Writes results.json, "
+        "per_image.csv, summary.md (method, NFE, PSNR / SSIM per task, seconds per image) and grids/*.png "
+        "(or ablation.json/md/png with --ablation) into --out (default ./eval-results/<timestamp>/).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -402,87 +520,146 @@ def _testsets_root(args: argparse.Namespace) -> Path:
     return REPO_ROOT.parent / "shared" / "data" / "testsets"
 
 
-def _parse_tasks(text: Optional[str], ablation: bool) -> list[str]:
-    if text is None:
-        return list(ABLATION_TASKS if ablation else TASK_LABELS)
-    if text == "all":
-        return list(TASK_LABELS)
-    labels = [part.strip() for part in text.split(",") if part.strip()]
-    for label in labels:
-        if label not in TASK_LABELS:
-            raise DiffPIRError(f"--tasks: unknown task {label!r}; expected a comma list of {', '.join(TASK_LABELS)} or 'all'")
-    return labels
-
-
-def _parse_methods(values: Optional[list[str]]) -> Optional[list[str]]:
+def _split(values: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """Space- and comma-separated items of an nargs='+' option, in order."""
     if values is None:
         return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _parse_methods(values: Optional[list[str]]) -> list[str]:
     names: list[str] = []
-    for value in values:
+    valid = [*FAMILY, *baselines.BASELINES]
+    for value in _split(values) or list(DEFAULT_METHODS):
+        if value in METHODS and value not in FAMILY:
+            raise DiffPIRError(f"--methods: {value} generates images unconditionally; it restores nothing (try `diffpir generate`)")
         for name in METHOD_ALIASES.get(value, (value,)):
-            if name != "diffpir" and name not in baselines.BASELINES:
-                raise DiffPIRError(f"--methods: unknown method {name!r}; expected {', '.join([*baselines.BASELINES, 'diffpir'])}, baselines or all")
+            if name not in valid:
+                raise DiffPIRError(f"--methods: unknown method {name!r}; expected {', '.join(valid)}, or family, classical, baselines, all")
             if name not in names:
                 names.append(name)
     return names
 
 
+def parse_value(text: str) -> Any:
+    """A --method-param value: true/false, an integer, a number, none, else the text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _parse_overrides(args: argparse.Namespace, methods: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """(method -> config overrides, method -> field -> the flag that set it), from --repaint-preset,
+    --method-steps, --method-param and DiffPIR's flags (later flags win)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    sources: dict[str, dict[str, str]] = {}
+
+    def put(flag: str, method: str, name: str, value: Any) -> None:
+        if method not in FAMILY:
+            raise DiffPIRError(f"{flag}: unknown method {method!r}; expected one of {', '.join(FAMILY)}")
+        if method not in methods and not (method == "diffpir" and "datastep" in methods):
+            raise DiffPIRError(f"{flag}: {method} is not among the methods of this run")
+        if name == "sigma_n":
+            raise DiffPIRError(f"{flag}: sigma_n is always the measurement's noise level (set it with --noise or --tasks NAME@SIGMA)")
+        fields = METHODS[method][0].field_names()
+        if name not in fields:
+            raise DiffPIRError(f"{flag}: method {method} has no parameter {name!r} (it takes {', '.join(fields)})")
+        overrides.setdefault(method, {})[name] = value
+        sources.setdefault(method, {})[name] = flag
+
+    if args.repaint_preset == "fast" and "repaint" in methods:
+        fast = METHODS["repaint"][0].fast()
+        for name in ("t_T", "jump_length", "jump_n_sample"):
+            put("--repaint-preset fast", "repaint", name, getattr(fast, name))
+    for item in _split(args.method_steps) or []:
+        method, sep, text = item.partition("=")
+        if not sep:
+            raise DiffPIRError(f"--method-steps {item!r}: expected METHOD=N, e.g. dps=200")
+        try:
+            steps = argtypes.positive_int(text)
+        except argparse.ArgumentTypeError as e:
+            raise DiffPIRError(f"--method-steps {item!r}: {e}") from None
+        put("--method-steps", method.strip(), STEPS_FIELD.get(method.strip(), "steps"), steps)
+    for item in args.method_param:
+        target, sep, text = item.partition("=")
+        method, dot, name = target.strip().partition(".")
+        if not sep or not dot or not name:
+            raise DiffPIRError(f"--method-param {item!r}: expected METHOD.NAME=VALUE, e.g. dps.zeta=0.5")
+        put("--method-param", method, name.strip().replace("-", "_"), parse_value(text))
+    for flag, name in (("--steps", "steps"), ("--lam", "lam"), ("--zeta", "zeta"), ("--skip", "skip")):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name in sources.get("diffpir", {}):
+            raise DiffPIRError(f"{flag}: DiffPIR's {name} is also set by --method-steps/--method-param; give it once")
+        put(flag, "diffpir", name, value)
+    return overrides, sources
+
+
 @dataclass
 class _Plan:
     datasets: list[tuple[str, Path]]
-    tasks: list[TaskSpec]
-    methods: Optional[list[str]]
-    wants_model: bool
-    device: torch.device
+    tasks: list[Scenario]
+    methods: list[str]
+    overrides: dict[str, dict[str, Any]]
+    override_flags: dict[str, dict[str, str]]
+    source: Optional[ModelSource]
     out: Path
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
     """Check every argument before anything heavy is loaded."""
-    labels = _parse_tasks(args.tasks, args.ablation)
+    names = _split(args.tasks) or list(ABLATION_TASKS if args.ablation else ["all"])
     noise = args.noise if args.noise is not None else ([0.05] if args.ablation else list(NOISE_LEVELS))
-    tasks = task_matrix(labels, noise, kernel_size=args.kernel_size, box=args.box, box_margin=args.box_margin)
+    tasks = task_matrix(names, noise, kernel_size=args.kernel_size, box=args.box, box_margin=args.box_margin)
     if not tasks:
         raise DiffPIRError("--tasks/--noise: nothing to run (denoise needs a noise level > 0)")
-    methods = _parse_methods(args.methods)
     if args.ablation:
-        if methods is not None and methods != ["diffpir"]:
+        if args.methods is not None and _parse_methods(args.methods) != ["diffpir"]:
             raise DiffPIRError("--ablation: sweeps DiffPIR only; drop --methods")
         methods = ["diffpir"]
-    wants_model = methods is None or "diffpir" in methods
-    if args.checkpoint is not None and args.random_weights:
-        raise DiffPIRError("--random-weights: conflicts with --checkpoint; pass one of them")
+    else:
+        methods = _parse_methods(args.methods)
+    overrides, override_flags = _parse_overrides(args, methods)
+    if not any(plan_methods(spec, methods)[0] for spec in tasks):
+        raise DiffPIRError("--methods/--tasks: no requested method applies to any requested task")
+
+    wants_model = any(m in FAMILY or m == "datastep" for m in methods)
+    source = None
+    if args.random_weights and args.checkpoint is not None:
+        raise DiffPIRError("--checkpoint and --random-weights: name one model source")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise DiffPIRError(f"--checkpoint {args.checkpoint}: no such file")
-    if args.arch is not None:
-        if args.checkpoint is None and not args.random_weights:
-            raise DiffPIRError("--arch applies to --checkpoint or --random-weights; the bundled prior knows its own arch")
-        from diffpir_rt.engine import resolve_arch
-
-        resolve_arch(args.arch)
-    if wants_model and args.checkpoint is None and not args.random_weights:
+    arch = args.arch if args.arch is not None or not args.random_weights else "tiny"
+    source = ModelSource.from_arguments(args.checkpoint, arch, random_weights=args.random_weights)
+    if wants_model and source.kind == "bundled":
         from diffpir_rt.engine import bundled_card
 
         if bundled_card() is None:
-            if methods is None:  # the default "all": say what is missing instead of silently dropping DiffPIR
-                raise DiffPIRError(
-                    "no model for the DiffPIR column: this installation ships no bundled prior yet; pass --checkpoint PATH "
-                    "--arch ARCH, --random-weights --arch tiny (smoke test), or --methods baselines"
-                )
-            raise DiffPIRError("method diffpir: no bundled prior in this installation; pass --checkpoint PATH or --random-weights")
+            raise DiffPIRError(
+                "no model for the diffusion methods (and datastep's λ): this installation ships no bundled prior; pass "
+                "--checkpoint PATH --arch ARCH, --random-weights (smoke test), or --methods classical"
+            )
+    if not wants_model:
+        source = None
     for flag, path, module, package in (("--lpips-weights", args.lpips_weights, "lpips", "lpips"), ("--fid-weights", args.fid_weights, "pytorch_fid", "pytorch-fid")):
         if path is not None:
             if not path.is_file():
                 raise DiffPIRError(f"{flag} {path}: no such file")
             if not metrics.package_available(module):
                 raise DiffPIRError(f"{flag}: needs the '{package}' package (pip install {package}), which is not installed here")
-    if args.grid_images < 0:
-        raise DiffPIRError(f"--grid-images: expected >= 0, got {args.grid_images}")
 
     datasets: list[tuple[str, Path]] = []
-    names = args.dataset or ([] if args.data else ["set3c"])
     root = _testsets_root(args)
-    for name in names:
+    for name in args.dataset or ([] if args.data else ["set3c"]):
         folder = root / name
         if not folder.is_dir():
             raise DiffPIRError(f"--dataset {name}: no folder {folder}; set --testsets-root or ${TESTSETS_ENV}")
@@ -495,40 +672,82 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if len(set(seen)) != len(seen):
         raise DiffPIRError(f"datasets: two test sets share a name ({seen}); rename a --data folder")
 
-    out = args.out or RESULTS_ROOT / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path.cwd() / RESULTS_FOLDER / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise DiffPIRError(f"--out {out}: exists and is not a folder")
-    return _Plan(datasets, tasks, methods, wants_model, resolve_device(args.device), out)
+    return _Plan(datasets, tasks, methods, overrides, override_flags, source, out)
 
 
-def _progress(total: int, enabled: bool) -> tuple[Callable[[], None], Callable[[], None]]:
-    from tqdm.auto import tqdm
+class _Progress:
+    """One line per restoration on stderr (terminal or pipe), unless quiet."""
 
-    bar = tqdm(total=total, desc="eval", unit="img", disable=not enabled, leave=False, file=sys.stderr)
-    return (lambda: bar.update(1)), bar.close
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+
+    def __call__(self, result: ImageResult, method: str) -> None:
+        self.done += 1
+        if self.enabled:
+            psnr = result.metrics[method]["psnr"]
+            print(f"[eval {self.done}/{self.total}] {result.dataset} {result.spec.key} {result.image} {method}: "
+                  f"{result.seconds[method]:.1f} s, PSNR {psnr:.2f} dB", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _protocol_notes(args: argparse.Namespace, tasks: Sequence[Scenario]) -> list[str]:
+    """Where the run's measurements leave the official protocol's sizes."""
+    notes = []
+    if args.kernel_size != 61 and any(t.task == "deblur" and t.variant == "gaussian" for t in tasks):
+        notes.append(f"Gaussian blur kernel {args.kernel_size}x{args.kernel_size} (official 61x61)")
+    if (args.box, args.box_margin) != (128, 16) and any(t.variant == "box" for t in tasks):
+        notes.append(f"inpainting box {args.box}x{args.box}, margin {args.box_margin} (official 128x128, margin 16, on 256² images)")
+    if args.crop:
+        notes.append(f"centre crops {args.crop}x{args.crop} (the paper: full 256² images)")
+    return notes
 
 
 def run(args: argparse.Namespace) -> int:
-    """`diffpir eval`: plan -> load images and model -> evaluate -> results.json -> reports."""
+    """`diffpir eval`: plan -> images and measurements -> Restorer -> configs -> evaluate -> results.json -> reports."""
     plan = _plan(args)
     images = {name: load_images(folder, args.crop, args.max_images, dataset=name) for name, folder in plan.datasets}
-    # Measure every task on every image once up front: size errors surface before the model loads.
+    # Measure every scenario on each image size once up front: size errors surface before the model loads.
     for spec in plan.tasks:
         for name in images:
-            make_measurement(spec, images[name][0], args.seed)
+            for image in {im.pixels.shape: im for im in images[name]}.values():
+                make_measurement(spec, image, args.seed)
 
-    model = info = tuned = None
-    if plan.wants_model:
-        model, info, tuned = load_model(args.checkpoint, args.arch, args.random_weights, plan.device, args.seed)
-    lpips = metrics.load_lpips(args.lpips_weights, plan.device) if args.lpips_weights else None
-    fid = metrics.FidFeatures(args.fid_weights, plan.device) if args.fid_weights else None
+    notices: list[str] = []
 
-    task_records, configs = [], {}
+    def notify(line: str) -> None:
+        notices.append(line)
+        if not args.quiet:
+            print(f"[diffpir] {line}", file=sys.stderr, flush=True)
+
+    restorer = None
+    if plan.source is not None:
+        restorer = Restorer(plan.source, backend=args.backend, device=args.device, precision=args.dtype,
+                            reference=args.reference, threads=args.threads, notify=notify)  # fmt: skip
+    lpips_device = restorer.device if restorer is not None else torch.device("cpu")
+    lpips = metrics.load_lpips(args.lpips_weights, lpips_device) if args.lpips_weights else None
+    fid = metrics.FidFeatures(args.fid_weights, lpips_device) if args.fid_weights else None
+
+    # Every config of the run, before the first restoration: a bad override fails now.
+    task_plans: dict[str, list[str]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    skipped: list[dict[str, Any]] = []
     for spec in plan.tasks:
-        config, source = hyperparameters(spec, tuned, args.steps, args.lam, args.zeta, args.skip)
-        configs[spec.key] = config
-        task_records.append({"key": spec.key, **spec.to_dict(), "task": spec.task, "hyperparameters": config.to_dict(), "defaults_source": source})
+        names, skips = plan_methods(spec, plan.methods)
+        task_plans[spec.key], configs[spec.key] = names, {}
+        skipped += skips
+        assert restorer is not None or not any(n in FAMILY or n == "datastep" for n in names)
+        for name in names:
+            if name in FAMILY:
+                configs[spec.key][name] = method_config(restorer, spec, name, plan.overrides.get(name))
+        if "datastep" in names:
+            configs[spec.key]["datastep"] = method_config(restorer, spec, "diffpir", plan.overrides.get("diffpir"))
+    if not args.quiet:
+        for s in skipped:
+            print(f"[eval] {s['method']} skipped for {s['key']}: {s['reason']}", file=sys.stderr)
 
+    method_info, deviations = _method_info(restorer, plan, configs)
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "ablation" if args.ablation else "table",
@@ -538,27 +757,39 @@ def run(args: argparse.Namespace) -> int:
             "git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": bool(_git("status", "--porcelain")),
             "versions": versions(),
-            "device": str(plan.device),
+            "machine": machine(restorer.device if restorer is not None else torch.device("cpu")),
+            "device": str(restorer.device) if restorer is not None else "cpu",
             "seed": args.seed,
             "crop": args.crop,
             "max_images": args.max_images,
-            "model": info,
+            "model": {**restorer.source.to_dict(), "sha256": restorer.source.sha256()} if restorer is not None else None,
+            "runtime": {**restorer.describe(), "notices": notices} if restorer is not None else None,
             "metrics_note": "PSNR and SSIM (scikit-image) on uint8 RGB after clip and round, border shave = sf for SR; "
             "SSIM: 11×11 Gaussian window σ 1.5, mean over channels. "
             f"LPIPS: {_metric_status('--lpips-weights', args.lpips_weights, 'lpips', 'lpips')}. "
             f"FID: {_metric_status('--fid-weights', args.fid_weights, 'pytorch-fid', 'pytorch_fid')}.",
+            "timing_note": "seconds: wall time of one image's restoration (baselines: their numpy/skimage call), "
+            "single image per call, on the machine above, as measured (no warm-up, other processes not excluded).",
             "baseline_parameters": baselines.parameters(),
-            "baseline_notes": BASELINE_NOTES,
+            "method_notes": {**BASELINE_NOTES, **FAMILY_NOTES},
         },
         "datasets": [
             {"name": name, "path": str(folder), "images": [im.name for im in images[name]]} for name, folder in plan.datasets
         ],
-        "tasks": task_records,
+        "tasks": [spec.to_dict() for spec in plan.tasks],
+        "method_info": method_info,
+        "skipped": skipped,
+        "deviations": _protocol_notes(args, plan.tasks) + deviations,
+        "notes": list(args.note),
     }
     if args.ablation:
-        _run_ablation(args, plan, images, configs, model, lpips, record)
+        _run_ablation(args, plan, images, restorer, lpips, record)
     else:
-        _run_table(args, plan, images, configs, model, lpips, fid, record)
+        _run_table(args, plan, images, restorer, task_plans, configs, lpips, fid, record)
+    if restorer is not None:
+        record["config"]["runtime"]["path_after"] = restorer.path.to_dict()  # fallbacks taken during the run
+        if hasattr(os, "getloadavg"):
+            record["config"]["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
 
     text = json.dumps(record, indent=1, allow_nan=False) + "\n"
     from diffpir_rt.engine import write_text
@@ -571,61 +802,106 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_table(args, plan: _Plan, images, configs, model, lpips, fid, record: dict[str, Any]) -> None:
-    total = sum(len(v) for v in images.values()) * len(plan.tasks)
-    tick, close = _progress(total, not args.quiet and sys.stderr.isatty())
+def _method_info(restorer: Optional[Restorer], plan: _Plan, configs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Per method: kind, NFE and config per scenario, the path it runs on; and the deviations
+    of the run's configs from the defaults `diffpir restore --method M` would use."""
+    info: dict[str, Any] = {}
+    deviations: list[str] = []
+    by_key = {spec.key: spec for spec in plan.tasks}
+    for name in REPORT_ORDER:
+        if name not in plan.methods:
+            continue
+        if name in baselines.BASELINES:
+            info[name] = {"kind": "baseline", "nfe": 0}
+            continue
+        entry: dict[str, Any] = {"kind": "diffusion", "nfe": {}, "configs": {}, "overrides": plan.overrides.get(name, {})}
+        # (field, value) -> default -> task keys: one line per changed field
+        changed: dict[tuple[str, str], dict[str, list[str]]] = {}
+        card_lines: list[str] = []
+        for key, per_method in configs.items():
+            config = per_method.get(name)
+            if config is None:
+                continue
+            assert restorer is not None
+            entry["nfe"][key] = model_calls(config)
+            entry["configs"][key] = config.to_dict()
+            entry.setdefault("runs_on", runs_on(restorer, config))
+            default = method_config(restorer, by_key[key], name)
+            for field_name, (value, was) in config_changes(config, default).items():
+                changed.setdefault((field_name, repr(value)), {}).setdefault(repr(was), []).append(key)
+            if name == "diffpir":
+                task = by_key[key].task
+                official = OFFICIAL_DEFAULTS[task]
+                d = restorer.task_defaults(task)
+                entry.setdefault("defaults", {})[task] = d.source
+                line = (f"diffpir {task}: the model card's tuned λ {d.lam:g}, ζ {d.zeta:g}, {d.steps} steps "
+                        f"(official: λ {official.lam:g}, ζ {official.zeta:g}, {official.steps} steps)")  # fmt: skip
+                if (d.lam, d.zeta, d.steps) != (official.lam, official.zeta, official.steps) and line not in card_lines:
+                    card_lines.append(line)
+        if not entry["nfe"]:
+            continue
+        for (field_name, value), defaults in changed.items():
+            flag = plan.override_flags.get(name, {}).get(field_name)
+            if len(defaults) == 1:
+                was = f"the default {next(iter(defaults))}"
+            else:
+                was = "the defaults " + "; ".join(f"{d} ({', '.join(keys)})" for d, keys in defaults.items())
+            deviations.append(f"{name}: {field_name} {value} instead of {was}" + (f", by {flag}" if flag else ""))
+        deviations += card_lines
+        entry.setdefault("defaults", "official: the config's for_task")
+        info[name] = entry
+    return info, deviations
+
+
+def _run_table(args, plan: _Plan, images, restorer, task_plans, configs, lpips, fid, record: dict[str, Any]) -> None:
+    total = sum(len(v) for v in images.values()) * sum(len(task_plans[spec.key]) for spec in plan.tasks)
+    progress = _Progress(total, not args.quiet)
     rows: list[dict[str, Any]] = []
     grids: list[str] = []
     fid_rows: list[dict[str, Any]] = []
     methods_seen: list[str] = []
-    try:
-        for dataset, test_images in images.items():
-            for spec in plan.tasks:
-                keep = args.grid_images > 0 or fid is not None
-                results = evaluate(
-                    model, spec, test_images, configs[spec.key], methods=plan.methods, seed=args.seed,
-                    device=plan.device, lpips=lpips, keep_outputs=keep, progress=tick,
-                )
-                for r in results:
-                    rows += r.rows()
-                    methods_seen += [m for m in r.metrics if m not in methods_seen]
-                if args.grid_images > 0:
-                    grids.append(_write_task_grid(plan.out, dataset, spec, results[: args.grid_images]))
-                if fid is not None:
-                    fid_rows += _fid_rows(fid, dataset, spec, results)
-                for r in results:  # free the images once used
-                    r.outputs = r.gt = r.measurement = None
-    finally:
-        close()
-    order = [*baselines.BASELINES, "diffpir"]
-    record["methods"] = [m for m in order if m in methods_seen]
+    for dataset, test_images in images.items():
+        for spec in plan.tasks:
+            keep = args.grid_images > 0 or fid is not None
+            results = evaluate(
+                restorer, spec, test_images, configs[spec.key], methods=task_plans[spec.key], seed=args.seed,
+                lpips=lpips, keep_outputs=keep, progress=progress,
+            )  # fmt: skip
+            for r in results:
+                rows += r.rows()
+                methods_seen += [m for m in r.metrics if m not in methods_seen]
+            if args.grid_images > 0:
+                grids.append(_write_task_grid(plan.out, dataset, spec, results[: args.grid_images], record["method_info"]))
+            if fid is not None:
+                fid_rows += _fid_rows(fid, dataset, spec, results)
+            for r in results:  # free the images once used
+                r.outputs = r.gt = r.measurement = None
+    record["methods"] = [m for m in REPORT_ORDER if m in methods_seen]
     record["per_image"] = rows
-    record["summary"] = report.summarize(rows, ("dataset", "task", "sigma_n", "method"))
+    record["summary"] = report.summarize(rows, ("dataset", "scenario", "sigma_n", "method"))
     if fid_rows:
         record["fid"] = fid_rows
     record["grids"] = grids
 
 
-def _write_task_grid(out: Path, dataset: str, spec: TaskSpec, results: Sequence[ImageResult]) -> str:
-    primary = baselines.PRIMARY[spec.task]
-    available = results[0].outputs or {}
+def _write_task_grid(out: Path, dataset: str, spec: Scenario, results: Sequence[ImageResult], info: dict[str, Any]) -> str:
+    """Ground truth, measurement, then one column per method that ran; one row per image."""
+    available = list(results[0].outputs or {})
     columns = ["ground truth", "measurement"]
-    if primary in available:
-        columns.append(primary)
-    if "diffpir" in available:
-        columns.append("diffpir")
+    for name in available:
+        nfe = info.get(name, {}).get("nfe")
+        nfe = nfe.get(spec.key) if isinstance(nfe, dict) else None
+        columns.append(f"{name} ({nfe})" if nfe else name)
     rows = []
     for r in results:
         assert r.outputs is not None and r.gt is not None and r.measurement is not None
-        row = [r.gt / 255.0, r.measurement]
-        row += [r.outputs[c] / 255.0 for c in columns[2:]]
-        rows.append(row)
-    path = out / "grids" / f"{dataset}_{spec.label}_sigma{spec.sigma_n:g}.png"
+        rows.append([r.gt / 255.0, r.measurement, *(r.outputs[name] / 255.0 for name in available)])
+    path = out / "grids" / f"{dataset}_{spec.slug}.png"
     report.write_grid(path, rows, columns)
     return str(path.relative_to(out))
 
 
-def _fid_rows(fid: metrics.FidFeatures, dataset: str, spec: TaskSpec, results: Sequence[ImageResult]) -> list[dict[str, Any]]:
+def _fid_rows(fid: metrics.FidFeatures, dataset: str, spec: Scenario, results: Sequence[ImageResult]) -> list[dict[str, Any]]:
     if len(results) < 2:
         logger.warning("FID of %s %s: needs at least 2 images, got %d; skipped", dataset, spec.key, len(results))
         return []
@@ -633,29 +909,27 @@ def _fid_rows(fid: metrics.FidFeatures, dataset: str, spec: TaskSpec, results: S
     rows = []
     for method in results[0].outputs or {}:
         fake = np.stack([fid(r.outputs[method]) for r in results if r.outputs is not None])
-        rows.append({"dataset": dataset, "task": spec.label, "sigma_n": spec.sigma_n, "method": method, "n": len(fake),
-                     "fid": report.clean_number(metrics.frechet_distance(fake, real))})
+        rows.append({"dataset": dataset, "scenario": spec.label, "sigma_n": spec.sigma_n, "method": method, "n": len(fake),
+                     "fid": report.clean_number(metrics.frechet_distance(fake, real))})  # fmt: skip
     return rows
 
 
-def _run_ablation(args, plan: _Plan, images, configs, model, lpips, record: dict[str, Any]) -> None:
-    sweeps: list[tuple[str, TaskSpec, DiffPIRConfig]] = []
+def _run_ablation(args, plan: _Plan, images, restorer: Restorer, lpips, record: dict[str, Any]) -> None:
+    base = plan.overrides.get("diffpir", {})
+    sweeps: list[tuple[str, Scenario, Any]] = []
     for spec in plan.tasks:
-        base = configs[spec.key]
-        sweeps += [("steps", spec, replace(base, steps=n)) for n in args.ablation_steps]
-        sweeps += [("lam_zeta", spec, replace(base, lam=lam, zeta=zeta)) for lam in args.ablation_lam for zeta in args.ablation_zeta]
+        sweeps += [("steps", spec, method_config(restorer, spec, "diffpir", {**base, "steps": n})) for n in args.ablation_steps]
+        sweeps += [("lam_zeta", spec, method_config(restorer, spec, "diffpir", {**base, "lam": lam, "zeta": zeta}))
+                   for lam in args.ablation_lam for zeta in args.ablation_zeta]  # fmt: skip
     total = sum(len(v) for v in images.values()) * len(sweeps)
-    tick, close = _progress(total, not args.quiet and sys.stderr.isatty())
+    progress = _Progress(total, not args.quiet)
     rows: list[dict[str, Any]] = []
-    try:
-        for dataset, test_images in images.items():
-            for sweep, spec, config in sweeps:
-                results = evaluate(model, spec, test_images, config, methods=["diffpir"], seed=args.seed,
-                                   device=plan.device, lpips=lpips, progress=tick)
-                for r in results:
-                    rows += r.rows(sweep=sweep, steps=config.steps, lam=config.lam, zeta=config.zeta)
-    finally:
-        close()
+    for dataset, test_images in images.items():
+        for sweep, spec, config in sweeps:
+            results = evaluate(restorer, spec, test_images, {"diffpir": config}, methods=["diffpir"], seed=args.seed,
+                               lpips=lpips, progress=progress)  # fmt: skip
+            for r in results:
+                rows += r.rows(sweep=sweep, steps=config.steps, lam=config.lam, zeta=config.zeta)
     record["methods"] = ["diffpir"]
     record["per_image"] = rows
-    record["ablation"] = report.summarize(rows, ("dataset", "task", "sigma_n", "sweep", "steps", "lam", "zeta"))
+    record["ablation"] = report.summarize(rows, ("dataset", "scenario", "sigma_n", "sweep", "steps", "lam", "zeta"))

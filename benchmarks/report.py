@@ -11,7 +11,8 @@ logger = logging.getLogger(__name__)
 #: The issue's targets at 256^2 RGB, ffhq_10m: (what, config, check).
 TARGET_CENTRE = {"task": "deblur", "size": 256, "batch": 1, "steps": 20}
 TARGET_BATCH = {"task": "deblur", "size": 256, "batch": 32, "steps": 20}
-FAST_BACKENDS = ("graph-fp16-cupy", "graph-fp16-cupy-compile", "graph-fp16-cupy-autotune", "graph-fp16-torch")
+#: Our graph paths: "default" is the product's path, the CUDA-graph runtime on a CUDA device.
+FAST_BACKENDS = ("default", "graph-fp16-cupy", "graph-fp16-cupy-compile", "graph-fp16-cupy-autotune", "graph-fp16-torch")
 
 
 def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
@@ -34,7 +35,7 @@ def _find(results: list[dict[str, Any]], backend: str, config: dict[str, Any]) -
 
 
 def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's acceptance numbers, checked on the fastest of our graph backends."""
+    """The GPU acceptance numbers, checked on the fastest of our graph paths."""
     results = document.get("results", [])
     if document.get("meta", {}).get("arch") != "ffhq_10m":
         return []
@@ -97,6 +98,7 @@ def markdown(document: dict[str, Any]) -> str:
             f"{_fmt(share, '.1f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} | {_fmt(r.get('speedup_vs_baseline'), '.2f')} | "
             f"{_fmt(r.get('speedup_vs_compile'), '.2f')} | {r['tflops']:.3g} | {_fmt(fraction, '.1f')} | {psnr} |"
         )
+    lines += size_table(results)
     checks = targets(document)
     if checks:
         lines += ["", "## Targets", "", "| target | value | met | backend |", "|---|---|---|---|"]
@@ -104,6 +106,45 @@ def markdown(document: dict[str, Any]) -> str:
             met = "–" if c["ok"] is None else ("yes" if c["ok"] else "NO")
             lines.append(f"| {c['target']} | {c['value']} | {met} | {c['backend']} |")
     return "\n".join(lines) + "\n"
+
+
+def size_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the size sweep (when the results hold more than one size): time per
+    megapixel against the 512² row's of the same backend/task/batch/steps, peak memory, tiling."""
+    rows = [r for r in results if "error" not in r and r.get("megapixels")]
+    if len({str(r["size"]) for r in rows}) < 2:
+        return []
+    lines = [
+        "",
+        "## Sizes",
+        "",
+        "Peak memory: on CUDA torch's peak allocation; on CPU the process's peak resident set during the "
+        "timed runs (everything: weights, ONNX Runtime's arena, torch tensors) and, in brackets, its rise "
+        "over the resident set before them.",
+        "",
+        "| backend | task | size | MP | median s/img | s/MP | s/MP ÷ 512²'s | peak MiB | tiling |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        same = [q for q in rows if (q["backend"], q["task"], q["batch"], q["steps"]) == (r["backend"], r["task"], r["batch"], r["steps"])]
+        ref = next((q for q in same if q["size"] == 512), None)
+        ratio = r["s_per_megapixel"] / ref["s_per_megapixel"] if ref else None
+        if r.get("peak_mem_mb") is not None:
+            memory = f"{r['peak_mem_mb']:.0f}"
+        elif r.get("peak_rss_mb") is not None:
+            memory = f"{r['peak_rss_mb']:.0f} (+{_fmt(r.get('peak_rss_delta_mb'), '.0f')})"
+        else:
+            memory = "–"
+        tiling = r.get("tiling") or {}
+        if tiling.get("used"):
+            tiles = f"{tiling['tiles']} tiles of {tiling['tile'][0]}x{tiling['tile'][1]}, overlap {tiling['overlap']}"
+        else:
+            tiles = "whole image" + (f" ({tiling['mode']})" if tiling.get("mode") else "")
+        lines.append(
+            f"| {r['backend']} | {r['task']} | {r['size']} | {r['megapixels']:.2f} | {r['per_image_ms']['median'] / 1e3:.2f} | "
+            f"{r['s_per_megapixel']:.2f} | {_fmt(ratio, '.2f')} | {memory} | {tiles} |"
+        )
+    return lines
 
 
 def plot(document: dict[str, Any], path: Path) -> Optional[Path]:

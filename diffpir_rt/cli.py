@@ -67,6 +67,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("diffpir: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"diffpir {args.command}: error: out of memory (a smaller image, batch or --tile may fit)", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `diffpir ... | head`: the reader left; nothing to report
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from diffpir_rt.errors import DiffPIRError
 
@@ -122,6 +122,7 @@ class Client:
         retries: how many times to retry a 429/503 or a failed connection (0 = never).
         backoff: first retry delay in seconds, doubled each time (with jitter, capped at 10 s;
             a Retry-After header is honoured).
+        on_retry: called with (the ServiceError, the attempt that failed) before each retry.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class Client:
         timeout: float = 600.0,
         retries: int = 0,
         backoff: float = 0.5,
+        on_retry: Optional[Callable[[ServiceError, int], None]] = None,
     ) -> None:
         self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
         if not self.url.startswith(("http://", "https://")):
@@ -139,6 +141,7 @@ class Client:
         self.timeout = timeout
         self.retries = max(0, int(retries))
         self.backoff = backoff
+        self.on_retry = on_retry
 
     # ----------------------------------------------------------------- endpoints
 
@@ -214,6 +217,8 @@ class Client:
             except ServiceError as e:
                 if attempt > self.retries or not e.retryable:
                     raise
+                if self.on_retry is not None:
+                    self.on_retry(e, attempt)
                 delay = min(10.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
                 time.sleep(max(delay, e.retry_after or 0.0))
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -62,17 +61,11 @@ def tool_versions(*packages: str) -> dict[str, str | None]:
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write a binary artifact atomically: a temp file beside it, then os.replace."""
+    from .imageio import _prepare_folder, _write_atomic  # the one atomic writer: folder errors in one line
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise DiffPIRError(f"output {path}: cannot write ({e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    _prepare_folder(path)
+    _write_atomic(path, data)
     return path
 
 

@@ -549,17 +549,22 @@ def _validated_kernel(k: np.ndarray, p: Path, announce: bool = True) -> np.ndarr
         raise DiffPIRError(f"kernel {shown(p)}: expected a non-empty 2-D array, got shape {k.shape}")
     if k.size > MAX_KERNEL_ELEMENTS:
         raise DiffPIRError(f"kernel {shown(p)}: {k.shape[1]}x{k.shape[0]} is larger than kernels may be (4096x4096)")
-    values = k.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise DiffPIRError(f"kernel {shown(p)}: {int((~np.isfinite(values)).sum())} NaN or Inf value(s); expected finite values")
-    total = float(values.sum())
-    if not total > 0 or not math.isfinite(total):
-        raise DiffPIRError(f"kernel {shown(p)}: sums to {total:g}; expected a positive sum (about 1)")
-    if abs(total - 1.0) > KERNEL_SUM_TOLERANCE:
-        if announce:
-            logger.warning("kernel %s: %s values summing to %.6g; normalised to sum 1", shown(p), k.dtype, total)
-        values = values / total
-    out = values.astype(np.float32)
+    with np.errstate(all="ignore"):  # overflow is refused below, in words, not printed as a warning
+        if k.dtype.kind == "f" and not np.isfinite(k).all():
+            raise DiffPIRError(f"kernel {shown(p)}: {int((~np.isfinite(k)).sum())} NaN or Inf value(s); expected finite values")
+        values = k.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise DiffPIRError(f"kernel {shown(p)}: values beyond the float64 range")
+        total = float(values.sum())
+        if not math.isfinite(total):
+            raise DiffPIRError(f"kernel {shown(p)}: values so large that their sum overflows; expected a sum of about 1")
+        if not total > 0:
+            raise DiffPIRError(f"kernel {shown(p)}: sums to {total:g}; expected a positive sum (about 1)")
+        if abs(total - 1.0) > KERNEL_SUM_TOLERANCE:
+            if announce:
+                logger.warning("kernel %s: %s values summing to %.6g; normalised to sum 1", shown(p), k.dtype, total)
+            values = values / total
+        out = values.astype(np.float32)
     if not np.isfinite(out).all() or not float(out.sum(dtype=np.float64)) > 0:
         raise DiffPIRError(f"kernel {shown(p)}: its values do not fit float32 (sum {total:g})")
     return out

@@ -162,6 +162,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     from .paths import check_input_file, shown
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise DiffPIRError(f"checkpoint: expected a file path, got {type(path).__name__}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
@@ -286,6 +288,8 @@ def load_unet(
     name, config = resolve_arch(arch)  # checked before reading anything heavy
     if dtype not in SUPPORTED_DTYPES:
         raise DiffPIRError(f"dtype: expected one of {[str(d) for d in SUPPORTED_DTYPES]}, got {dtype}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise DiffPIRError(f"checkpoint: expected a file path, got {type(path).__name__}")
     path = Path(path)
     state_dict = load_state_dict_file(path)
     arch_label = repr(name) if name is not None else "(custom UNetConfig)"

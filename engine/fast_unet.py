@@ -77,7 +77,7 @@ def check_capturable(model: Any) -> None:
     "default" and "max-autotune-no-cudagraphs" are fine. The graph runtime calls this before
     it captures.
 
-    Looks at `model` itself, its `unet` / `model` / `denoiser` attributes, and every
+    Looks at `model` itself, its `unet` / `model` / `denoiser` / `inner` (a TiledDenoiser's) attributes, and every
     submodule of those that are nn.Modules (a compiled UNet inside a UNetDenoiser is
     found). A compiled module (torch._dynamo OptimizedModule) carries its compile context;
     a compiled function carries it in its closure. Settings that cannot be read (another
@@ -110,7 +110,7 @@ def _compiled_parts(model: Any) -> list[tuple[str, Any]]:
                     seen.add(id(sub))
                     if _is_compiled(sub):
                         found.append((f"{name}.{sub_name}", sub))
-        for attr in ("unet", "model", "denoiser"):
+        for attr in ("unet", "model", "denoiser", "inner"):
             try:
                 child = getattr(obj, attr, None)
             except Exception:  # an odd property must not break the check

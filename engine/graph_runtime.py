@@ -25,7 +25,7 @@ from .fast_unet import check_capturable
 from .methods import Method, Step, build_method
 from .methods.loop import EpsModel, check_output, pad_model, run_steps
 from .operators import DataStep, Operator, check_image_batch
-from .sampler import Noise, check_applicable, prepare
+from .sampler import Noise, check_applicable, operator_output, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -240,9 +240,10 @@ class GraphRuntime:
     def restore(
         self, operator: Optional[Operator], y: Optional[Tensor], x_T: Optional[Tensor] = None, noise: Optional[Noise] = None, seed: Any = None
     ) -> Tensor:
-        """load + run: the (B, C, H, W) image in [0, 1], a fresh tensor."""
+        """load + run: the (B, C, H, W) image in [0, 1] (the operator's output of the loop's
+        result, see engine.sampler.operator_output), a fresh tensor."""
         self.load(operator, y, x_T=x_T, noise=noise, seed=seed)
-        return check_output(self.run().clone())
+        return check_output(operator_output(operator, self.run(), self.y_shape).clone())
 
 
 class GraphSampler:

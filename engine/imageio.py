@@ -104,7 +104,7 @@ def read_image(path: PathLike) -> torch.Tensor:
 
 def read_image_and_depth(path: PathLike) -> tuple[torch.Tensor, int]:
     """read_image, and the file's bit depth (8 or 16), so outputs can keep it."""
-    pixels, max_value = _read_pixels(Path(path), "image")
+    pixels, max_value = _read_pixels(path, "image")
     x = torch.from_numpy(pixels.astype(np.float32) / np.float32(max_value))
     return x.permute(2, 0, 1).contiguous(), 16 if max_value > 255 else 8
 
@@ -115,7 +115,7 @@ def read_mask(path: PathLike) -> torch.Tensor:
     Any nonzero pixel counts as observed (spec: masks store 255 = keep), so
     JPEG masks are unsafe: compression noise in black areas reads as observed.
     """
-    pixels, _ = _read_pixels(Path(path), "mask")
+    pixels, _ = _read_pixels(path, "mask")
     observed = (pixels != 0).any(axis=-1)
     return torch.from_numpy(observed.astype(np.float32))[None]
 
@@ -161,7 +161,7 @@ def _label(what: str) -> str:
     return what.partition(" ")[2] or "(upload)"
 
 
-def _read_pixels(path: Path, what: str) -> tuple[np.ndarray, int]:
+def _read_pixels(path: PathLike, what: str) -> tuple[np.ndarray, int]:
     """(H, W, 3) unsigned integer pixels and their full-scale value (255 or 65535)."""
     path = check_input_file(path, what)  # a folder, FIFO or device says so, and is never opened
     return _decode_pixels(path, what, shown(path))
@@ -349,13 +349,23 @@ def write_text(path: PathLike, text: str, protect: Iterable[PathLike] | PathLike
 
 
 def _prepare_folder(out: Path) -> None:
+    if "\0" in str(out):
+        raise DiffPIRError(f"output {shown(str(out))!r}: the name contains a NUL byte")
     try:
-        if out.is_dir():
-            raise DiffPIRError(f"output {shown(out)}: is a directory; expected a file path")
+        is_dir = out.is_dir()
+    except (OSError, ValueError) as e:  # a name too long, an embedded NUL byte
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DiffPIRError(f"output {shown(out)}: not a usable file name ({reason.lower()})") from None
+    if is_dir:
+        raise DiffPIRError(f"output {shown(out)}: is a directory; expected a file path")
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-    except ValueError as e:  # an embedded NUL byte
-        raise DiffPIRError(f"output {shown(out)}: not a usable file name ({e})") from None
     except OSError as e:
+        for parent in out.parents:  # "File exists" / "Not a directory" mean: a parent is a file
+            if os.path.lexists(parent):
+                if not os.path.isdir(parent):
+                    raise DiffPIRError(f"output {shown(out)}: {shown(parent)} is a file, not a folder") from None
+                break
         raise DiffPIRError(f"output {shown(out)}: cannot create the folder {shown(out.parent)} ({e.strerror or e})") from None
 
 

@@ -120,11 +120,15 @@ class ModelSource:
         if not sidecar.is_file():
             return {}
         try:
+            if sidecar.stat().st_size > 1 << 20:  # a sidecar is a few KB; a huge one is not read
+                return {}
             record = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(record, dict):
             return {}
         metadata = record.get("onnx_metadata") or record.get("metadata") or {}
-        return metadata if isinstance(metadata, dict) else {}
+        return {k: v for k, v in metadata.items() if isinstance(v, (str, int, float))} if isinstance(metadata, dict) else {}
 
     # ------------------------------------------------------------------ defaults
 

@@ -209,17 +209,19 @@ def read_npy(path: PathLike, what: str, ndim: Sequence[int] = (2, 3), max_elemen
         return array.astype(np.float64)
     if array.dtype.kind in "ui":
         return array.astype(np.float64) / float(np.iinfo(array.dtype).max)
-    return check_float_values(array.astype(np.float64), f"{what} {shown(path)}")
+    return check_float_values(array, f"{what} {shown(path)}").astype(np.float64)
 
 
 def check_float_values(array: np.ndarray, name: str) -> np.ndarray:
-    """`array` if every value is finite and within float32's range, else a DiffPIRError saying which."""
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise DiffPIRError(f"{name}: {int((~finite).sum())} NaN or Inf value(s); expected finite values")
-    largest = float(np.abs(array).max()) if array.size else 0.0
-    if largest > float(np.finfo(np.float32).max):
-        raise DiffPIRError(f"{name}: values up to {largest:.3g} exceed the float32 range")
+    """`array` if every value is finite and within float32's range, else a DiffPIRError saying which
+    (checked in the array's own precision, so a float128 beyond float64 is named as such)."""
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise DiffPIRError(f"{name}: {int((~finite).sum())} NaN or Inf value(s); expected finite values")
+        largest = np.abs(array).max() if array.size else 0.0
+        if largest > np.finfo(np.float32).max:
+            raise DiffPIRError(f"{name}: values up to {float(largest):.3g} exceed the float32 range")
     return array
 
 
@@ -310,24 +312,48 @@ class OutputPlan:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["OutputPlan"]:
-        """Write inside this block; on any exception, outputs it created are removed (and the
-        folders it created for them, if left empty)."""
-        existed = {out: out.exists() for out, _ in self.outputs}
+        """Write inside this block, all or nothing: on any exception, outputs it created are
+        removed (and the folders it created for them, if left empty), and outputs that existed
+        before get their earlier content back (kept aside as a hard link, or a copy, meanwhile)."""
+        import shutil
+
+        kept: dict[Path, Path] = {}
+        created: list[Path] = []
         missing_folders: list[Path] = []
-        for out, _ in self.outputs:
-            for parent in out.parents:
-                if os.path.lexists(parent):
-                    break
-                if parent not in missing_folders:
-                    missing_folders.append(parent)
+        try:
+            for out, _ in self.outputs:
+                if os.path.isfile(out) and not os.path.islink(out):
+                    backup = temporary_name(out)
+                    try:
+                        os.link(out, backup)
+                    except OSError:
+                        shutil.copy2(out, backup)
+                    kept[out] = backup
+                elif not os.path.lexists(out):
+                    created.append(out)
+                for parent in out.parents:
+                    if os.path.lexists(parent):
+                        break
+                    if parent not in missing_folders:
+                        missing_folders.append(parent)
+        except OSError as e:
+            for backup in kept.values():
+                with contextlib.suppress(OSError):
+                    backup.unlink()
+            raise DiffPIRError(f"cannot keep the earlier {shown(out)} aside while writing ({e.strerror or e})") from None
         try:
             yield self
         except BaseException:
-            for out, _ in self.outputs:
-                if not existed[out]:
-                    with contextlib.suppress(OSError):
-                        out.unlink()
+            for out in created:
+                with contextlib.suppress(OSError):
+                    out.unlink()
+            for out, backup in kept.items():
+                with contextlib.suppress(OSError):
+                    os.replace(backup, out)
             for folder in sorted(missing_folders, key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             raise
+        for backup in kept.values():
+            with contextlib.suppress(OSError):
+                backup.unlink()

@@ -37,7 +37,7 @@ from .paths import MAX_NPY_ELEMENTS
 
 Noise = Union[Sequence[Tensor], Tensor]
 
-__all__ = ["DiffPIRConfig", "family_of", "generate", "prepare", "sample"]
+__all__ = ["DiffPIRConfig", "family_of", "generate", "operator_output", "prepare", "sample"]
 
 
 def family_of(data: Optional[DataStep]) -> str:
@@ -48,6 +48,9 @@ def family_of(data: Optional[DataStep]) -> str:
         return "fourier"
     if isinstance(data, ElementwiseDataStep):
         return "mask"
+    family = getattr(type(data), "family", None)  # a data step that states its own (engine.boundary)
+    if family in ("fourier", "mask"):
+        return family
     raise DiffPIRError(f"operator: no known family for {type(data).__name__}")
 
 
@@ -61,6 +64,17 @@ def check_applicable(method: Method, data: Optional[DataStep], name: str) -> Non
             {"fourier": "deblurring/SR", "mask": "inpainting/denoising"}[t] for t in tasks
         )
         raise DiffPIRError(f"method {name}: applies to {applies}, not to this operator ({type(data).__name__})")
+    allowed = getattr(type(data), "methods", None)  # a data step that serves only some methods states them
+    if allowed is not None and name not in allowed:
+        raise DiffPIRError(data.refusal(name))
+
+
+def operator_output(operator: Any, x: Tensor, y_shape: Sequence[int]) -> Tensor:
+    """The loop's result as the operator's image: `operator.output(x, y_shape)` when the operator
+    restores on a domain other than its image's (engine.boundary.ExtendedDeblur crops its
+    extension back to the frame), else x. Called once after the loop by every runtime."""
+    hook = getattr(operator, "output", None)
+    return x if hook is None else hook(x, y_shape)
 
 
 class CheckedModel:
@@ -185,7 +199,7 @@ def sample(
     x, stream = prepare(method, operator, y, data, shape, y, x_T, noise, seed)
     model = CheckedModel(pad_model(eps_model, operator.pad_mode))
     inputs = DrawnInputs(stream, shape[0], y.device)
-    out = check_output(run_steps(method, model, data, x, inputs, method.steps(), callback))
+    out = check_output(operator_output(operator, run_steps(method, model, data, x, inputs, method.steps(), callback), y.shape))
     return out[0] if unbatched else out
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from diffpir_rt.engine import METHODS, TASKS, ModelSource, arch_names, argtypes, bundled_card, defaults_for
+from diffpir_rt.engine import BOUNDARIES, METHODS, TASKS, ModelSource, arch_names, argtypes, bundled_card, defaults_for, resolve_boundary
 from diffpir_rt.errors import DiffPIRError
 
 from .restorer import BACKENDS, PRECISIONS, Restorer
@@ -68,6 +68,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="UNet precision; auto = fp16 on CUDA, fp32 on CPU (fp16 is refused on CPU) (default: %(default)s)")
     g.add_argument("--threads", type=argtypes.thread_count, default=None, help="CPU threads (default: torch's / the physical cores)")
     g.add_argument("--reference", action="store_true", help="run the exact fp32 eager reference loop (slow, for checking)")
+    from .tiling import tile_argument
+
+    g.add_argument("--tile", type=tile_argument, default="auto",
+                   help="run the UNet on overlapping tiles: auto (images above ~640x640, tiles near the model's "
+                        "training size), off, or a tile side in pixels (default: %(default)s)")
+    g.add_argument("--overlap", type=argtypes.non_negative_int, default=None,
+                   help="pixels neighbouring tiles share at least (default: tile/8, at least 16)")
 
 
 def model_source(args: argparse.Namespace) -> ModelSource:
@@ -76,7 +83,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
 
 def make_restorer(args: argparse.Namespace) -> Restorer:
     return Restorer(model_source(args), backend=args.backend, device=args.device, precision=args.dtype,
-                    reference=args.reference, threads=args.threads)  # fmt: skip
+                    reference=args.reference, threads=args.threads, tile=args.tile, overlap=args.overlap)  # fmt: skip
 
 
 def check_inputs_exist(args: argparse.Namespace, flags: Sequence[str]) -> None:
@@ -138,6 +145,10 @@ def add_restore_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", type=Path, help="inpainting mask image, nonzero = observed (required for inpaint)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="SR factor (default: 4)")
     p.add_argument("--method", choices=tuple(METHODS), default="diffpir", help="restoration method (default: %(default)s)")
+    p.add_argument("--boundary", choices=BOUNDARIES, default="auto",
+                   help="image edges, deblur: extend = restore a larger image of which only the frame was observed "
+                        "(real photos), circular = the blur wraps around (the official protocol's synthetic data); "
+                        "auto = extend for deblurring with diffpir/dps/dpir, circular otherwise (default: %(default)s)")
     h = p.add_argument_group("hyperparameters (unset: the model's default for the task, see above)")
     h.add_argument("--sigma-n", type=argtypes.unit_float, help="measurement noise std in [0,1] units (0.05 = 12.75/255)")
     h.add_argument("--steps", type=argtypes.num_steps, help="number of timesteps")
@@ -186,6 +197,7 @@ def run_restore(args: argparse.Namespace) -> int:
     check_inputs(args.task, kernel=args.kernel, mask=args.mask, scale=args.scale)
     if args.kernel_index is not None and args.kernel is None:
         raise DiffPIRError("--kernel-index: applies to a --kernel file")
+    resolve_boundary(args.task, args.boundary, args.method)  # a --boundary that cannot run, refused early
     check_inputs_exist(args, ("input", "kernel", "mask", "checkpoint", "onnx", "engine"))
     inputs = [args.input, args.kernel, args.mask, args.checkpoint, args.onnx, args.engine]
     plan = OutputPlan(inputs)
@@ -206,6 +218,7 @@ def run_restore(args: argparse.Namespace) -> int:
         args.task, y, operator, args.method, overrides, args.seed, depth,
         sources={"input": str(args.input), "kernel": str(args.kernel) if args.kernel else None,
                  "mask": str(args.mask) if args.mask else None},
+        boundary=args.boundary,
     )  # fmt: skip
     calls = model_calls(request.config(restorer))
     with Progress(calls, f"{args.task} ({args.method})", unit="UNet call", enabled=not args.quiet) as progress:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from diffpir_rt.engine import Operator, build_method
+from diffpir_rt.engine import Operator, apply_boundary, build_method, resolve_boundary
 from diffpir_rt.engine.operators import stack_operators
 from diffpir_rt.errors import DiffPIRError
 
@@ -35,6 +35,9 @@ class RestoreRequest:
         seed: this sample's seed.
         bit_depth: the input's bit depth (8 or 16), which the output keeps.
         sources: names of what it was made from (input, kernel, mask files), for the record.
+        boundary: how deblurring treats the image's edges: "auto" (a user's photo: "extend" for
+            deblurring with diffpir/dps/dpir, else "circular"), "circular" (the official
+            protocol's model) or "extend" (engine.ExtendedDeblur; docs/algorithm.md §11).
     """
 
     task: str
@@ -45,9 +48,14 @@ class RestoreRequest:
     seed: int = 0
     bit_depth: int = 8
     sources: dict[str, Any] = field(default_factory=dict)
+    boundary: str = "auto"
 
     def config(self, restorer: Restorer) -> Any:
         return restorer.config(self.task, self.method, **self.overrides)
+
+    def resolved_boundary(self) -> Any:
+        """"extend", "circular", or None for tasks without a blur (engine.resolve_boundary)."""
+        return resolve_boundary(self.task, self.boundary, self.method)
 
 
 def model_calls(config: Any) -> int:
@@ -58,8 +66,11 @@ def model_calls(config: Any) -> int:
 def batch_key(restorer: Restorer, request: RestoreRequest) -> Hashable:
     """Requests with equal keys can run as one batch: same task, method, config, sizes, operator kind."""
     op = request.operator
+    # An extended domain depends on the kernel's size: equal kernel sizes keep a sample's result batch-free.
+    boundary = request.resolved_boundary()
+    kernel_size = tuple(op.kernel.shape[-2:]) if boundary == "extend" else None
     return (request.task, request.method, request.config(restorer), tuple(request.y.shape), type(op).__name__,
-            getattr(op, "sf", None))  # fmt: skip
+            getattr(op, "sf", None), boundary, kernel_size)  # fmt: skip
 
 
 def run_requests(
@@ -73,6 +84,8 @@ def run_requests(
         raise DiffPIRError("requests: only requests with the same task, method, hyperparameters and size share a batch")
     config = requests[0].config(restorer)
     operator = stack_operators([r.operator for r in requests])
+    # The boundary model wraps the batch's operator: the one place it is applied (docs/algorithm.md §11).
+    operator = apply_boundary(operator, requests[0].resolved_boundary(), int(getattr(restorer.denoiser, "size_multiple", 1)))
     y = torch.stack([r.y for r in requests])
     seeds = [r.seed for r in requests]
     start = time.perf_counter()
@@ -91,6 +104,7 @@ def run_record(restorer: Restorer, request: RestoreRequest, config: Any, seconds
         "config": config.to_dict(),
         "defaults_source": restorer.task_defaults(request.task).source if from_card else f"{request.method}: official defaults",
         "scale": getattr(request.operator, "sf", None) if request.task == "sr" else None,
+        "boundary": request.resolved_boundary(),
         "seed": request.seed,
         "bit_depth": request.bit_depth,
         "model_calls": model_calls(config),

@@ -28,11 +28,12 @@ def cache_dir() -> Path:
     return Path(base) / "diffpir-rt"
 
 
-def cached_onnx(source: ModelSource, notify=None) -> Path:
+def cached_onnx(source: ModelSource, notify=None, refresh: bool = False) -> Path:
     """The cached fp32 dynamic-shape ONNX export of `source` (a bundled or checkpoint model).
 
     Args:
         notify: called with one line when an export is made (it takes seconds).
+        refresh: export again even if the cache holds the graph (it proved unusable).
 
     Raises:
         DiffPIRError: the source is not a torch model, the cache folder is not writable,
@@ -44,7 +45,11 @@ def cached_onnx(source: ModelSource, notify=None) -> Path:
         raise DiffPIRError(f"model source {source.kind}: only a torch model is exported to ONNX")
     key = f"{source.arch_name}-{source.sha256()[:16]}-fp32-dynamic"
     path = cache_dir() / "onnx" / f"{key}.onnx"
-    if path.is_file() and path.with_name(path.name + ".json").is_file():
+    sidecar = path.with_name(path.name + ".json")
+    if refresh:
+        for stale in (path, sidecar):
+            stale.unlink(missing_ok=True)
+    if path.is_file() and sidecar.is_file():
         return path
     source.load_torch()  # a broken checkpoint says so before anything is exported
     try:

@@ -109,6 +109,9 @@ class Restorer:
         reference: run the fp32 eager reference loop, whatever the device.
         threads: CPU threads (torch intra-op, and ONNX Runtime's session).
         notify: where one-line notices go (fallbacks, a first-time export); default stderr.
+        tile: the UNet on overlapping tiles (runtime.tiling): "auto" (default: images above
+            ~640² pixels, tiles near the model's training size), None/"off", or a tile side.
+        overlap: pixels neighbouring tiles share at least (default: tile // 8, at least 16).
     """
 
     def __init__(
@@ -121,6 +124,8 @@ class Restorer:
         reference: bool = False,
         threads: Optional[int] = None,
         notify: Optional[Callable[[str], None]] = None,
+        tile: Union[None, str, int] = "auto",
+        overlap: Optional[int] = None,
     ) -> None:
         self.source = model if model is not None else ModelSource()
         if not isinstance(self.source, ModelSource):
@@ -144,6 +149,10 @@ class Restorer:
         if threads is not None:
             torch.set_num_threads(threads)
         self.path, self.denoiser = self._prepare(backend)
+        from .tiling import TilingPolicy
+
+        self.tiling = TilingPolicy(tile, overlap, self.denoiser_size())
+        self.tiling.wrap(self.denoiser)  # a tile or overlap this model cannot take is refused here
         self._graphs: Any = None  # a GraphSampler, made on first CUDA restore
         self.runs = 0
 
@@ -194,7 +203,12 @@ class Restorer:
             from .onnx_cache import cached_onnx
 
             onnx_path = cached_onnx(source, notify=self._notify)
-            denoiser = make_denoiser_from(ModelSource("onnx", onnx_path), device=device, threads=self.threads)
+            try:
+                denoiser = make_denoiser_from(ModelSource("onnx", onnx_path), device=device, threads=self.threads)
+            except DiffPIRError as e:  # a damaged cache file: make it again, once
+                self._notify(f"the cached ONNX graph is unusable ({e}); exporting it again")
+                onnx_path = cached_onnx(source, notify=self._notify, refresh=True)
+                denoiser = make_denoiser_from(ModelSource("onnx", onnx_path), device=device, threads=self.threads)
             return RuntimePath("onnxruntime", "onnxruntime", "fp32", str(device),
                                reason="CPU: ONNX Runtime is the fastest CPU UNet measured (docs/runtime.md)"), denoiser  # fmt: skip
         model = self._fast_torch(self.precision)
@@ -243,7 +257,7 @@ class Restorer:
         from diffpir_rt.engine import GraphSampler
 
         if self._graphs is None:
-            self._graphs = GraphSampler(self.denoiser, self.device, impl="cupy" if self.path.kernels == "cupy" else "torch")
+            self._graphs = GraphSampler(self.tiling.wrap(self.denoiser), self.device, impl="cupy" if self.path.kernels == "cupy" else "torch")
         return self._graphs
 
     def restore(
@@ -267,12 +281,20 @@ class Restorer:
         self.runs += 1
         method = build_method(config)
         model = self._model_for(method)
+        out = self._restore(method, model, y, operator, config, seed, x_T, noise, callback)
+        # the loop's domain (an operator may restore on a larger one than its output, engine.boundary)
+        self.tiling.note(self.tiling.wrap(model), operator.image_shape(y.shape if y.ndim == 4 else (1, *y.shape)))
+        return out
+
+    def _restore(self, method, model, y, operator, config, seed, x_T, noise, callback) -> Tensor:
+        """The path's loop (restore's body): the graph runtime, or engine.sample; tiled per self.tiling."""
+        tiled = self.tiling.wrap(self.denoiser)
         if model is not self.denoiser or method.needs_grad:
-            return sample(model, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+            return sample(self.tiling.wrap(model), operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
         if self.path.name == "cuda-graph" and callback is None:
             image_bytes = 4 * operator.image_shape(y.shape if y.ndim == 4 else (1, *y.shape)).numel()
             if sum(s.noise for s in method.steps()) * image_bytes > MAX_GRAPH_NOISE_BYTES:
-                return sample(self.denoiser, operator, y, config, x_T=x_T, noise=noise, seed=seed)
+                return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed)
             try:
                 return self._graph_sampler().sample(operator, y, config, x_T=x_T, noise=noise, seed=seed)
             except DiffPIRError:
@@ -281,12 +303,14 @@ class Restorer:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 self.path.name = "cuda-eager"
                 self._fallback(self.path, f"CUDA graph capture failed ({first}); running the loop eagerly")
-        return sample(self.denoiser, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+        return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
 
     def generate(self, shape: Sequence[int], config: Any, seed: Any = None, callback=None) -> Tensor:
         """Unconditional samples (DDIM, DDPM) of shape (B, C, H, W) in [0, 1]."""
-        model = self._model_for(build_method(config))
-        return generate(model, shape, config, seed=seed, device=self.device, callback=callback)
+        model = self.tiling.wrap(self._model_for(build_method(config)))
+        out = generate(model, shape, config, seed=seed, device=self.device, callback=callback)
+        self.tiling.note(model, out.shape)
+        return out
 
     def _model_for(self, method: Any) -> Any:
         """The denoiser that can serve `method`: the prepared one, unless the method needs the
@@ -327,6 +351,7 @@ class Restorer:
             "path": self.path.to_dict(),
             "model": self.source.to_dict(),
             "backend": self.denoiser.describe(),
+            "tiling": self.tiling.describe(),
             "torch": torch.__version__,
         }
 

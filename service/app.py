@@ -22,6 +22,7 @@ import base64
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +37,8 @@ from starlette.responses import JSONResponse, Response
 from diffpir_rt import __version__
 from diffpir_rt.errors import DiffPIRError
 
-from .forms import RequestError, Upload, check_config, parse_restore_form
-from .settings import DRAIN_KEY, DRAIN_NAMESPACE, METRIC_PREFIX, ServeSettings, hash_token, ingress_options, restorer_options
+from .forms import RequestError, Upload, check_config, memoise_task_defaults, parse_restore_form
+from .settings import DRAIN_KEY, DRAIN_NAMESPACE, IN_FLIGHT_PREFIX, METRIC_PREFIX, ServeSettings, hash_token, ingress_options, restorer_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,6 +46,8 @@ RECORD_HEADER = "X-DiffPIR-Record"
 REQUEST_ID_HEADER = "X-Request-Id"
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
 BATCH_BOUNDARIES = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64]
+#: Serve batches that may wait at once in a replica's pending groups (see DiffPIRRestorer._batch).
+MERGE_WINDOW = 16
 
 
 def _error(status: int, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
@@ -70,7 +73,7 @@ class DiffPIRRestorer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         from diffpir_rt.engine import ModelSource
-        from diffpir_rt.runtime.restorer import Restorer
+        from diffpir_rt.runtime import Restorer
 
         self.settings = ServeSettings.from_dict(settings)
         s = self.settings
@@ -83,12 +86,15 @@ class DiffPIRRestorer:
         start = time.perf_counter()
         self.restorer = Restorer(source, backend=s.backend, device=device, precision=s.dtype, reference=s.reference,
                                  threads=threads, notify=lambda line: logger.warning(line))  # fmt: skip
+        memoise_task_defaults(self.restorer)
         self.pad = s.pad_batches == "on" or (s.pad_batches == "auto" and self.restorer.device.type == "cuda")
         self.pad_sizes = sorted({min(2**i, s.max_batch_size) for i in range(8)} | {s.max_batch_size})
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffpir-restore")
         self._batch.set_max_batch_size(s.max_batch_size)
         self._batch.set_batch_wait_timeout_s(s.batch_wait_s)
         self.pending = 0
+        self._pending: dict[Any, list[tuple[Any, float, asyncio.Future]]] = {}  # batch key -> waiting requests
+        self._runner: Optional[asyncio.Task] = None
         self.batch_sizes = Histogram(f"{METRIC_PREFIX}batch_size", description="requests per restore batch (one run_requests call)",
                                      boundaries=BATCH_BOUNDARIES)  # fmt: skip
         self.queued = Gauge(f"{METRIC_PREFIX}queued_requests", description="requests waiting or running in this replica")
@@ -106,7 +112,7 @@ class DiffPIRRestorer:
         self.pending += 1
         self.queued.set(self.pending)
         try:
-            from diffpir_rt.runtime.jobs import batch_key
+            from diffpir_rt.runtime import batch_key
 
             try:
                 check_config(self.restorer, request, s.limits)
@@ -120,26 +126,51 @@ class DiffPIRRestorer:
             self.pending -= 1
             self.queued.set(self.pending)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=MERGE_WINDOW)
     async def _batch(self, items: list[tuple[Any, Any, float]]) -> list[dict[str, Any]]:
-        groups: dict[Any, list[int]] = {}
-        for i, (key, _, _) in enumerate(items):
-            groups.setdefault(key, []).append(i)
-        results: list[Any] = [None] * len(items)
+        """What Serve batched (the requests that arrived within the wait) joins the pending groups.
+
+        Serve forms its next batch while the previous one runs, from whatever arrives within the
+        wait; under load that is a trickle of small batches waiting in line. So each batch's
+        requests join one pending list per batch key, and one runner takes up to max_batch_size of
+        a key at a time: a backlog runs as full batches, and keys take turns, so a request that
+        cannot share a batch still runs promptly.
+        """
         loop = asyncio.get_running_loop()
-        for indices in groups.values():
-            requests = [items[i][1] for i in indices]
+        futures = []
+        for key, request, arrived in items:
+            future = loop.create_future()
+            self._pending.setdefault(key, []).append((request, arrived, future))
+            futures.append(future)
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run_pending())
+        return list(await asyncio.gather(*futures))
+
+    async def _run_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.settings.max_batch_size
+        while self._pending:
+            key = next(iter(self._pending))  # the key waiting longest
+            entries = [e for e in self._pending.pop(key) if not e[2].done()]  # (cancelled: the client left)
+            group, rest = entries[:limit], entries[limit:]
+            if rest:
+                self._pending[key] = rest  # to the back of the line: other keys take their turn
+            if not group:
+                continue
             started = time.perf_counter()
-            outs = await loop.run_in_executor(self._executor, self._run_group, requests)
-            for i, out in zip(indices, outs):
+            try:
+                outs = await loop.run_in_executor(self._executor, self._run_group, [request for request, _, _ in group])
+            except Exception as e:  # noqa: BLE001 - never leave a caller waiting
+                outs = [{"status": 500, "error": f"internal error ({type(e).__name__}: {_first_line(e)})"}] * len(group)
+            for (_, arrived, future), out in zip(group, outs):
                 if out["status"] == 200:
-                    out["record"]["service"] = {"queued_s": round(started - items[i][2], 4), "replica": _replica_id()}
-                results[i] = out
-        return results
+                    out["record"]["service"] = {"queued_s": round(started - arrived, 4), "replica": _replica_id()}
+                if not future.done():
+                    future.set_result(out)
 
     def _run_group(self, requests: list[Any]) -> list[dict[str, Any]]:
         """run_requests on one group (in the worker thread); a failing group is retried one by one."""
-        from diffpir_rt.runtime.jobs import run_requests
+        from diffpir_rt.runtime import run_requests
 
         n = len(requests)
         size = next((p for p in self.pad_sizes if p >= n), n) if self.pad else n
@@ -190,11 +221,17 @@ class DiffPIRIngress:
     """HTTP in and out: routes, auth, limits, parsing; the restore runs on a DiffPIRRestorer."""
 
     def __init__(self, restorer: DeploymentHandle, settings: dict[str, Any]) -> None:
+        import torch
+
+        # Per-request work here is small (decode, checks, one FFT): one intra-op thread each; more
+        # threads only spin against the restorer's on a busy machine (10x slower FFTs measured on 2 cores).
+        torch.set_num_threads(1)
         self.restorer = restorer
         self.settings = ServeSettings.from_dict(settings)
         self._info: Optional[dict[str, Any]] = None
         self._draining = False
-        self._drain_checked = 0.0
+        self.in_flight = 0
+        threading.Thread(target=self._watch_drain, name="diffpir-drain-watch", daemon=True).start()
         self.requests = Counter(f"{METRIC_PREFIX}requests_total", description="HTTP requests by route and status",
                                 tag_keys=("route", "status"))  # fmt: skip
         self.errors = Counter(f"{METRIC_PREFIX}errors_total", description="HTTP requests answered with an error",
@@ -207,6 +244,7 @@ class DiffPIRIngress:
         request_id = _request_id()
         route = request.url.path.rstrip("/") or "/"
         detail: dict[str, Any] = {}
+        self.in_flight += 1
         try:
             response = await self._route(request, route, request_id, detail)
         except RequestError as e:
@@ -215,6 +253,8 @@ class DiffPIRIngress:
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the replica keeps serving
             logger.exception(f"request {request_id} failed")
             response = _error(500, f"internal error ({type(e).__name__}); see the server log")
+        finally:
+            self.in_flight -= 1
         ms = 1000 * (time.perf_counter() - start)
         known = route if route in ("/healthz", "/v1/info", "/v1/restore", "/v1/restore/json") else "other"
         status = str(response.status_code)
@@ -228,7 +268,7 @@ class DiffPIRIngress:
         return response
 
     async def _route(self, request: Request, route: str, request_id: str, detail: dict[str, Any]) -> Response:
-        if route in ("/healthz", "/v1/restore", "/v1/restore/json") and self._is_draining():
+        if route in ("/healthz", "/v1/restore", "/v1/restore/json") and self._draining:
             raise RequestError(503, "the server is shutting down (draining in-flight requests); retry on another server")
         if route == "/healthz":
             return await self._health()
@@ -265,9 +305,12 @@ class DiffPIRIngress:
 
     async def _restore(self, request: Request, request_id: str, detail: dict[str, Any], as_json: bool) -> Response:
         s = self.settings
+        t0 = time.perf_counter()
         items = await self._read_form(request)
+        t1 = time.perf_counter()
         parsed = await asyncio.to_thread(parse_restore_form, items, s.limits)
         req = parsed.request
+        t2 = time.perf_counter()
         detail.update(task=req.task, size=f"{req.y.shape[-1]}x{req.y.shape[-2]}", seed=req.seed)
         try:
             result = await asyncio.wait_for(self.restorer.restore.remote(req), timeout=s.request_timeout_s)
@@ -279,13 +322,18 @@ class DiffPIRIngress:
             headers = {"Retry-After": "1"} if result["status"] in (429, 503) else None
             detail["error"] = result["error"]
             return _error(result["status"], result["error"], headers)
+        t3 = time.perf_counter()
         record = result["record"]
         record["bit_depth"] = parsed.bit_depth
-        record["service"] = {**record.get("service", {}), "request_id": request_id}
         detail.update(batch=record["batch_size"], restore_s=record["seconds"])
-        from diffpir_rt.engine.imageio import encode_image
+        from diffpir_rt.engine import imageio
 
-        png = await asyncio.to_thread(encode_image, result["image"], "png", parsed.bit_depth)
+        png = await asyncio.to_thread(imageio.encode_image, result["image"], "png", parsed.bit_depth)
+        # Where the time went in the ingress: reading the body, checking the request, the replica's
+        # answer (its wait for a batch and the restore included), encoding the PNG.
+        record["service"] = {**record.get("service", {}), "request_id": request_id, "read_s": round(t1 - t0, 4),
+                             "check_s": round(t2 - t1, 4), "replica_s": round(t3 - t2, 4),
+                             "encode_s": round(time.perf_counter() - t3, 4)}  # fmt: skip
         if as_json:
             return JSONResponse({"image": base64.b64encode(png).decode("ascii"), "content_type": "image/png", "record": record})
         header = json.dumps(record, separators=(",", ":"), ensure_ascii=True)
@@ -293,18 +341,23 @@ class DiffPIRIngress:
 
     # -- pieces
 
-    def _is_draining(self) -> bool:
-        """Whether `diffpir serve` has begun to drain (a flag in Ray's key-value store, read at most twice a second)."""
-        now = time.monotonic()
-        if not self._draining and now - self._drain_checked > 0.5:
-            self._drain_checked = now
+    def _watch_drain(self) -> None:
+        """A thread: every 0.25 s, whether `diffpir serve` has begun to drain (a flag in Ray's key-value
+        store); once it has, this replica's in-flight count goes there, so the driver knows when all is done."""
+        try:
+            from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+        except ImportError:  # without the flag, Serve's own drain still finishes in-flight work
+            return
+        key = IN_FLIGHT_PREFIX + (_replica_id() or uuid.uuid4().hex).encode()
+        while True:
+            time.sleep(0.25)
             try:
-                from ray.experimental.internal_kv import _internal_kv_get
-
-                self._draining = _internal_kv_get(DRAIN_KEY, namespace=DRAIN_NAMESPACE) is not None
-            except Exception:  # noqa: BLE001 - without the flag, Serve's own drain still finishes in-flight work
+                if not self._draining:
+                    self._draining = _internal_kv_get(DRAIN_KEY, namespace=DRAIN_NAMESPACE) is not None
+                if self._draining:
+                    _internal_kv_put(key, str(self.in_flight).encode(), overwrite=True, namespace=DRAIN_NAMESPACE)
+            except Exception:  # noqa: BLE001 - the GCS going away at shutdown
                 pass
-        return self._draining
 
     def _authorise(self, request: Request) -> None:
         expected = self.settings.token_sha256

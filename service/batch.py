@@ -107,7 +107,7 @@ class BatchRestorer:
 
     def __init__(self, model: dict[str, Any], task: dict[str, Any]) -> None:
         from diffpir_rt.engine import ModelSource
-        from diffpir_rt.runtime.restorer import Restorer
+        from diffpir_rt.runtime import Restorer
 
         def path(key: str) -> Optional[Path]:
             return Path(model[key]) if model.get(key) else None
@@ -116,10 +116,13 @@ class BatchRestorer:
         self.restorer = Restorer(source, backend=model["backend"], device=model["device"], precision=model["dtype"],
                                  reference=model["reference"], threads=model["threads"],
                                  notify=lambda line: logging.getLogger(__name__).warning(line))  # fmt: skip
+        from .forms import memoise_task_defaults
+
+        memoise_task_defaults(self.restorer)
         self.task = task
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from diffpir_rt.runtime.jobs import batch_key
+        from diffpir_rt.runtime import batch_key
 
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["index"]))]
         out: dict[int, dict[str, Any]] = {}
@@ -141,18 +144,18 @@ class BatchRestorer:
 
     def _request(self, row: dict[str, Any]) -> Any:
         from diffpir_rt.engine import operator_from_files
-        from diffpir_rt.engine.paths import check_input_file
-        from diffpir_rt.runtime.cli import read_measurement
-        from diffpir_rt.runtime.jobs import RestoreRequest
+        from diffpir_rt.engine import paths
+        from diffpir_rt.runtime import read_measurement
+        from diffpir_rt.runtime import RestoreRequest
 
         t = self.task
-        path = check_input_file(Path(str(row["input"])), "input")
+        path = paths.check_input_file(Path(str(row["input"])), "input")
         aux = str(row["aux"]) if row["aux"] else None
         kernel = Path(aux) if aux and t["task"] in ("deblur", "sr") else (Path(t["kernel"]) if t["kernel"] else None)
         mask = Path(aux) if aux and t["task"] == "inpaint" else (Path(t["mask"]) if t["mask"] else None)
         for what, p in (("kernel", kernel), ("mask", mask)):
             if p is not None:
-                check_input_file(p, what)
+                paths.check_input_file(p, what)
         operator = operator_from_files(t["task"], kernel, t["kernel_index"], mask, t["scale"])
         y, depth = read_measurement(path)
         operator.data_step(y[None])  # size checks before the batch runs, as diffpir restore
@@ -163,8 +166,8 @@ class BatchRestorer:
         return request
 
     def _run(self, members: list[tuple[int, Any]]) -> list[tuple[int, dict[str, Any]]]:
-        from diffpir_rt.engine.imageio import encode_image
-        from diffpir_rt.runtime.jobs import run_requests
+        from diffpir_rt.engine import imageio
+        from diffpir_rt.runtime import run_requests
 
         try:
             outs = run_requests(self.restorer, [r for _, r in members])
@@ -179,7 +182,7 @@ class BatchRestorer:
                 depth = 8
             record["bit_depth"] = depth
             try:
-                data = encode_image(image.detach().cpu(), self.task["format"], depth)
+                data = imageio.encode_image(image.detach().cpu(), self.task["format"], depth)
             except DiffPIRError as e:
                 results.append((index, _failed(index, str(e))))
                 continue
@@ -241,7 +244,7 @@ def run_batch_job(
         init.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
     else:
         init["address"] = address
-    from diffpir_rt.runtime.progress import Progress
+    from diffpir_rt.runtime import Progress
 
     start = time.perf_counter()
     before = set(descendants(os.getpid()))

@@ -86,7 +86,7 @@ def _hyperparameters(p: argparse.ArgumentParser) -> None:
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
-    from diffpir_rt.runtime.cli import add_model_arguments
+    from diffpir_rt.runtime import add_model_arguments
 
     from .settings import ServeSettings
 
@@ -150,7 +150,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> Any:
     """ServeSettings from `diffpir serve` flags, with the cheap checks of `diffpir restore`."""
     from diffpir_rt.engine import ModelSource
-    from diffpir_rt.runtime.cli import check_inputs_exist
+    from diffpir_rt.runtime import check_inputs_exist
 
     from .settings import ServeSettings, hash_token, read_token
 
@@ -282,18 +282,18 @@ def run_request(args: argparse.Namespace) -> int:
     missing = [flag for flag, value in (("--task", args.task), ("--input", args.input), ("--output", args.output)) if value is None]
     if missing:
         raise DiffPIRError(f"{', '.join(missing)}: required to restore (or use --info / --health)")
-    from diffpir_rt.engine.paths import OutputPlan
-    from diffpir_rt.runtime.cli import check_inputs_exist, parse_params
+    from diffpir_rt.engine import paths
+    from diffpir_rt.runtime import check_inputs_exist, parse_params
 
     check_inputs_exist(args, ("input", "kernel", "mask"))
-    plan = OutputPlan([args.input, args.kernel, args.mask])
+    plan = paths.OutputPlan([args.input, args.kernel, args.mask])
     plan.add(args.output, "--output", suffixes=(".png",))
     record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
     params = parse_params(args.param)
     fields = {name: getattr(args, name) for name in ("scale", "method", "steps", "lam", "zeta", "sigma_n", "skip",
                                                      "t_start", "seed", "kernel_index", "bit_depth")}  # fmt: skip
     result = client.restore(args.input, args.task, kernel=args.kernel, mask=args.mask, params=params, **fields)
-    from diffpir_rt.engine.imageio import write_text
+    from diffpir_rt.engine import write_text
 
     from .batch import write_atomic
 
@@ -310,7 +310,7 @@ def run_request(args: argparse.Namespace) -> int:
 
 
 def add_batch_parser(subparsers: argparse._SubParsersAction) -> None:
-    from diffpir_rt.runtime.cli import add_model_arguments
+    from diffpir_rt.runtime import add_model_arguments
 
     p = subparsers.add_parser(
         "batch",
@@ -345,8 +345,8 @@ OUTPUT_FORMATS_CHOICES = ("png", "tif", "jpg")
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from diffpir_rt.engine.tasks import check_inputs
-    from diffpir_rt.runtime.cli import check_inputs_exist, parse_params
+    from diffpir_rt.engine import check_inputs
+    from diffpir_rt.runtime import check_inputs_exist, parse_params
 
     from .batch import SUMMARY_NAME, list_jobs, run_batch_job, write_atomic
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from diffpir_rt.engine import METHODS, argtypes
-from diffpir_rt.engine.tasks import TASKS, check_inputs
+from diffpir_rt.engine import TASKS, check_inputs
 from diffpir_rt.errors import DiffPIRError
 
 #: Form fields: name -> (kind, parser). Files are uploads; the rest are text.
@@ -127,7 +127,7 @@ def parse_restore_form(items: FormItems, limits: Limits = Limits()) -> ParsedReq
     if "kernel_index" in values and "kernel" not in files:
         raise RequestError(422, "field kernel_index: applies to a kernel file")
 
-    from diffpir_rt.runtime.cli import parse_params
+    from diffpir_rt.runtime import parse_params
 
     try:
         params = parse_params(text.get("param", []))
@@ -150,7 +150,7 @@ def parse_restore_form(items: FormItems, limits: Limits = Limits()) -> ParsedReq
     except DiffPIRError as e:
         raise RequestError(422, str(e)) from None
 
-    from diffpir_rt.runtime.jobs import RestoreRequest
+    from diffpir_rt.runtime import RestoreRequest
 
     sources = {"input": image.filename, "kernel": files["kernel"].filename if "kernel" in files else None,
                "mask": files["mask"].filename if "mask" in files else None}  # fmt: skip
@@ -168,6 +168,20 @@ def check_config(restorer: Any, request: Any, limits: Limits) -> Any:
     if steps is not None and steps > limits.max_steps:
         raise RequestError(422, f"field steps: {steps} steps; this server allows at most {limits.max_steps} (--max-steps)")
     return config
+
+
+def memoise_task_defaults(restorer: Any) -> None:
+    """Resolve each task's defaults once per replica, not once per request.
+
+    Restorer.config (through batch_key and the run record) asks the model source for the task's
+    defaults, and a checkpoint source decides whether its card applies by hashing the weights
+    file: hundreds of MB per request for a real checkpoint. The answer cannot change while the
+    replica runs.
+    """
+    import functools
+
+    restorer.task_defaults = functools.lru_cache(maxsize=None)(restorer.task_defaults)
+
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -206,10 +220,10 @@ def _field_words(message: str) -> str:
 
 def read_measurement_bytes(image: Upload, max_pixels: Optional[int] = None) -> tuple[Any, int]:
     """A [0, 1] (3, H, W) measurement and its bit depth from an upload: an image, or a (C, H, W) .npy."""
-    from diffpir_rt.engine.imageio import decode_image
+    from diffpir_rt.engine import imageio
 
     if image.data[:6] == b"\x93NUMPY":
-        from diffpir_rt.runtime.cli import read_measurement
+        from diffpir_rt.runtime import read_measurement
 
         with _as_file(image, "input", ".npy") as path:
             y, depth = read_measurement(path)
@@ -217,26 +231,26 @@ def read_measurement_bytes(image: Upload, max_pixels: Optional[int] = None) -> t
             raise RequestError(413, f"image {image.filename}: {y.shape[-1]}x{y.shape[-2]} is more than {max_pixels:,} pixels")
         return y, depth
     try:
-        return decode_image(image.data, f"image {image.filename}", max_pixels=max_pixels)
+        return imageio.decode_image(image.data, f"image {image.filename}", max_pixels=max_pixels)
     except DiffPIRError as e:
         raise RequestError(413 if "are accepted" in str(e) else 415, str(e)) from None
 
 
 def _operator(task: str, files: dict[str, Upload], values: dict[str, Any], limits: Limits) -> Any:
-    from diffpir_rt.engine.tasks import build_operator
+    from diffpir_rt.engine import build_operator
 
     kernel = mask = None
     if "kernel" in files:
-        from diffpir_rt.engine.degrade import load_kernel
+        from diffpir_rt.engine import degrade
 
         upload = files["kernel"]
         with _as_file(upload, "kernel", _kernel_suffix(upload)) as path:
-            kernel = load_kernel(path, values.get("kernel_index"))
+            kernel = degrade.load_kernel(path, values.get("kernel_index"))
     if "mask" in files:
-        from diffpir_rt.engine.imageio import decode_mask
+        from diffpir_rt.engine import imageio
 
         try:
-            mask = decode_mask(files["mask"].data, f"mask {files['mask'].filename}", max_pixels=limits.max_pixels)[0].numpy()
+            mask = imageio.decode_mask(files["mask"].data, f"mask {files['mask'].filename}", max_pixels=limits.max_pixels)[0].numpy()
         except DiffPIRError as e:
             raise RequestError(413 if "are accepted" in str(e) else 415, str(e)) from None
     try:

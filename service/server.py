@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from diffpir_rt.errors import DiffPIRError
 
-from .settings import APP_NAME, DRAIN_KEY, DRAIN_NAMESPACE, ServeSettings
+from .settings import APP_NAME, DRAIN_KEY, DRAIN_NAMESPACE, IN_FLIGHT_PREFIX, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,11 @@ RAY_MISSING = 'diffpir serve needs Ray Serve: pip install "diffpir-rt[serve]"'
 
 def import_ray(what: str = "diffpir serve") -> Any:
     """ray, or a one-line DiffPIRError naming the extra to install."""
+    import importlib
+
     try:
-        import ray
-        from ray import serve  # noqa: F401
+        ray = importlib.import_module("ray")
+        importlib.import_module("ray.serve")
     except ImportError as e:
         raise DiffPIRError(f'{what} needs Ray ({e.name} is not installed): pip install "diffpir-rt[serve]"') from None
     return ray
@@ -178,7 +180,7 @@ class Server:
         s = self.settings
         where = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{s.port}"
         replicas = f"{s.autoscale_min}-{s.autoscale_max} (autoscaling)" if s.autoscale_max is not None else str(s.replicas)
-        extras = [f"token required" if s.token_sha256 else "no token"]
+        extras = ["token required" if s.token_sha256 else "no token"]
         if self.local and self.metrics_port:
             extras.append(f"metrics on http://127.0.0.1:{self.metrics_port}/metrics")
         self.say(f"diffpir serve: ready on {where} ({replicas} restorer replica(s), batches up to {s.max_batch_size}; "
@@ -197,8 +199,8 @@ class Server:
                 from ray import serve
 
                 try:
-                    _drain_flag(True)  # the ingress answers new work 503 from now on
-                    # Deleting the application first drains it: each replica finishes its in-flight requests
+                    self._drain(started)
+                    # Deleting the application drains what is left: each replica finishes its in-flight requests
                     # (graceful_shutdown_timeout_s = --drain-timeout) while the proxies still deliver the answers.
                     serve.delete(APP_NAME)
                     if self.local or not serve.status().applications:
@@ -211,6 +213,26 @@ class Server:
         left = end_processes(self._ours())
         tail = f"; ended {len(left)} leftover process(es)" if left else ""
         self.say(f"diffpir serve: stopped in {time.monotonic() - started:.1f} s{tail}")
+
+    def _drain(self, started: float) -> None:
+        """New work is answered 503 while the requests in flight finish (up to --drain-timeout)."""
+        if not _drain_flag(True):
+            return
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+        deadline = started + self.settings.drain_timeout_s
+        counts: dict[bytes, int] = {}
+        while time.monotonic() < deadline and self.signals < 2:
+            try:
+                keys = _internal_kv_list(IN_FLIGHT_PREFIX, namespace=DRAIN_NAMESPACE)
+                counts = {k: int(_internal_kv_get(k, namespace=DRAIN_NAMESPACE) or 0) for k in keys}
+            except Exception:  # noqa: BLE001
+                return
+            if len(counts) >= self.settings.ingress_replicas and not any(counts.values()):
+                return
+            time.sleep(0.2)
+        if any(counts.values()):
+            self.say(f"diffpir serve: {sum(counts.values())} request(s) still in flight after the drain timeout")
 
     def _watchdog(self, budget: float, done: threading.Event) -> None:
         if not done.wait(budget):
@@ -226,7 +248,8 @@ class Server:
         os._exit(1)
 
 
-def _drain_flag(on: bool) -> None:
+def _drain_flag(on: bool) -> bool:
+    """Set (or clear, with the replicas' in-flight reports) the drain flag; False if it cannot be."""
     try:
         from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
@@ -234,8 +257,11 @@ def _drain_flag(on: bool) -> None:
             _internal_kv_put(DRAIN_KEY, b"1", overwrite=True, namespace=DRAIN_NAMESPACE)
         else:
             _internal_kv_del(DRAIN_KEY, namespace=DRAIN_NAMESPACE)
-    except Exception as e:  # noqa: BLE001 - a private API: without it, new requests are queued until the drain ends
+            _internal_kv_del(IN_FLIGHT_PREFIX, del_by_prefix=True, namespace=DRAIN_NAMESPACE)
+        return True
+    except Exception as e:  # noqa: BLE001 - a private API: without it, Serve's own drain still finishes in-flight work
         logger.warning(f"drain flag: {type(e).__name__}: {e}")
+        return False
 
 
 def _cause(e: BaseException) -> str:

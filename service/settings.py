@@ -20,6 +20,8 @@ from .forms import Limits
 APP_NAME = "diffpir"
 #: Ray's internal key-value store: set while `diffpir serve` drains, so the ingress answers new work 503.
 DRAIN_KEY = b"diffpir-serve:draining"
+#: ... and each ingress replica then reports its in-flight requests under this prefix.
+IN_FLIGHT_PREFIX = b"diffpir-serve:in-flight:"
 DRAIN_NAMESPACE = "diffpir"
 TOKEN_ENV = "DIFFPIR_SERVE_TOKEN"
 #: Metrics names (Prometheus; Ray prefixes user metrics with "ray_").
@@ -135,9 +137,9 @@ def hash_token(token: str) -> str:
 def read_token(token_file: Optional[Path]) -> Optional[str]:
     """The bearer token: --token-file's first line, else $DIFFPIR_SERVE_TOKEN, else None (no auth)."""
     if token_file is not None:
-        from diffpir_rt.engine.paths import check_input_file
+        from diffpir_rt.engine import paths
 
-        path = check_input_file(token_file, "--token-file")
+        path = paths.check_input_file(token_file, "--token-file")
         try:
             lines = path.read_text(encoding="utf-8").strip().splitlines()
         except (OSError, UnicodeDecodeError) as e:
@@ -182,8 +184,9 @@ def serve_config(settings: ServeSettings) -> dict[str, Any]:
 def restorer_options(settings: ServeSettings) -> dict[str, Any]:
     """Serve deployment options of the restorer replicas (the model, the batching)."""
     options: dict[str, Any] = {
-        # Requests reach the replica, whose own queue limit answers 429 with a JSON body.
-        "max_ongoing_requests": settings.max_queued + settings.max_batch_size,
+        # Requests reach the replica, whose own queue limit answers 429 with a JSON body; and up to
+        # 16 (app.MERGE_WINDOW) Serve batches can wait there to be merged into full ones.
+        "max_ongoing_requests": max(settings.max_queued + settings.max_batch_size, 16 * settings.max_batch_size),
         "max_queued_requests": settings.max_queued,
         "graceful_shutdown_timeout_s": settings.drain_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,

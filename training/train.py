@@ -49,6 +49,7 @@ from diffpir_rt.engine import (
     ResBlock,
     UNetModel,
     build_unet,
+    check_input_file,
     linear_schedule,
     load_unet,
     resolve_arch,
@@ -389,9 +390,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         DiffPIRError: missing or unreadable file, or not a checkpoint of this trainer.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DiffPIRError(f"checkpoint {path}: file not found")
+    path = check_input_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file

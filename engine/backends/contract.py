@@ -28,6 +28,10 @@ CONTRACT_VERSION = "1"
 #: preset, channels a handful.
 MAX_SIZE_MULTIPLE = 1024
 MAX_IN_CHANNELS = 64
+#: Largest fixed axes an artifact may declare: a static 8192 x 8192 (64 MP, the input limit)
+#: graph, batch 1024. A forged graph fixed to 100000 x 100000 would make the runtime pad
+#: every image to 120 GB.
+MAX_FIXED_SIZE = {BATCH: 1024, HEIGHT: 8192, WIDTH: 8192}
 
 
 class Precision(str, enum.Enum):
@@ -277,4 +281,8 @@ def contract_from_dims(
             if isinstance(axis, str) and static:
                 if fixed.setdefault(axis, int(value)) != value:  # type: ignore[arg-type]
                     raise DiffPIRError(f"{artifact}: axis {axis} is fixed to both {fixed[axis]} and {value}")
+    for axis, value in fixed.items():
+        high = MAX_FIXED_SIZE.get(axis)
+        if high is not None and not 1 <= value <= high:
+            raise DiffPIRError(f"{artifact}: its {axis} axis is fixed to {value}; expected 1..{high} (a forged file?)")
     return fix_axes(contract, fixed)

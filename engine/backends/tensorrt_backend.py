@@ -27,7 +27,7 @@ from diffpir_rt.errors import DiffPIRError
 
 from ..artifacts import read_sidecar, sha256_files
 from .base import batch_timesteps, check_image_input
-from .contract import contract_from_dict, contract_from_dims
+from .contract import contract_from_dict, contract_from_dims, parse_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +164,11 @@ class TensorRTDenoiser:
                 raise DiffPIRError(f"onnx {onnx_path}: file not found")
             onnx_sha256 = sha256_files(onnx_files(onnx_path, onnx_lib.load(str(onnx_path), load_external_data=False)))
         self.record = check_plan(self.path, trt.__version__, gpu, onnx_sha256)
-        self.metadata: dict[str, str] = self.record["onnx_metadata"]
-        self.size_multiple = int(self.metadata["size_multiple"])
-        self.in_channels = int(self.metadata["in_channels"])
+        # the sidecar's copy of the ONNX metadata, checked as the ONNX Runtime backend checks it
+        metadata = self.record.get("onnx_metadata")
+        self.metadata: dict[str, Any] = parse_metadata(metadata if isinstance(metadata, dict) else {}, f"engine {self.path}")
+        self.size_multiple = self.metadata["size_multiple"]
+        self.in_channels = self.metadata["in_channels"]
         self.precision = self.record["key"]["precision"]
         self.profile = {name: tuple(tuple(s) for s in shapes) for name, shapes in self.record["profile"].items()}
         self.gpu = gpu

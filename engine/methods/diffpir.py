@@ -21,7 +21,7 @@ from .. import fused
 from ..imageio import from_model, to_model
 from ..operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, SKIP_TYPES, Schedule, linear_schedule, timesteps
-from ..step import StepCoefficients
+from ..step import StepCoefficients, diffpir_update
 from .base import MethodConfig, Step, check_config
 
 
@@ -122,6 +122,8 @@ class DiffPIR:
             return fused.step_fourier(x, eps, noise, c, data, correction, impl=self.impl)
         if isinstance(data, ElementwiseDataStep):
             return fused.step_elementwise(x, eps, noise, c, data, rho, impl=self.impl)
+        if data is not None:  # any other data step (engine.boundary's masked one): its prox, unfused
+            return diffpir_update(x, eps, noise, c, lambda x0: data(x0, rho))
         raise DiffPIRError(f"diffpir: no data step for {type(data).__name__}")
 
     def finish(self, x: Tensor) -> Tensor:

@@ -99,7 +99,7 @@ class LowPass:
         if key not in self._cache:
             n = self.factor
             if height % n or width % n:
-                raise DiffPIRError(f"ilvr: factor {n} does not divide the {height}x{width} image")
+                raise DiffPIRError(f"ilvr: factor {n} does not divide the {width}x{height} image")
 
             def dense(length: int, scale: float) -> Tensor:
                 return torch.from_numpy(resizer_matrix(length, scale).copy()).to(like.device, like.dtype)

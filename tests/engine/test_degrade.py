@@ -450,7 +450,7 @@ def test_bicubic_sr_kernel_rejects_other_factors():
         (lambda: imresize(np.zeros((4, 4, 1, 1)), 0.5), "imresize image: .* shape \\(4, 4, 1, 1\\)"),
         (lambda: bicubic_downsample(np.zeros((8, 8, 3)), 0), "sf: got 0"),
         (lambda: bicubic_downsample(np.zeros((3, 8, 3)), 4), "smaller than sf = 4"),
-        (lambda: box_mask(100, 256), "does not fit in 100x256"),
+        (lambda: box_mask(100, 256), "does not fit in 256x100"),  # width x height
         (lambda: box_mask(seed=-1), "box_mask seed: got -1"),
         (lambda: box_mask(h=0), "box_mask h: got 0"),
         (lambda: random_mask(p=1.5), "p: got 1.5"),

@@ -90,7 +90,7 @@ def test_export_errors(capsys: pytest.CaptureFixture, tiny_checkpoint: Path, tmp
     monkeypatch.setattr(prior, "bundled_card", lambda: None)
     out = str(tmp_path / "u.onnx")
     assert "no checkpoint: this installation ships no bundled prior" in _error(capsys, ["export", "onnx", "--arch", "tiny", "--output", out])
-    assert "expected a .onnx path" in _error(capsys, ["export", "onnx", "--arch", "tiny", "--random-weights", "--output", str(tmp_path / "u.pt")])
+    assert "unsupported suffix '.pt'; expected one of .onnx" in _error(capsys, ["export", "onnx", "--arch", "tiny", "--random-weights", "--output", str(tmp_path / "u.pt")])
     assert "argument --arch: invalid choice: 'nope'" in _error(capsys, ["export", "onnx", "--arch", "nope", "--random-weights", "--output", out])
     assert "conflicts with --checkpoint" in _error(
         capsys, ["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--random-weights", "--output", out]

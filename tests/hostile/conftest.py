@@ -29,6 +29,7 @@ class World:
     clean16: Path  # 16x16 RGB PNG
     kernel: Path  # 5x5 unit-sum kernel (.npy)
     mask: Path  # 32x32 mask PNG, 255 = observed
+    cache: Path  # DIFFPIR_RT_CACHE, with the ONNX export of `checkpoint`
 
     def model(self, backend: str | None = None) -> list[str]:
         """Flags of the tiny model (ONNX path, cached) with 3 steps."""
@@ -69,12 +70,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     assert warm.code == 0, warm.err + (warm.escaped or "")
     onnx = next((cache / "onnx").glob("*.onnx"))
     hashes = {p: _sha(p) for p in root.iterdir()}
-    yield World(root, checkpoint, onnx, clean32, clean16, kernel, mask)
+    yield World(root, checkpoint, onnx, clean32, clean16, kernel, mask, cache)
     assert {p: _sha(p) for p in hashes} == hashes, "a world input was modified"
     if previous is None:
         os.environ.pop("DIFFPIR_RT_CACHE", None)
     else:
         os.environ["DIFFPIR_RT_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _world_cache(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case uses the world's warm ONNX cache (tests/conftest.py gives each test another)."""
+    monkeypatch.setenv("DIFFPIR_RT_CACHE", str(world.cache))
 
 
 class Runner:

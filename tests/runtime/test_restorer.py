@@ -96,8 +96,10 @@ def test_config_overrides_and_errors(tiny: ModelSource) -> None:
 def test_a_sample_does_not_depend_on_its_batch(tiny: ModelSource) -> None:
     restorer = Restorer(tiny, device="cpu", reference=True)
     ys = [torch.rand(3, 16, 16) for _ in range(2)]
-    requests = [RestoreRequest("deblur", y, Deblur(gaussian(k, 1.0 + k / 4)), overrides={"steps": 4}, seed=10 + k)
-                for k, y in zip((3, 5), ys)]  # fmt: skip
+    # Kernels of different sizes share a batch under the circular model (an extended domain's size
+    # depends on the kernel's, so --boundary extend batches equal sizes: tests/engine/test_boundary.py).
+    requests = [RestoreRequest("deblur", y, Deblur(gaussian(k, 1.0 + k / 4)), overrides={"steps": 4}, seed=10 + k,
+                               boundary="circular") for k, y in zip((3, 5), ys)]  # fmt: skip
     batched = run_requests(restorer, requests)
     assert batched[0][1]["batch_size"] == 2
     for request, (image, record) in zip(requests, batched):
@@ -114,3 +116,16 @@ def test_methods_without_variance_on_onnx_fall_back_to_torch(tiny: ModelSource) 
     out = restorer.restore(torch.rand(1, 3, 16, 16), Deblur(gaussian(5, 1.0)), config, seed=0)
     assert out.shape == (1, 3, 16, 16)
     assert any("needs the learned variance" in line for line in notices)
+
+
+def test_a_damaged_onnx_cache_is_exported_again(tiny: ModelSource) -> None:
+    pytest.importorskip("onnxruntime")
+    from diffpir_rt.runtime.onnx_cache import cached_onnx
+
+    path = cached_onnx(tiny)
+    path.write_bytes(b"\x08\x07 not a graph any more")
+    notices: list[str] = []
+    restorer = Restorer(tiny, device="cpu", notify=notices.append)
+    assert restorer.path.name == "onnxruntime"
+    assert any("unusable" in line for line in notices)
+    assert restorer.restore(torch.rand(1, 3, 16, 16), Deblur(gaussian(5, 1.0)), restorer.config("deblur", steps=3), seed=0).shape == (1, 3, 16, 16)

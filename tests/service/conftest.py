@@ -71,30 +71,35 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     mask16 = write_image(d / "mask16.png", torch.ones(1, 16, 16))
     token_file = d / "token.txt"
     token_file.write_text(TOKEN + "\n")
+    # The cache tests/conftest.py gives every test (its autouse fixture), shared with the subprocesses.
+    cache = tmp_path_factory.getbasetemp() / "diffpir-cache"
     return Inputs(d, checkpoint, clean, clean16, other, small, d / "kernel.npy", d / "big.npy", mask, mask16, token_file,
-                  d / "cache")  # fmt: skip
+                  cache)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def service_env(inputs: Inputs) -> dict[str, str]:
-    """The environment of every process of the tests: one ONNX cache (the export is made once),
-    Ray's metrics exported every second, no usage reporting, never an outside Ray cluster."""
+    """The environment of every process the tests start: the ONNX cache of the in-process runs
+    (tests/conftest.py's private one: the tiny model is exported once), Ray's metrics exported
+    every second, no usage reporting, never an outside Ray cluster."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(DIFFPIR_RT_CACHE=str(inputs.cache), RAY_metrics_report_interval_ms="1000", RAY_USAGE_STATS_ENABLED="0",
                PYTHONUNBUFFERED="1")  # fmt: skip
     return env
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache_for_in_process_runs(inputs: Inputs):
-    """In-process `diffpir restore` runs share the servers' ONNX cache."""
+@pytest.fixture(scope="session")
+def warm_cache(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One in-process restore, so the ONNX export exists before a server or a batch job needs it."""
     old = os.environ.get("DIFFPIR_RT_CACHE")
-    os.environ["DIFFPIR_RT_CACHE"] = str(inputs.cache)
-    yield
-    if old is None:
-        os.environ.pop("DIFFPIR_RT_CACHE", None)
-    else:
-        os.environ["DIFFPIR_RT_CACHE"] = old
+    os.environ["DIFFPIR_RT_CACHE"] = str(inputs.cache)  # (session fixtures run before the per-test one sets it)
+    try:
+        cli_restore(inputs, tmp_path_factory.mktemp("warm") / "w.png", ["--task", "denoise", "--input", str(inputs.clean), "--steps", "3"])
+    finally:
+        if old is None:
+            os.environ.pop("DIFFPIR_RT_CACHE", None)
+        else:
+            os.environ["DIFFPIR_RT_CACHE"] = old
 
 
 def free_port() -> int:

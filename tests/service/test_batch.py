@@ -25,7 +25,8 @@ def _batch(inputs: Inputs, env: dict[str, str], folder: Path, out: Path, *extra:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_batch_restores_good_files_lists_bad_ones_and_resumes(inputs: Inputs, service_env: dict[str, str], tmp_path: Path) -> None:
+def test_batch_restores_good_files_lists_bad_ones_and_resumes(inputs: Inputs, service_env: dict[str, str], tmp_path: Path,
+                                                             warm_cache) -> None:  # fmt: skip
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     good = {"a.png": inputs.clean, "b.png": inputs.other, "sub/c.png": inputs.clean16, "d.png": inputs.small}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,9 +29,7 @@ ONE_LEVEL = 1 / 255 + 1e-6
 
 
 @pytest.fixture(scope="module")
-def server(inputs: Inputs, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    # The reference restore runs first: it makes the ONNX export the server then finds in the cache.
-    cli_restore(inputs, tmp_path_factory.mktemp("warm") / "w.png", ["--task", "denoise", "--input", str(inputs.clean), "--steps", "3"])
+def server(inputs: Inputs, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, warm_cache):
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     server = start_server(inputs, service_env, log, [
         "--token-file", str(inputs.token_file), "--max-batch-size", "8", "--batch-wait-ms", "200", "--max-steps", "60",
@@ -255,7 +252,9 @@ def test_the_replica_still_serves_after_bad_requests(inputs: Inputs, client: Cli
 # ----------------------------------------------------------------------------- metrics and logs
 
 
-def test_metrics_and_one_log_line_per_request(server) -> None:
+def test_metrics_and_one_log_line_per_request(server, client: Client, inputs: Inputs) -> None:
+    client.restore(inputs.clean, "denoise", steps=STEPS)
+    _post(server, [("task", "denoise"), ("image", ("bad.png", b"not an image"))])
     wanted = ("ray_diffpir_requests_total", "ray_diffpir_request_latency_ms_bucket", "ray_diffpir_batch_size_bucket",
               "ray_diffpir_errors_total")  # fmt: skip
     deadline, text = time.monotonic() + 30, ""
@@ -264,7 +263,7 @@ def test_metrics_and_one_log_line_per_request(server) -> None:
             text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
         except OSError:
             text = ""
-        if all(name in text for name in wanted):
+        if all(name in text for name in wanted) and 'status="415"' in text:
             break
         time.sleep(1)
     assert all(name in text for name in wanted), [name for name in wanted if name not in text]

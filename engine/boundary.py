@@ -1,0 +1,428 @@
+"""Boundary-aware deblurring of real photos: the masked data term on an extended domain (docs/algorithm.md §11).
+
+The Fourier data step (§6.2) models blur as *circular* convolution. A photo is a window
+onto a larger scene: its border pixels were blurred with what lay outside the frame, not
+with the opposite border, and the circular model answers with coloured ringing bands
+along the edges. `ExtendedDeblur(Deblur(k))` restores such a photo as the window it is:
+
+1. **Extended domain.** The image is restored on a grid larger than the measurement by
+   the kernel's radius r on every side, rounded up (bottom/right) to a size that is a
+   multiple of the UNet's size multiple and has no prime factor above 7 (fast FFTs):
+   `pads_for`.
+2. **Masked data term.** Only the frame is observed: y = M (k ⊛ x_ext) with ⊛ circular on
+   the extended grid (the wrap now happens in the unobserved pads, where nothing is
+   compared) and M = 1 on the frame, 0 on the pads. The prox
+   argmin_x ||M (y_ext - K x)||² + ρ ||x - x0||² solves (KᵀMK + ρI) x = KᵀM y_ext + ρ x0,
+   which has no closed form. `MaskedFourierDataStep` solves it by a fixed number of
+   preconditioned conjugate-gradient iterations (default 10), preconditioned by the
+   circular solve F⁻¹[F · / (|K̂|² + ρ)] and started from the engine's closed form on the
+   edgetaper-extended measurement y_ext.
+3. **Edgetaper.** y_ext (the warm start, and the sampler's initial estimate) is y reflected
+   half-sample-symmetrically onto the extended grid, blended by a raised cosine towards its
+   own circular blur so that it wraps smoothly (`edgetaper_extend`).
+4. **Crop.** The sampler returns `operator.output(x, y.shape)`: the frame.
+
+The PCG runs in the Fourier domain (x, r, p as rfft2 spectra, inner products by Parseval):
+one FFT pair per iteration (the mask), and the conj(K̂)-before-division ordering of the
+engine's residual form, so float32 roundoff is amplified by at most 1/(2√ρ), not 1/ρ.
+No data-dependent Python control flow: the CUDA-graph runtime records it as it is.
+
+Methods: DiffPIR (the prox), DPIR (the prox) and DPS (A and Aᵀ) run on it; methods that need
+closed forms of A (the pseudo-inverse, singular values, range filters, (AAᵀ + μ)⁻¹: DDRM,
+DDNM, DMPS, ILVR) are refused with a pointer to `--boundary circular`.
+
+The study behind the choice (strategies measured: circular, reflect, cross-fade, edgetaper,
+masked): docs/algorithm.md §11 and benchmarks/results/boundary/.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from diffpir_rt.errors import DiffPIRError
+
+from .operators import RCOND, Deblur, _batch_param, check_image_batch
+
+__all__ = [
+    "BOUNDARIES", "DEFAULT_PCG_ITERS", "MASKED_METHODS", "ExtendedDeblur", "MaskedFourierDataStep", "apply_boundary",
+    "edgetaper_extend", "good_size", "kernel_radius", "pads_for", "reflect_extend", "resolve_boundary", "taper_weights",
+]  # fmt: skip
+
+#: `--boundary` choices: auto (extend for deblurring with a method that can, else circular),
+#: circular (§6.2, the official protocol), extend (the masked data term on an extended domain).
+BOUNDARIES = ("auto", "circular", "extend")
+#: PCG iterations per data step (measured: 5 ≈ 10 ≈ 20 with the edgetaper warm start; 10 for margin).
+DEFAULT_PCG_ITERS = 10
+#: Methods that run on the masked data step: they use only its prox (diffpir, dpir) or A and Aᵀ (dps).
+MASKED_METHODS = ("diffpir", "dps", "dpir")
+_TINY = 1e-30
+
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def kernel_radius(kernel_shape: Sequence[int]) -> int:
+    """How far a (.., kh, kw) kernel centred at (kh//2, kw//2) (psf2otf's convention) reaches."""
+    kh, kw = (int(s) for s in tuple(kernel_shape)[-2:])
+    return max(kh // 2, kw // 2)
+
+
+def good_size(n: int, multiple: int = 1) -> int:
+    """The smallest size >= n that is a multiple of `multiple` and has no prime factor above 7."""
+    m = -(-int(n) // multiple) * multiple
+    while True:
+        k = m
+        for p in (2, 3, 5, 7):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += multiple
+
+
+def pads_for(height: int, width: int, radius: int, multiple: int = 1) -> Pads:
+    """(top, bottom, left, right): `radius` on every side, the extended size rounded up by `good_size`
+    (the surplus goes to the bottom/right). 256² with a 61×61 kernel and multiple 16: (30, 34, 30, 34)."""
+    he, we = good_size(height + 2 * radius, multiple), good_size(width + 2 * radius, multiple)
+    return (radius, he - height - radius, radius, we - width - radius)
+
+
+# --------------------------------------------------------------------------- extension
+
+
+def _symmetric_indices(n: int, before: int, after: int, device: torch.device) -> Tensor:
+    """Indices of a length-n axis extended by half-sample symmetric reflection (… b a | a b … y z | z y …);
+    periodic with period 2n, so pads of any size work."""
+    i = torch.arange(-before, n + after, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
+
+
+def reflect_extend(y: Tensor, pads: Pads) -> Tensor:
+    """(.., h, w) -> (.., h + top + bottom, w + left + right) by half-sample symmetric reflection
+    (scipy.ndimage 'reflect', numpy/MATLAB 'symmetric')."""
+    t, b, l, r = pads
+    h, w = y.shape[-2:]
+    return y.index_select(-2, _symmetric_indices(h, t, b, y.device)).index_select(-1, _symmetric_indices(w, l, r, y.device))
+
+
+def _taper_axis(n: int, before: int, after: int) -> Tensor:
+    """1 on the n frame pixels; in a pad of width P, (1 + cos(π d / P)) / 2 at distance d = 1..P (0 at the seam)."""
+    parts = []
+    if before:
+        d = torch.arange(before, 0, -1, dtype=torch.float64)
+        parts.append(0.5 + 0.5 * torch.cos(math.pi * d / before))
+    parts.append(torch.ones(n, dtype=torch.float64))
+    if after:
+        d = torch.arange(1, after + 1, dtype=torch.float64)
+        parts.append(0.5 + 0.5 * torch.cos(math.pi * d / after))
+    return torch.cat(parts)
+
+
+def taper_weights(height: int, width: int, pads: Pads) -> Tensor:
+    """The edgetaper weight W₂ = w_rows ⊗ w_cols on the extended grid, float64 (H, W):
+    1 on the frame, falling as a raised cosine across each pad to 0 at the wrap seam."""
+    t, b, l, r = pads
+    return _taper_axis(height, t, b)[:, None] * _taper_axis(width, l, r)[None, :]
+
+
+def _rfilter(v: Tensor, spectrum: Tensor) -> Tensor:
+    """Circular filtering of real (.., H, W) images by an rfft2 spectrum (.., H, W//2+1)."""
+    return torch.fft.irfft2(spectrum * torch.fft.rfft2(v), s=v.shape[-2:])
+
+
+def edgetaper_extend(y: Tensor, pads: Pads, otf: Tensor) -> Tensor:
+    """y_ext = W₂ y_ref + (1 - W₂) (k ⊛ y_ref), y_ref the symmetric extension of y (MATLAB's edgetaper idea).
+
+    Where W₂ = 0 (the outermost pad pixels, the wrap seam) y_ext is exactly a circularly
+    blurred image, so it wraps without a jump. otf: the kernel's rfft2 OTF on the extended
+    grid, (Bk, 1, H, W//2+1).
+    """
+    ref = reflect_extend(y, pads)
+    weight = taper_weights(y.shape[-2], y.shape[-1], pads).to(y.device, y.dtype)
+    return weight * ref + (1 - weight) * _rfilter(ref, otf)
+
+
+# --------------------------------------------------------------------------- the masked data step
+
+
+def _refusal(what: str) -> str:
+    return (
+        f"{what}: needs a closed form of the blur model that the boundary-aware (masked) deblurring does not have; "
+        f"use --boundary circular, or --method {', '.join(MASKED_METHODS[:-1])} or {MASKED_METHODS[-1]}"
+    )
+
+
+@dataclass(frozen=True)
+class MaskedFourierDataStep:
+    """Blur on an extended domain of which only the frame is observed: A = S K, bound to y.
+
+    K is circular convolution on the extended (H, W) grid, S keeps the frame
+    [top, top + h) × [left, left + w) (Sᵀ S = M, the mask). The prox
+    argmin_x ||y - A x||² + ρ ||x - x0||² solves (KᵀMK + ρ) x = KᵀM y_ext + ρ x0; in
+    residual form, x = x0 + d with (KᵀMK + ρ) d = KᵀM (y_ext - K x0). d starts at the
+    circular closed form on y_ext, conj(K̂)(Ŷ_ext - K̂ X̂0) / (|K̂|² + ρ), and takes `iters`
+    conjugate-gradient steps preconditioned by (KᵀK + ρ)⁻¹ = F⁻¹ diag(1 / (|K̂|² + ρ)) F.
+    All vectors live as rfft2 spectra; inner products use Parseval's weights.
+
+    Tensor fields only, plus static ints, so the graph runtime's static copy works; per-sample
+    kernels are a batch dimension on otf / otf_abs2 as in FourierDataStep.
+    """
+
+    otf: Tensor  # (Bk, 1, H, W//2+1) complex: rfft2 OTF of the kernel on the extended grid
+    otf_abs2: Tensor  # (Bk, 1, H, W//2+1) real: |otf|², the diagonal of KᵀK
+    mask: Tensor  # (1, 1, H, W) real: M, 1 on the frame and 0 on the pads
+    hermitian: Tensor  # (1, 1, 1, W//2+1) real: Parseval weights of the rfft2 columns (1 or 2)
+    y_ext_spectrum: Tensor  # (B, C, H, W//2+1) complex: rfft2(y_ext), for the warm start
+    kt_my_spectrum: Tensor  # (B, C, H, W//2+1) complex: rfft2(KᵀM y_ext) = rfft2(Aᵀ y)
+    y: Tensor  # (B, C, h, w): the measured frame
+    top: int
+    left: int
+    iters: int = DEFAULT_PCG_ITERS
+
+    #: The sampler's operator family and the methods that can run on this data step.
+    family: ClassVar[str] = "fourier"
+    methods: ClassVar[tuple[str, ...]] = MASKED_METHODS
+
+    @staticmethod
+    def refusal(method: str) -> str:
+        """The one-line error for a method that cannot run on this data step."""
+        return _refusal(f"method {method}")
+
+    # ------------------------------------------------------------------ the prox
+
+    def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor:
+        """argmin_x ||y - S K x||² + ρ ||x - x0||², x0 (B, C, H, W) in [0, 1]."""
+        return x0 + torch.fft.irfft2(self.correction(torch.fft.rfft2(x0), rho), s=x0.shape[-2:])
+
+    def _masked(self, spectrum: Tensor) -> Tensor:
+        """rfft2(M · irfft2(spectrum))."""
+        return torch.fft.rfft2(self.mask * torch.fft.irfft2(spectrum, s=self.mask.shape[-2:]))
+
+    def _dot(self, a: Tensor, b: Tensor) -> Tensor:
+        """⟨irfft2(a), irfft2(b)⟩ per (image, channel), times H·W (the scale cancels in CG's ratios)."""
+        return (self.hermitian * (a.real * b.real + a.imag * b.imag)).sum(dim=(-2, -1), keepdim=True)
+
+    def correction(self, x0_spectrum: Tensor, rho: float | Tensor) -> Tensor:
+        """The spectrum of d = x - x0 (see the class docstring), given rfft2(x0)."""
+        otf, otf_c = self.otf, self.otf.conj()
+        denominator = self.otf_abs2 + rho
+        d = otf_c * (self.y_ext_spectrum - otf * x0_spectrum) / denominator  # the circular prox on y_ext
+        r = self.kt_my_spectrum - otf_c * self._masked(otf * (x0_spectrum + d)) - rho * d  # b - (KᵀMK + ρ) d
+        z = r / denominator
+        p = z
+        rz = self._dot(r, z)
+        for _ in range(self.iters):  # a fixed count: no data-dependent control flow
+            q = otf_c * self._masked(otf * p) + rho * p
+            alpha = rz / self._dot(p, q).clamp_min(_TINY)
+            d = d + alpha * p
+            r = r - alpha * q
+            z = r / denominator
+            rz_next = self._dot(r, z)
+            p = z + (rz_next / rz.clamp_min(_TINY)) * p
+            rz = rz_next
+        return d
+
+    # ------------------------------------------------------------------ the linear algebra of A
+
+    def measurement(self) -> Tensor:
+        return self.y
+
+    def forward(self, x: Tensor) -> Tensor:
+        """A x = the frame of k ⊛ x: (B, C, H, W) -> (B, C, h, w)."""
+        h, w = self.y.shape[-2:]
+        blurred = _rfilter(x, self.otf)
+        return blurred[..., self.top : self.top + h, self.left : self.left + w]
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        """Aᵀ r = Kᵀ (r zero-filled into the extended grid): (B, C, h, w) -> (B, C, H, W)."""
+        h, w = r.shape[-2:]
+        H, W = self.mask.shape[-2:]
+        bottom, right = H - h - self.top, W - w - self.left
+        filled = torch.nn.functional.pad(r, (self.left, right, self.top, bottom))
+        return _rfilter(filled, self.otf.conj())
+
+    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
+        raise DiffPIRError(_refusal("(AAᵀ + μ)⁻¹"))
+
+    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
+        raise DiffPIRError(_refusal("the pseudo-inverse"))
+
+    def singular_values(self) -> Tensor:
+        raise DiffPIRError(_refusal("the singular values"))
+
+    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
+        raise DiffPIRError(_refusal("the range filter"))
+
+
+def _hermitian_weights(width: int) -> Tensor:
+    """Parseval weights of an rfft2's W//2+1 columns: 2 for a column that stands for itself and its mirror."""
+    weights = torch.full((width // 2 + 1,), 2.0, dtype=torch.float64)
+    weights[0] = 1.0
+    if width % 2 == 0:
+        weights[-1] = 1.0
+    return weights.reshape(1, 1, 1, -1)
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+class ExtendedDeblur:
+    """Deblurring of a real photo: `Deblur`'s kernel, restored on an extended domain, cropped back.
+
+    The Operator protocol on the extended image (docs/algorithm.md §11): image_shape is the
+    extended shape, data_step(y) the masked data step, init_estimate(y) the edgetaper-extended
+    measurement, and output(x, y_shape) crops the sampler's result back to the frame.
+    forward / adjoint are the blur K and Kᵀ on the extended grid (circular there); the
+    observed measurement of x is the frame of K x, i.e. A = S K (`crop(forward(x), y.shape)`,
+    or `data_step(y).forward(x)`), since which pixels are the frame depends on y's size.
+
+    Args:
+        deblur: the Deblur operator (one kernel, or one per sample).
+        multiple: the UNet's size multiple; the extended size is a multiple of it (no model padding).
+        iters: PCG iterations per data step.
+    """
+
+    pad_mode = "circular"
+    init_is_noisy = True
+    boundary = "extend"
+    sf = 1
+
+    def __init__(self, deblur: Deblur, multiple: int = 16, iters: int = DEFAULT_PCG_ITERS) -> None:
+        if not isinstance(deblur, Deblur):
+            raise DiffPIRError(f"--boundary extend: applies to deblurring (a Deblur operator), not to {type(deblur).__name__}")
+        for name, value, low in (("multiple", multiple, 1), ("iters", iters, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DiffPIRError(f"{name}: expected an integer >= {low}, got {value!r}")
+        self.inner = deblur
+        self.multiple = multiple
+        self.iters = iters
+
+    def __repr__(self) -> str:
+        return f"ExtendedDeblur(kernel {tuple(self.kernel.shape)}, multiple {self.multiple}, iters {self.iters})"
+
+    @property
+    def kernel(self) -> Tensor:
+        return self.inner.kernel
+
+    @property
+    def radius(self) -> int:
+        return kernel_radius(self.kernel.shape)
+
+    def pads(self, y_shape: Sequence[int]) -> Pads:
+        """(top, bottom, left, right) of the extension for a measurement of y_shape (.., h, w)."""
+        return pads_for(int(y_shape[-2]), int(y_shape[-1]), self.radius, self.multiple)
+
+    def image_shape(self, y_shape: Sequence[int]) -> torch.Size:
+        t, b, l, r = self.pads(y_shape)
+        return torch.Size((*y_shape[:-2], y_shape[-2] + t + b, y_shape[-1] + l + r))
+
+    def _spectra(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """rfft2 OTF and |OTF|² on the (height, width) grid: the inner operator's cached float64
+        psf2otf (cast once), its first W//2+1 columns."""
+        otf, otf_abs2 = self.inner._spectral_terms(height, width, like)
+        columns = width // 2 + 1
+        return otf[..., :columns].contiguous(), otf_abs2[..., :columns].contiguous()
+
+    def _check(self, y: Tensor, name: str = "y") -> None:
+        check_image_batch(y, name)
+        _batch_param(self.kernel, y.shape[0], "kernel")
+
+    def extend(self, y: Tensor) -> Tensor:
+        """The edgetaper-extended measurement y_ext, (B, C, H, W)."""
+        self._check(y)
+        pads = self.pads(y.shape)
+        otf, _ = self._spectra(y.shape[-2] + pads[0] + pads[1], y.shape[-1] + pads[2] + pads[3], y)
+        return edgetaper_extend(y, pads, otf)
+
+    def init_estimate(self, y: Tensor) -> Tensor:
+        return self.extend(y)
+
+    def data_step(self, y: Tensor) -> MaskedFourierDataStep:
+        self._check(y)
+        h, w = y.shape[-2:]
+        pads = self.pads(y.shape)
+        height, width = h + pads[0] + pads[1], w + pads[2] + pads[3]
+        otf, otf_abs2 = self._spectra(height, width, y)
+        y_ext = edgetaper_extend(y, pads, otf)
+        mask = torch.zeros(1, 1, height, width, device=y.device, dtype=y.dtype)
+        mask[..., pads[0] : pads[0] + h, pads[2] : pads[2] + w] = 1
+        return MaskedFourierDataStep(
+            otf=otf,
+            otf_abs2=otf_abs2,
+            mask=mask,
+            hermitian=_hermitian_weights(width).to(y.device, y.dtype),
+            y_ext_spectrum=torch.fft.rfft2(y_ext),
+            kt_my_spectrum=otf.conj() * torch.fft.rfft2(mask * y_ext),
+            y=y,
+            top=pads[0],
+            left=pads[2],
+            iters=self.iters,
+        )
+
+    def prox(self, x0: Tensor, y: Tensor, rho: float | Tensor) -> Tensor:
+        return self.data_step(y)(x0, rho)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """K x on the extended grid (circular there); its frame is the measurement's model."""
+        return self.inner.forward(x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """Kᵀ on the extended grid."""
+        return self.inner.adjoint(y)
+
+    def crop(self, x: Tensor, y_shape: Sequence[int]) -> Tensor:
+        """The frame of an extended image (.., H, W) -> (.., h, w), contiguous."""
+        t, _, l, _ = self.pads(y_shape)
+        h, w = int(y_shape[-2]), int(y_shape[-1])
+        return x[..., t : t + h, l : l + w].contiguous()
+
+    def output(self, x: Tensor, y_shape: Sequence[int]) -> Tensor:
+        """The sampler's hook (engine.sampler.operator_output): the restored frame."""
+        return self.crop(x, y_shape)
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def resolve_boundary(task: str, boundary: str = "auto", method: str = "diffpir") -> Optional[str]:
+    """The boundary model that runs: "extend", "circular", or None for tasks without a blur.
+
+    auto: extend for deblurring with a method that can run on it (MASKED_METHODS), circular
+    otherwise (SR: its 25×25 anti-aliasing kernel shows no border loss, measured in
+    docs/algorithm.md §11). An explicit extend that cannot run is refused.
+    """
+    from .tasks import check_task
+
+    check_task(task)
+    if boundary not in BOUNDARIES:
+        raise DiffPIRError(f"--boundary {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
+    if task in ("inpaint", "denoise"):
+        if boundary == "extend":
+            raise DiffPIRError(f"--boundary extend: applies to --task deblur (a {task} mask has no boundary model)")
+        return None
+    if task == "sr":
+        if boundary == "extend":
+            raise DiffPIRError(
+                "--boundary extend: applies to --task deblur; SR's anti-aliasing kernel loses nothing at the "
+                "border with the circular model (docs/algorithm.md §11)"
+            )
+        return "circular"
+    if boundary == "auto":
+        return "extend" if method in MASKED_METHODS else "circular"
+    if boundary == "extend" and method not in MASKED_METHODS:
+        raise DiffPIRError(MaskedFourierDataStep.refusal(method))
+    return boundary
+
+
+def apply_boundary(operator: Any, boundary: Optional[str], multiple: int = 1, iters: int = DEFAULT_PCG_ITERS) -> Any:
+    """`operator` under a resolved boundary: ExtendedDeblur for "extend", unchanged otherwise."""
+    if boundary == "extend":
+        return ExtendedDeblur(operator, multiple=multiple, iters=iters)
+    return operator
