@@ -371,7 +371,7 @@ class Models:
 
             from safetensors.torch import save_file
 
-            from diffpir_rt.engine.backends import make_denoiser_from
+            from diffpir_rt.engine import make_denoiser_from
             from diffpir_rt.export import OnnxExportConfig, export_onnx
 
             folder = Path(tempfile.mkdtemp(prefix="diffpir-bench-onnx-"))

@@ -249,6 +249,7 @@ def _notes_lines(record: dict[str, Any]) -> list[str]:
         lines += [f"- {method} on {', '.join(keys)}: {reason}" for (method, reason), keys in seen.items()]
         lines.append("")
     if record.get("notes"):
+        lines += ["Run notes:", ""]
         lines += [f"- {n}" for n in record["notes"]]
         lines.append("")
     notes = record["config"].get("method_notes", {})

@@ -19,7 +19,6 @@ and |tiled - untiled| (x4), full images and a crop around a seam crossing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -182,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tile": args.tile, "overlap": args.overlap, "seam_half_width": SEAM_HALF_WIDTH,
             "noise_seed": NOISE_SEED, "restore_seed": RESTORE_SEED, "data": str(args.data),
             "resize": f"bicubic to {args.size}x{args.size}",
-            "command": "python -m diffpir_rt.benchmarks.tiling_check " + " ".join(args.argv),
+            "command": " ".join(["python -m diffpir_rt.benchmarks.tiling_check", *args.argv]),
         },
         "results": rows,
         "max_abs_delta_db": max(abs(r["delta_db"]) for r in rows) if rows else None,

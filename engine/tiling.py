@@ -235,6 +235,7 @@ class TiledDenoiser:
             wy = blend_windows(plan.padded[0], plan.tile_h, list(plan.rows), torch.float64, like.device)
             wx = blend_windows(plan.padded[1], plan.tile_w, list(plan.cols), torch.float64, like.device)
             found = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(-1, 1, 1, plan.tile_h, plan.tile_w).to(like.dtype)
+            # Kept for good: a captured CUDA graph reads this very tensor on every replay.
             self._windows[key] = found
         return found
 

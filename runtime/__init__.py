@@ -15,8 +15,8 @@ from .progress import Progress  # noqa: E402
 from .restorer import Restorer, RuntimePath  # noqa: E402
 from .tiling import AUTO_MIN_PIXELS, TilingPolicy, tile_argument  # noqa: E402
 # The restore command line's pieces that other entry points share (diffpir serve/request/batch).
-from .cli import add_model_arguments, check_inputs_exist, parse_params, read_measurement  # noqa: E402
+from .cli import add_model_arguments, check_inputs_exist, make_restorer, parse_params, read_measurement  # noqa: E402
 
 __all__ = ["Progress", "Restorer", "RestoreRequest", "RuntimePath", "add_model_arguments", "batch_key",
-           "check_inputs_exist", "model_calls", "parse_params", "read_measurement", "run_requests",
+           "check_inputs_exist", "make_restorer", "model_calls", "parse_params", "read_measurement", "run_requests",
            "AUTO_MIN_PIXELS", "TilingPolicy", "tile_argument"]  # fmt: skip

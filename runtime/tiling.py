@@ -17,7 +17,7 @@ from diffpir_rt.errors import DiffPIRError
 #: prior (ONNX Runtime, one thread; docs/algorithm.md §12): the whole-image UNet's time per
 #: pixel grows with the image (attention at 1/8 and 1/16 resolution; 1024² costs ~2x per pixel
 #: what 512² does), while tiles cost the same per pixel at any size, plus their overlap
-#: (~1.3x at tile 128, overlap 16). The two cross between 512² and 768²; below that the whole
+#: (~1.3-1.4x at tile 128, overlap 16). The two cross between 512² and 768²; below that the whole
 #: image is as fast, so 256² (the official protocol's size) and 512² run untiled by default.
 AUTO_MIN_PIXELS = 640 * 640
 #: The smallest automatic tile (a model trained at 64 px is tiled at 128: per pixel a 64-px tile
@@ -74,7 +74,7 @@ class TilingPolicy:
         self.overlap = overlap if overlap is not None else (None if self.tile is None else min(max(16, self.tile // 8), self.tile // 2))
         self.batch = batch
         self._wrapped: dict[int, Any] = {}
-        self.last: dict[str, Any] = {"used": False}
+        self.last: dict[str, Any] = {"mode": "off" if self.mode is None else self.mode, "used": False}
 
     def wrap(self, model: Any) -> Any:
         """`model` as the loop should call it: tiled (a TiledDenoiser, made once per model) or as it is."""
@@ -82,8 +82,16 @@ class TilingPolicy:
             return model
         found = self._wrapped.get(id(model))
         if found is None or found.inner is not model:
-            found = TiledDenoiser(model, self.tile, self.overlap, self.batch,
-                                  min_pixels=AUTO_MIN_PIXELS if self.mode == "auto" else None)  # fmt: skip
+            tile = self.tile
+            if self.mode == "auto":  # within what a TensorRT plan's profile takes
+                from diffpir_rt.engine.tiling import backend_limits
+
+                high = backend_limits(model)[3]
+                if high is not None:
+                    multiple = int(getattr(model, "size_multiple", 1))
+                    tile = max(multiple, min(tile, *high) // multiple * multiple)
+            found = TiledDenoiser(model, tile, min(self.overlap, tile // 2) if self.mode == "auto" else self.overlap,
+                                  self.batch, min_pixels=AUTO_MIN_PIXELS if self.mode == "auto" else None)  # fmt: skip
             self._wrapped[id(model)] = found
         return found
 

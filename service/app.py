@@ -38,7 +38,17 @@ from diffpir_rt import __version__
 from diffpir_rt.errors import DiffPIRError
 
 from .forms import RequestError, Upload, check_config, memoise_task_defaults, parse_restore_form
-from .settings import DRAIN_KEY, DRAIN_NAMESPACE, IN_FLIGHT_PREFIX, METRIC_PREFIX, ServeSettings, hash_token, ingress_options, restorer_options
+from .settings import (
+    DRAIN_KEY,
+    DRAIN_NAMESPACE,
+    IN_FLIGHT_PREFIX,
+    METRIC_PREFIX,
+    ServeSettings,
+    hash_token,
+    ingress_options,
+    model_namespace,
+    restorer_options,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -72,20 +82,16 @@ class DiffPIRRestorer:
     """One prepared Restorer; batches what arrives together and runs it."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        from diffpir_rt.engine import ModelSource
-        from diffpir_rt.runtime import Restorer
+        from diffpir_rt.runtime import make_restorer
 
         self.settings = ServeSettings.from_dict(settings)
         s = self.settings
-        device = s.device
+        model = dict(s.model)
+        device = str(model.get("device") or "auto")
         if s.gpus_per_replica > 0 and (device == "auto" or device.startswith("cuda")):
-            device = "cuda"  # Ray shows this replica its own GPU(s) only, as cuda:0
-        threads = s.threads  # None: the runtime's default (the node's physical cores)
-        source = ModelSource.from_arguments(s.checkpoint and _path(s.checkpoint), s.arch, s.onnx and _path(s.onnx),
-                                            s.engine and _path(s.engine))  # fmt: skip
+            model["device"] = "cuda"  # Ray shows this replica its own GPU(s) only, as cuda:0
         start = time.perf_counter()
-        self.restorer = Restorer(source, backend=s.backend, device=device, precision=s.dtype, reference=s.reference,
-                                 threads=threads, notify=lambda line: logger.warning(line))  # fmt: skip
+        self.restorer = make_restorer(model_namespace(model))  # exactly as `diffpir restore` makes it
         memoise_task_defaults(self.restorer)
         self.pad = s.pad_batches == "on" or (s.pad_batches == "auto" and self.restorer.device.type == "cuda")
         self.pad_sizes = sorted({min(2**i, s.max_batch_size) for i in range(8)} | {s.max_batch_size})
@@ -421,12 +427,6 @@ def _handle_error(e: BaseException) -> RequestError:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def _path(text: str):
-    from pathlib import Path
-
-    return Path(text)
 
 
 def _replica_id() -> str:

@@ -106,16 +106,11 @@ class BatchRestorer:
     """A Ray Data actor: one Restorer; a batch of rows in, a row per input out."""
 
     def __init__(self, model: dict[str, Any], task: dict[str, Any]) -> None:
-        from diffpir_rt.engine import ModelSource
-        from diffpir_rt.runtime import Restorer
+        from diffpir_rt.runtime import make_restorer
 
-        def path(key: str) -> Optional[Path]:
-            return Path(model[key]) if model.get(key) else None
+        from .settings import model_namespace
 
-        source = ModelSource.from_arguments(path("checkpoint"), model.get("arch"), path("onnx"), path("engine"))
-        self.restorer = Restorer(source, backend=model["backend"], device=model["device"], precision=model["dtype"],
-                                 reference=model["reference"], threads=model["threads"],
-                                 notify=lambda line: logging.getLogger(__name__).warning(line))  # fmt: skip
+        self.restorer = make_restorer(model_namespace(model))  # exactly as `diffpir restore` makes it
         from .forms import memoise_task_defaults
 
         memoise_task_defaults(self.restorer)

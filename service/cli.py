@@ -152,7 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from diffpir_rt.engine import ModelSource
     from diffpir_rt.runtime import check_inputs_exist
 
-    from .settings import ServeSettings, hash_token, read_token
+    from .settings import ServeSettings, hash_token, model_arguments, read_token
 
     check_inputs_exist(args, ("checkpoint", "onnx", "engine"))
     ModelSource.from_arguments(args.checkpoint, args.arch, args.onnx, args.engine)  # one source, a known arch
@@ -168,16 +168,14 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     cpus = args.cpus_per_replica
     if cpus is None:
         cpus = 1.0 if gpus > 0 else max(0.5, (args.num_cpus or os.cpu_count() or 1) // most or 0.5)
-    threads = args.threads
-    if threads is None and gpus == 0 and most > 1 and args.address is None:
+    model = model_arguments(args)
+    if model.get("threads") is None and gpus == 0 and most > 1 and args.address is None:
         from diffpir_rt.engine import physical_cores
 
-        threads = max(1, physical_cores() // most)  # replicas on one machine share its cores
+        model["threads"] = max(1, physical_cores() // most)  # replicas on one machine share its cores
     token = read_token(args.token_file)
     return ServeSettings(
-        checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None, arch=args.arch,
-        onnx=str(args.onnx.resolve()) if args.onnx else None, engine=str(args.engine.resolve()) if args.engine else None,
-        device=device, backend=args.backend, dtype=args.dtype, threads=threads, reference=args.reference,
+        model=model,
         max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes, max_steps=args.max_steps,
         max_queued=max(args.max_queued, args.max_batch_size), request_timeout_s=args.request_timeout,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, pad_batches=args.pad_batches,
@@ -349,6 +347,7 @@ def run_batch(args: argparse.Namespace) -> int:
     from diffpir_rt.runtime import check_inputs_exist, parse_params
 
     from .batch import SUMMARY_NAME, list_jobs, run_batch_job, write_atomic
+    from .settings import model_arguments
 
     check_inputs_exist(args, ("kernel", "mask", "checkpoint", "onnx", "engine"))
     check_inputs(args.task, kernel=args.kernel, mask=args.mask, scale=args.scale)
@@ -364,10 +363,9 @@ def run_batch(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers is None:
         workers = max(1, _gpu_count()) if gpus > 0 else 1
-    model = {"checkpoint": str(args.checkpoint.resolve()) if args.checkpoint else None, "arch": args.arch,
-             "onnx": str(args.onnx.resolve()) if args.onnx else None, "engine": str(args.engine.resolve()) if args.engine else None,
-             "device": "cuda" if gpus > 0 and args.device in ("auto",) else args.device, "backend": args.backend,
-             "dtype": args.dtype, "threads": args.threads, "reference": args.reference}  # fmt: skip
+    model = model_arguments(args)
+    if gpus > 0 and args.device == "auto":
+        model["device"] = "cuda"
     overrides = {"lam": args.lam, "zeta": args.zeta, "sigma_n": args.sigma_n, "steps": args.steps, "skip": args.skip,
                  "t_start": args.t_start, **parse_params(args.param)}  # fmt: skip
     task = {"task": args.task, "method": args.method or "diffpir", "overrides": overrides, "seed": args.seed or 0,

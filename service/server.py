@@ -163,7 +163,7 @@ class Server:
                 try:
                     serve.run(build_app(s.to_dict()), name=APP_NAME, route_prefix="/", blocking=False, logging_config=logging_config)
                 except RuntimeError as e:
-                    raise DiffPIRError(f"the application did not start: {_cause(e)}") from None
+                    raise DiffPIRError(f"the application did not start: {_cause(e, _deployment_messages(serve))}") from None
             if not self.stop.is_set():
                 self._ready_line()
             while not self.stop.wait(1.0):
@@ -264,10 +264,19 @@ def _drain_flag(on: bool) -> bool:
         return False
 
 
-def _cause(e: BaseException) -> str:
+def _deployment_messages(serve: Any) -> str:
+    """What Serve says about the application's deployments (a failed replica's traceback is there)."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        return "\n".join(d.message for d in app.deployments.values() if d.message) if app else ""
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _cause(e: BaseException, details: str = "") -> str:
     """The most telling line of a Serve deployment failure (a DiffPIRError's message if there is one)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    lines = [line.strip() for line in f"{e}\n{details}".splitlines() if line.strip()]
     for line in reversed(lines):
         if "DiffPIRError:" in line:
             return line.split("DiffPIRError:", 1)[1].strip()
-    return lines[-1] if lines else type(e).__name__
+    return lines[0] if lines else type(e).__name__

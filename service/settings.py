@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,22 +32,15 @@ METRIC_PREFIX = "diffpir_"
 class ServeSettings:
     """Everything a server needs, as plain values.
 
-    Model and runtime: the flags of `diffpir restore` (checkpoint, arch, onnx, engine,
-    device, backend, dtype, threads, reference). Limits: per request. Batching: the
+    Model and runtime: the values of `diffpir restore`'s model flags (checkpoint, arch, onnx,
+    engine, device, backend, dtype, threads, reference, ..., whatever add_model_arguments
+    defines), so a replica makes its Restorer exactly as that command does. Limits: per request. Batching: the
     `@serve.batch` size and wait, and padding to captured CUDA-graph batch sizes. Scale:
     replicas (or autoscaling between min and max on queue length), resources per replica.
     """
 
-    # model and runtime
-    checkpoint: Optional[str] = None
-    arch: Optional[str] = None
-    onnx: Optional[str] = None
-    engine: Optional[str] = None
-    device: str = "auto"
-    backend: str = "auto"
-    dtype: str = "auto"
-    threads: Optional[int] = None
-    reference: bool = False
+    # model and runtime: the values of `diffpir restore`'s model flags (runtime.add_model_arguments)
+    model: dict[str, Any] = field(default_factory=dict)
     # limits
     max_pixels: int = Limits.max_pixels
     max_body_bytes: int = Limits.max_body_bytes
@@ -105,29 +98,43 @@ class ServeSettings:
         return cls(**data)
 
     def public(self) -> dict[str, Any]:
-        """What /v1/info shows: the settings without the token's hash and local paths' parents."""
+        """What /v1/info shows: the settings without the token's hash, model files by name only."""
         out = self.to_dict()
         out.pop("token_sha256")
         out["auth"] = self.token_sha256 is not None
-        for key in ("checkpoint", "onnx", "engine"):
-            if out[key]:
-                out[key] = Path(out[key]).name
+        out["model"] = {k: (Path(v).name if k in ("checkpoint", "onnx", "engine") and v else v) for k, v in self.model.items()}
         return out
 
-    def model_flags(self) -> list[str]:
-        """The same model as `diffpir restore` flags (to reproduce a served result offline)."""
-        flags: list[str] = []
-        for key in ("checkpoint", "arch", "onnx", "engine"):
-            if getattr(self, key):
-                flags += [f"--{key}", str(getattr(self, key))]
-        for key in ("device", "backend", "dtype"):
-            if getattr(self, key) != "auto":
-                flags += [f"--{key}", getattr(self, key)]
-        if self.threads:
-            flags += ["--threads", str(self.threads)]
-        if self.reference:
-            flags.append("--reference")
-        return flags
+
+def model_arguments(args: Any) -> dict[str, Any]:
+    """The model flags of a parsed command line (every flag runtime.add_model_arguments defines), as plain values."""
+    import argparse
+
+    from diffpir_rt.runtime import add_model_arguments
+
+    probe = argparse.ArgumentParser(add_help=False)
+    add_model_arguments(probe)
+    out: dict[str, Any] = {}
+    for action in probe._actions:
+        value = getattr(args, action.dest, action.default)
+        out[action.dest] = str(Path(value).resolve()) if isinstance(value, Path) else value
+    return out
+
+
+def model_namespace(model: dict[str, Any]) -> Any:
+    """An argparse namespace for runtime.make_restorer: the flags' defaults, then `model`."""
+    import argparse
+
+    from diffpir_rt.runtime import add_model_arguments
+
+    probe = argparse.ArgumentParser(add_help=False)
+    add_model_arguments(probe)
+    namespace = probe.parse_args([])
+    for key, value in model.items():
+        if key in ("checkpoint", "onnx", "engine") and value is not None:
+            value = Path(value)
+        setattr(namespace, key, value)
+    return namespace
 
 
 def hash_token(token: str) -> str:

@@ -27,7 +27,8 @@ def test_problem_and_flops_follow_the_size() -> None:
     cfg = latency.Config("sr", "64x32", 1, 3)
     problem = latency.make_problem(cfg, torch.device("cpu"), ModelSource("random", arch="tiny"))
     assert tuple(problem.y.shape) == (1, 3, 8, 16)  # SR x4 of a 32 x 64 (H x W) image
-    assert latency.flops_per_call("tiny", "64x32") == pytest.approx(latency.flops_per_call("tiny", 32) * 2, rel=0.05)
+    # twice the pixels of 32²: at least twice the FLOPs (attention grows faster), less than 64²'s four times
+    assert 2 * latency.flops_per_call("tiny", 32) <= latency.flops_per_call("tiny", "64x32") < latency.flops_per_call("tiny", 64)
 
 
 def test_cpu_peak_memory_sees_an_allocation() -> None:

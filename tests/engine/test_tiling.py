@@ -234,6 +234,20 @@ def test_fixed_size_backend_gets_tiles_of_its_size() -> None:
     torch.testing.assert_close(tiled(x, t), Pointwise()(x, t), rtol=0, atol=1e-12)
 
 
+def test_tensorrt_profile_bounds_the_tile_and_batch() -> None:
+    """A plan's optimisation profile: calls of at most its largest batch; auto tiles within its sizes."""
+    from diffpir_rt.runtime import TilingPolicy
+
+    class Profiled(Pointwise):
+        size_multiple = 16
+        profile = {"x_t": ((1, 3, 32, 32), (1, 3, 64, 64), (4, 3, 96, 96)), "t": ((1,), (1,), (4,))}
+
+    tiled = TilingPolicy("auto", None, training_size=256).wrap(Profiled())
+    assert tiled.tile == (96, 96) and tiled.batch == 4 and tiled.overlap == 32  # 256/8, kept below half the tile
+    with pytest.raises(DiffPIRError, match="largest input"):
+        TiledDenoiser(Profiled(), 128, 16)
+
+
 def test_bad_settings() -> None:
     with pytest.raises(DiffPIRError, match="overlap"):
         TiledDenoiser(Pointwise(), 16, 16)
