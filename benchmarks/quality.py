@@ -673,9 +673,26 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise DiffPIRError(f"datasets: two test sets share a name ({seen}); rename a --data folder")
 
     out = args.out or Path.cwd() / RESULTS_FOLDER / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_writable_folder(out)
+    return _Plan(datasets, tasks, methods, overrides, override_flags, source, out)
+
+
+def check_writable_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be written, before a run of minutes to hours
+    (nothing is left behind: a probe folder is made in the nearest existing parent and removed)."""
+    import tempfile
+
     if out.exists() and not out.is_dir():
         raise DiffPIRError(f"--out {out}: exists and is not a folder")
-    return _Plan(datasets, tasks, methods, overrides, override_flags, source, out)
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DiffPIRError(f"--out {out}: {existing} is a file, not a folder")
+    try:
+        Path(tempfile.mkdtemp(prefix=".diffpir-eval-probe-", dir=existing)).rmdir()
+    except OSError as e:
+        raise DiffPIRError(f"--out {out}: cannot write into {existing} ({e.strerror or type(e).__name__})") from None
 
 
 class _Progress:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -100,10 +101,10 @@ class ModelSource:
         if self.kind == "bundled":
             return bundled_card()["sha256"] if bundled_card() else sha256_file(bundled_weights_path())
         if self.kind == "checkpoint":
-            return sha256_file(self.path)
+            return _file_sha256(self.path)
         if self.kind == "random":
             return f"random-{self.arch_name}-seed{self.seed}"
-        return str(self._artifact_metadata().get("checkpoint_sha256") or sha256_file(self.path))
+        return str(self._artifact_metadata().get("checkpoint_sha256") or _file_sha256(self.path))
 
     def label(self) -> str:
         """A short name for run records: bundled:<file>, the path, or random:<arch>."""
@@ -169,6 +170,18 @@ class ModelSource:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "label": self.label(), "arch": self.arch_name}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256_file, remembered per (path, size, mtime): a service asks for every request, and
+    hashing a 2 GB checkpoint each time would cost seconds."""
+    info = path.stat()
+    return _cached_sha256(str(path.resolve()), info.st_size, info.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def arch_names() -> tuple[str, ...]:
