@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from diffpir_rt.engine import METHODS, argtypes
-from diffpir_rt.engine import TASKS, check_inputs
+from diffpir_rt.engine import BOUNDARIES, TASKS, check_inputs
 from diffpir_rt.errors import DiffPIRError
 
 #: Form fields: name -> (kind, parser). Files are uploads; the rest are text.
@@ -59,6 +59,7 @@ TEXT_FIELDS: dict[str, Callable[[str], Any]] = {
     "seed": argtypes.seed,
     "kernel_index": argtypes.non_negative_int,
     "bit_depth": _choice((8, 16), int),
+    "boundary": _choice(BOUNDARIES),
     "param": str,  # NAME=VALUE, repeatable, as --param
 }
 REPEATABLE = ("param",)
@@ -154,7 +155,9 @@ def parse_restore_form(items: FormItems, limits: Limits = Limits()) -> ParsedReq
 
     sources = {"input": image.filename, "kernel": files["kernel"].filename if "kernel" in files else None,
                "mask": files["mask"].filename if "mask" in files else None}  # fmt: skip
-    request = RestoreRequest(task, y, operator, method, overrides, values.get("seed", 0), depth, sources=sources)
+    request = RestoreRequest(task, y, operator, method, overrides, values.get("seed", 0), depth, sources=sources,
+                             boundary=values.get("boundary", "auto"))  # fmt: skip
+    request.resolved_boundary()  # an explicit boundary a task or method cannot take: refused here, as by the CLI
     return ParsedRequest(request, values.get("bit_depth", depth), values)
 
 

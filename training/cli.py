@@ -1,7 +1,8 @@
 """`diffpir train`: the training program of the bundled prior, as a sub-command.
 
 Every argument after `train` goes to training/train.py's own parser untouched
-(`diffpir train --help`, `diffpir train export --help`).
+(`diffpir train --help`, `diffpir train export --help`); `diffpir train curve` measures
+checkpoints on held-out crops (training/curve.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     # prefix_chars="+": no option here starts with '-', so every '-x' reaches train.main.
     p = subparsers.add_parser(
         "train",
-        help="train the bundled prior (resumable; `diffpir train --help`), or `train export` its weights",
+        help="train the bundled prior (resumable; `diffpir train --help`), `train export` its weights, `train curve` measure them",
         add_help=False,
         prefix_chars="+",
     )
@@ -22,6 +23,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    argv = list(args.train_args)
+    if argv[:1] == ["curve"]:
+        from .curve import main as curve
+
+        return int(curve(argv[1:]) or 0)
     from .train import main
 
-    return int(main(list(args.train_args)) or 0)
+    return int(main(argv) or 0)

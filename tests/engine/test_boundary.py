@@ -21,7 +21,6 @@ from diffpir_rt.engine import (
     DiffPIRError,
     ExtendedDeblur,
     GraphSampler,
-    MaskedFourierDataStep,
     SuperResolution,
     apply_boundary,
     build_unet,
@@ -184,7 +183,7 @@ def test_masked_step_is_accurate_in_float32() -> None:
         single = op.data_step(y.float())(x0.float(), rho)
         assert single.dtype == torch.float32
 
-        def objective(x: torch.Tensor) -> float:
+        def objective(x: torch.Tensor, rho: float = rho) -> float:
             return float((data.forward(x) - y).pow(2).sum() + rho * (x - x0).pow(2).sum())
 
         warm = ExtendedDeblur(Deblur(k), multiple=8, iters=0).data_step(y)(x0, rho)  # the closed form on y_ext
