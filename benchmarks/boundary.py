@@ -41,8 +41,8 @@ from . import harness, metrics
 
 logger = logging.getLogger("benchmarks.boundary")
 
-DATA = Path(os.environ.get("DIFFPIR_TESTSETS") or harness.REPO.parent / "shared" / "data" / "testsets")
-OUT = harness.REPO / "benchmarks" / "results" / "boundary"
+DATA = Path(os.environ.get("DIFFPIR_TESTSETS") or "testsets")
+OUT = Path("boundary-results")
 IMAGES = ("CBSD68/102061", "CBSD68/108005", "McMaster/1")
 KERNELS = ("gaussian", "motion")
 MEASUREMENTS = ("reflect", "scene", "circular")
@@ -260,7 +260,7 @@ def markdown(document: dict[str, Any], grid: Optional[Path]) -> str:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argtypes.OneLineParser(prog="python -m diffpir_rt.benchmarks.boundary", description=__doc__.split("\n\n")[0],
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("--data", type=Path, default=DATA, help="the testsets folder (CBSD68/, McMaster/)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the testsets folder holding CBSD68/ and McMaster/ (default: $DIFFPIR_TESTSETS, else ./testsets)")
     parser.add_argument("--images", nargs="+", default=list(IMAGES), help="images as <set>/<file stem>")
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     parser.add_argument("--measurements", nargs="+", default=["reflect", "scene"], choices=MEASUREMENTS)
@@ -268,22 +268,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=argtypes.num_steps, default=20)
     parser.add_argument("--threads", type=argtypes.positive_int, default=1)
     parser.add_argument("--reference", action="store_true", help="the fp32 eager reference loop instead of the fast CPU path")
-    parser.add_argument("--out", type=Path, default=OUT, help="results folder")
-    args = parser.parse_args(argv)
-    import sys
-
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
-    return args
+    parser.add_argument("--out", type=Path, default=OUT, help="results folder (default: ./boundary-results)")
+    return harness.parse_script_args(parser, argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[I] %(name)s: %(message)s")
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    document = run(args)
-    return 0 if document["target_met"] else 1
+    code, document = harness.run_script(argv, parse_args, run)
+    return code if code is not None else (0 if document["target_met"] else 1)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,25 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR of a against b for [0, 1] images (inf when equal)."""
     mse = float((a.double() - b.double()).pow(2).mean())
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def parse_script_args(parser: Any, argv: Optional[list[str]]) -> Any:
+    """parser.parse_args(argv), with the command line it came from kept as args.argv (for the record)."""
+    import sys
+
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    return args
+
+
+def run_script(argv: Optional[list[str]], parse_args: Callable[[Optional[list[str]]], Any], run: Callable[[Any], Any]) -> tuple[Optional[int], Any]:
+    """A benchmark script's main: logging, arguments (--help or a usage error end here with their
+    exit code), then run(args). Returns (exit code or None, what run returned)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[I] %(name)s: %(message)s")
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0), None
+    return None, run(args)

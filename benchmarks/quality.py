@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,10 +38,10 @@ import numpy as np
 import torch
 
 import diffpir_rt
-from diffpir_rt.engine import METHODS, OFFICIAL_DEFAULTS, DiffPIRError, ModelSource, argtypes, build_method
+from diffpir_rt.engine import tool_versions, METHODS, OFFICIAL_DEFAULTS, DiffPIRError, ModelSource, argtypes, build_method
 from diffpir_rt.runtime import Restorer
 
-from . import baselines, metrics
+from . import baselines, harness, metrics
 from . import quality_report as report
 from .protocol import (
     NOISE_LEVELS,
@@ -59,7 +58,6 @@ from .protocol import (
 logger = logging.getLogger(__name__)
 
 SCHEMA = "diffpir-rt.quality/2"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The default output folder's parent, under the current directory (never the source tree).
 RESULTS_FOLDER = "eval-results"
 #: Where --dataset names are looked up: $DIFFPIR_TESTSETS, else the project's shared/data/testsets.
@@ -307,39 +305,10 @@ def evaluate(
 # ----------------------------------------------------------------------------- provenance
 
 
-def _git(*args: str) -> Optional[str]:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
 def versions() -> dict[str, Optional[str]]:
-    import PIL
-    import scipy
-    import skimage
-
-    found = {
-        "python": platform.python_version(),
-        "diffpir_rt": diffpir_rt.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-        "pillow": PIL.__version__,
-    }
-    for package, module in (("onnxruntime", "onnxruntime"), ("lpips", "lpips"), ("pytorch-fid", "pytorch_fid")):
-        if metrics.package_available(module):
-            from importlib.metadata import PackageNotFoundError, version
-
-            try:
-                found[package] = version(package)
-            except PackageNotFoundError:
-                found[package] = "unknown"
-        else:
-            found[package] = None
-    return found
+    """The versions behind a quality number (None: not installed)."""
+    return {"diffpir_rt": diffpir_rt.__version__,
+            **tool_versions("torch", "numpy", "scipy", "scikit-image", "pillow", "onnxruntime", "lpips", "pytorch-fid")}  # fmt: skip
 
 
 def _cpu_name() -> str:
@@ -423,7 +392,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", action="append", choices=TESTSETS, help="a project test set, repeatable (default: set3c unless --data)")
     data.add_argument("--data", action="append", type=Path, metavar="DIR", help="a folder of test images, repeatable")
-    data.add_argument("--testsets-root", type=Path, help=f"where --dataset folders live (default: ${TESTSETS_ENV} or ../shared/data/testsets)")
+    data.add_argument("--testsets-root", type=Path, help=f"where --dataset folders live (default: ${TESTSETS_ENV}, else ./testsets)")
     data.add_argument("--crop", type=_positive_int, help="centre crop to CROP x CROP (e.g. 256); default: full size, mod-cropped to 8")
     data.add_argument("--max-images", type=_positive_int, help="first N images of each set, sorted by name (each keeps its index and seeds)")
 
@@ -517,7 +486,7 @@ def _testsets_root(args: argparse.Namespace) -> Path:
         return args.testsets_root
     if os.environ.get(TESTSETS_ENV):
         return Path(os.environ[TESTSETS_ENV])
-    return REPO_ROOT.parent / "shared" / "data" / "testsets"
+    return Path("testsets")
 
 
 def _split(values: Optional[Sequence[str]]) -> Optional[list[str]]:
@@ -771,8 +740,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {
             "args": {k: _json_safe(v) for k, v in vars(args).items() if not callable(v)},
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": bool(_git("status", "--porcelain")),
+            "git_commit": harness.git_commit(),
             "versions": versions(),
             "machine": machine(restorer.device if restorer is not None else torch.device("cpu")),
             "device": str(restorer.device) if restorer is not None else "cpu",

@@ -37,8 +37,8 @@ from . import harness, metrics
 logger = logging.getLogger("benchmarks.tiling_check")
 
 #: $DIFFPIR_TESTSETS/McMaster, else the project's shared/data/testsets/McMaster (as `diffpir eval`).
-DATA = Path(os.environ.get("DIFFPIR_TESTSETS") or harness.REPO.parent / "shared" / "data" / "testsets") / "McMaster"
-OUT = harness.REPO / "benchmarks" / "results" / "size_cpu"
+DATA = Path(os.environ.get("DIFFPIR_TESTSETS") or "testsets") / "McMaster"
+OUT = Path("tiling-results")
 SEAM_HALF_WIDTH = 8
 NOISE_SEED = 0
 RESTORE_SEED = 1
@@ -234,20 +234,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--overlap", type=argtypes.non_negative_int, default=16)
     parser.add_argument("--threads", type=argtypes.positive_int, default=1)
     parser.add_argument("--out-dir", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    import sys
-
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
-    return args
+    return harness.parse_script_args(parser, argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[I] %(name)s: %(message)s")
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    document = run(args)
+    code, document = harness.run_script(argv, parse_args, run)
+    if code is not None:
+        return code
     worst = document["max_abs_delta_db"]
     return 0 if worst is not None and worst <= 0.2 else 1
 

@@ -10,7 +10,7 @@ require_qualified_name(__name__, "engine")
 from diffpir_rt.errors import DiffPIRError  # noqa: E402
 
 from . import argtypes, fused, imageio, paths  # noqa: E402
-from .artifacts import read_sidecar, sha256_file, sha256_files  # noqa: E402
+from .artifacts import read_sidecar, sha256_file, sha256_files, tool_versions  # noqa: E402
 from .denoiser import UNetDenoiser, load_state_dict_file, load_unet  # noqa: E402
 from .device import resolve_device  # noqa: E402
 from .backends import make_denoiser_from  # noqa: E402
@@ -39,7 +39,7 @@ __all__ = [
     "MaskedFourierDataStep", "apply_boundary", "resolve_boundary", "Denoise", "DiffPIRConfig",
     "DiffPIRError", "GraphRuntime", "GraphSampler", "Inpaint", "METHODS", "Method", "MethodConfig",
     "BETA_END", "BETA_START", "DTYPES", "NUM_TRAIN_TIMESTEPS", "StepCoefficients", "TiledDenoiser", "DEFAULT_TILE_BATCH", "fused", "physical_cores",
-    "read_sidecar", "sha256_file", "sha256_files", "write_text", "paths", "check_inputs",
+    "read_sidecar", "sha256_file", "sha256_files", "tool_versions", "write_text", "paths", "check_inputs",
     "MAX_PIXELS", "OutputPlan", "check_input_file", "read_npy",
     "ModelSource", "check_capturable", "make_denoiser_from", "pad_model", "OFFICIAL_DEFAULTS", "Operator", "ResBlock", "SuperResolution", "TASKS", "TaskDefaults",
     "UNetConfig", "UNetDenoiser", "UNetModel", "arch_names", "argtypes", "build_method", "build_operator",
