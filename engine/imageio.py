@@ -16,6 +16,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -137,6 +138,58 @@ def decode_mask(data: bytes, what: str = "mask", max_pixels: int | None = None) 
     return torch.from_numpy((pixels != 0).any(axis=-1).astype(np.float32))[None]
 
 
+@dataclass(frozen=True)
+class Photo:
+    """A picture as a user has it: what the restorer sees, and what goes back into the output.
+
+    Attributes:
+        rgb: (3, H, W) float32 in [0, 1], upright (EXIF orientation applied); grey pictures
+            repeat their one channel (the prior is a 3-channel model).
+        bit_depth: 8 or 16, the file's sample depth; the output keeps it.
+        grayscale: the file had one colour channel; the output is grey again.
+        alpha: (H, W) float32 in [0, 1] if the file had an alpha channel: carried through
+            untouched (resized by pixel replication when the output is larger, as for SR).
+    """
+
+    rgb: torch.Tensor
+    bit_depth: int
+    grayscale: bool = False
+    alpha: torch.Tensor | None = None
+
+    def output(self, restored: torch.Tensor) -> torch.Tensor:
+        """The restored (3, H', W') image in the file's layout: grey (the channels' mean) and/or
+        with the alpha channel appended, (1 | 2 | 3 | 4, H', W')."""
+        image = restored.mean(dim=0, keepdim=True) if self.grayscale else restored
+        if self.alpha is None:
+            return image
+        alpha = self.alpha.to(image.device, image.dtype)
+        h, w = image.shape[-2:]
+        if alpha.shape != (h, w):
+            if h % alpha.shape[0] or w % alpha.shape[1]:
+                raise DiffPIRError(f"alpha: {alpha.shape[1]}x{alpha.shape[0]} does not scale to the {w}x{h} output")
+            alpha = alpha.repeat_interleave(h // alpha.shape[0], 0).repeat_interleave(w // alpha.shape[1], 1)
+        return torch.cat([image, alpha[None]])
+
+
+def _photo(pixels: np.ndarray, max_value: int) -> Photo:
+    values = torch.from_numpy(pixels.astype(np.float32) / np.float32(max_value)).permute(2, 0, 1).contiguous()
+    channels = values.shape[0]
+    alpha = values[-1] if channels in (2, 4) else None
+    colour = values[:1].expand(3, -1, -1).contiguous() if channels <= 2 else values[:3].contiguous()
+    return Photo(colour, 16 if max_value > 255 else 8, grayscale=channels <= 2, alpha=alpha)
+
+
+def read_photo(path: PathLike) -> Photo:
+    """Read a PNG / JPEG / TIFF as a Photo: upright, grey and alpha remembered, bit depth kept."""
+    path = check_input_file(path, "image")
+    return _photo(*_decode_channels(path, "image", shown(path)))
+
+
+def decode_photo(data: bytes, what: str = "image", max_pixels: int | None = None) -> Photo:
+    """read_photo of a file's bytes in memory (an upload)."""
+    return _photo(*_decode_channels(_check_bytes(data, what), what.split(" ")[0], _label(what), max_pixels))
+
+
 def encode_image(x: torch.Tensor, fmt: str = "png", bit_depth: int = 8) -> bytes:
     """write_image's file as bytes: fmt "png" (8/16), "jpeg" (8) or "tiff" (8/16)."""
     suffix = "." + fmt.lower().lstrip(".")
@@ -182,8 +235,9 @@ def _quiet_decoders():
         tiff_log.disabled = disabled
 
 
-def _decode_pixels(source: Path | bytes, what: str, label: object, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
-    """_read_pixels of a file or of its bytes in memory; `label` names it in messages.
+def _decode_channels(source: Path | bytes, what: str, label: object, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """All of a file's channels, (H, W, C) with C = 1 grey, 2 grey + alpha, 3 RGB or 4 RGBA,
+    upright (its EXIF orientation applied), and the full-scale value; `label` names it in messages.
 
     max_pixels: refuse images with more pixels, from the header, before decoding them
     (default: paths.MAX_PIXELS; decompression bombs never reach the decoder).
@@ -205,12 +259,21 @@ def _decode_pixels(source: Path | bytes, what: str, label: object, max_pixels: i
                 pixels = _read_png16(source, what, label)
             elif im.format == "TIFF" and max(_tiff_bits_per_sample(im)) > 8:
                 pixels = _read_tiff16(source, what, label)
-            else:  # 8-bit samples in any mode (palette, grey+alpha, CMYK JPEG, ...)
-                pixels = np.asarray(im.convert("RGB"))
+            else:  # 8-bit samples in any mode (palette, CMYK JPEG, ...), kept grey / alpha where present
+                mode = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGBA": "RGBA", "RGBa": "RGBA", "PA": "RGBA"}.get(im.mode)
+                if mode is None and im.mode == "P":
+                    mode = "RGBA" if "transparency" in im.info else "RGB"
+                pixels = np.asarray(im.convert(mode or "RGB"))
+            orientation = _exif_orientation(im)
     except DiffPIRError:
         raise
     except _DECODE_ERRORS as e:
-        raise _decode_error(what, label, e) from e
+        if not (isinstance(e, UnidentifiedImageError) and _is_tiff(source)):
+            raise _decode_error(what, label, e) from e
+        # Pillow does not open every TIFF layout (16-bit grey + alpha, for one); tifffile does.
+        pixels, orientation = _read_tiff16(source, what, label), 1
+        if pixels.ndim >= 2 and pixels.shape[0] * pixels.shape[1] > max_pixels:
+            raise DiffPIRError(f"{what} {label}: more than {max_pixels:,} pixels are not accepted") from None
     if pixels.dtype == np.uint8:
         max_value = 255
     elif pixels.dtype == np.uint16:
@@ -221,9 +284,43 @@ def _decode_pixels(source: Path | bytes, what: str, label: object, max_pixels: i
         pixels = pixels[..., None]
     if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4) or 0 in pixels.shape:
         raise DiffPIRError(f"{what} {label}: unsupported pixel layout {pixels.shape}; expected grey or RGB(A)")
-    # grey(+alpha) -> repeat grey; RGB(A) -> RGB
-    pixels = np.repeat(pixels[..., :1], 3, axis=-1) if pixels.shape[-1] <= 2 else pixels[..., :3]
-    return np.ascontiguousarray(pixels), max_value
+    return np.ascontiguousarray(upright(pixels, orientation)), max_value
+
+
+def _decode_pixels(source: Path | bytes, what: str, label: object, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """_decode_channels as (H, W, 3) RGB: grey repeated, alpha dropped (what the restorer sees)."""
+    pixels, max_value = _decode_channels(source, what, label, max_pixels)
+    return np.ascontiguousarray(_rgb(pixels)), max_value
+
+
+def _rgb(pixels: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels[..., :1], 3, axis=-1) if pixels.shape[-1] <= 2 else pixels[..., :3]
+
+
+#: EXIF orientation tag -> the array operation that shows the image upright.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: np.rot90(a, k=2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, k=1),
+}
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) pixels as a viewer shows them, given the file's EXIF orientation (1..8)."""
+    return _ORIENT.get(orientation, lambda a: a)(pixels)
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (274) of an open image, 1 (as stored) when absent or unreadable."""
+    try:
+        value = int(im.getexif().get(274, 1))
+    except Exception:  # noqa: BLE001 - a malformed EXIF block only loses the orientation
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _decode_error(what: str, path: object, e: BaseException) -> DiffPIRError:
@@ -237,6 +334,13 @@ def _decode_error(what: str, path: object, e: BaseException) -> DiffPIRError:
     text = (text.strip().splitlines() or [""])[0].replace(str(path), "the file")
     detail = f"{type(e).__name__}: {text[:100]}" if text else type(e).__name__
     return DiffPIRError(f"{what} {path}: cannot decode, the file is corrupt or truncated ({detail})")
+
+
+def _is_tiff(source: Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        return source[:4] in (b"II*\x00", b"MM\x00*")
+    with open(source, "rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*")
 
 
 def _png_bit_depth(source: Path | bytes) -> int:
@@ -386,10 +490,12 @@ def _quantise(x: torch.Tensor, bit_depth: int, out: Path) -> np.ndarray:
         raise DiffPIRError(f"output {out}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
-    if x.dim() != 3 or x.shape[0] not in (1, 3) or x.shape[1] == 0 or x.shape[2] == 0:
+    if x.dim() != 3 or x.shape[0] not in (1, 2, 3, 4) or x.shape[1] == 0 or x.shape[2] == 0:
         raise DiffPIRError(
-            f"output {out}: image shape {tuple(x.shape)}; expected (C, H, W) or (1, C, H, W), C in {{1, 3}}"
+            f"output {out}: image shape {tuple(x.shape)}; expected (C, H, W) or (1, C, H, W), C in 1..4 (grey/RGB, +alpha)"
         )
+    if x.shape[0] in (2, 4) and out.suffix.lower() in (".jpg", ".jpeg"):
+        raise DiffPIRError(f"output {out}: JPEG cannot store the input's alpha channel; write a .png or .tif")
     check_finite(x, f"the image to write to {out}")
     full_scale = 2**bit_depth - 1
     # float64: round(x*255) is the exact product of the stored value, not a float32 rounding of it
@@ -402,10 +508,10 @@ def _encode(pixels: np.ndarray, fmt: str, bit_depth: int) -> bytes:
     height, width, channels = pixels.shape
     buffer = io.BytesIO()
     if bit_depth == 8:
-        im = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+        im = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels])
         im.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
     elif fmt == "PNG":
-        writer = _pypng().Writer(width, height, greyscale=channels == 1, bitdepth=16)
+        writer = _pypng().Writer(width, height, greyscale=channels <= 2, alpha=channels in (2, 4), bitdepth=16)
         writer.write(buffer, pixels.reshape(height, width * channels))
     else:
         import tifffile  # lazy: only 16-bit TIFF output needs it
@@ -413,7 +519,8 @@ def _encode(pixels: np.ndarray, fmt: str, bit_depth: int) -> bytes:
         if channels == 1:
             tifffile.imwrite(buffer, pixels[..., 0], photometric="minisblack")
         else:
-            tifffile.imwrite(buffer, pixels, photometric="rgb")
+            extra = {"extrasamples": ["unassalpha"]} if channels in (2, 4) else {}
+            tifffile.imwrite(buffer, pixels, photometric="rgb" if channels >= 3 else "minisblack", **extra)
     return buffer.getvalue()
 
 

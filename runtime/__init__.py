@@ -10,7 +10,7 @@ from diffpir_rt._rooms import require_qualified_name
 
 require_qualified_name(__name__, "runtime")
 
-from .jobs import RestoreRequest, batch_key, model_calls, run_requests  # noqa: E402
+from .jobs import RestoreRequest, batch_key, model_calls, output_image, run_requests  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .restorer import Restorer, RuntimePath  # noqa: E402
 from .tiling import AUTO_MIN_PIXELS, TilingPolicy, tile_argument  # noqa: E402
@@ -18,5 +18,5 @@ from .tiling import AUTO_MIN_PIXELS, TilingPolicy, tile_argument  # noqa: E402
 from .cli import add_model_arguments, check_inputs_exist, make_restorer, parse_params, read_measurement  # noqa: E402
 
 __all__ = ["Progress", "Restorer", "RestoreRequest", "RuntimePath", "add_model_arguments", "batch_key",
-           "check_inputs_exist", "make_restorer", "model_calls", "parse_params", "read_measurement", "run_requests",
+           "check_inputs_exist", "make_restorer", "model_calls", "output_image", "parse_params", "read_measurement", "run_requests",
            "AUTO_MIN_PIXELS", "TilingPolicy", "tile_argument"]  # fmt: skip

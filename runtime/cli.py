@@ -95,9 +95,10 @@ def check_inputs_exist(args: argparse.Namespace, flags: Sequence[str]) -> None:
             check_input_file(path, f"--{flag.replace('_', '-')}")
 
 
-def read_measurement(path: Path) -> tuple[torch.Tensor, int]:
-    """A [0, 1] (3, H, W) measurement and its bit depth: an image file, or a (C, H, W) .npy kept unclipped."""
-    from diffpir_rt.engine.imageio import check_finite, read_image_and_depth
+def read_measurement(path: Path) -> Any:
+    """The measurement as an engine.imageio.Photo: an image file (upright, grey and alpha remembered,
+    bit depth kept), or a (C, H, W) .npy kept unclipped (16-bit output by default)."""
+    from diffpir_rt.engine.imageio import Photo, check_finite, read_photo
     from diffpir_rt.engine.paths import read_npy
 
     if path.suffix.lower() == ".npy":
@@ -108,11 +109,11 @@ def read_measurement(path: Path) -> tuple[torch.Tensor, int]:
             raise DiffPIRError(f"input {path}: expected a (C, H, W) array with C in {{1, 3}}, got shape {array.shape}")
         if array.shape[0] == 1:
             array = np.repeat(array, 3, axis=0)
-        x, depth = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), 16
+        photo = Photo(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), 16)
     else:
-        x, depth = read_image_and_depth(path)
-    check_finite(x, f"input {path}")
-    return x, depth
+        photo = read_photo(path)
+    check_finite(photo.rgb, f"input {path}")
+    return photo
 
 
 def write_output(path: Path, x: torch.Tensor, bit_depth: int, protect: Sequence[Path]) -> None:
@@ -204,13 +205,14 @@ def run_restore(args: argparse.Namespace) -> int:
     plan.add(args.output, "--output", suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"))
     record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
     operator = operator_from_files(args.task, args.kernel, args.kernel_index, args.mask, args.scale)
-    y, depth = read_measurement(args.input)
+    photo = read_measurement(args.input)
+    y, depth = photo.rgb, photo.bit_depth
     operator.data_step(y[None])  # size checks (kernel vs image, mask vs image) before the model loads
     overrides = {"lam": args.lam, "zeta": args.zeta, "sigma_n": args.sigma_n, "steps": args.steps,
                  "skip": args.skip, "t_start": args.t_start, **parse_params(args.param)}  # fmt: skip
 
     # 2. The runtime, the config, the restoration.
-    from .jobs import RestoreRequest, model_calls, run_requests
+    from .jobs import RestoreRequest, model_calls, output_image, run_requests
     from .progress import Progress
 
     restorer = make_restorer(args)
@@ -218,7 +220,7 @@ def run_restore(args: argparse.Namespace) -> int:
         args.task, y, operator, args.method, overrides, args.seed, depth,
         sources={"input": str(args.input), "kernel": str(args.kernel) if args.kernel else None,
                  "mask": str(args.mask) if args.mask else None},
-        boundary=args.boundary,
+        boundary=args.boundary, photo=photo,
     )  # fmt: skip
     calls = model_calls(request.config(restorer))
     with Progress(calls, f"{args.task} ({args.method})", unit="UNet call", enabled=not args.quiet) as progress:
@@ -227,10 +229,12 @@ def run_restore(args: argparse.Namespace) -> int:
     # 3. The image and, beside it, what ran.
     bit_depth = args.bit_depth or depth
     record["bit_depth"] = bit_depth
+    record["grayscale"], record["alpha"] = photo.grayscale, photo.alpha is not None
     from diffpir_rt.engine.imageio import write_text
 
+    raw = args.output.suffix.lower() == ".npy"  # the restorer's own (3, H, W) values, unquantised
     with plan.transaction():
-        write_output(args.output, x.cpu(), bit_depth, plan.inputs)
+        write_output(args.output, x.cpu() if raw else output_image(request, x.cpu()), bit_depth, plan.inputs)
         write_text(record_path, json.dumps(record, indent=2) + "\n", protect=plan.inputs)
     if not args.quiet:
         print(f"restored {args.input} -> {args.output} ({calls} UNet calls, {record['seconds']:.2f} s, {restorer.path.name})")

@@ -35,6 +35,8 @@ class RestoreRequest:
         seed: this sample's seed.
         bit_depth: the input's bit depth (8 or 16), which the output keeps.
         sources: names of what it was made from (input, kernel, mask files), for the record.
+        photo: the input's file layout (engine.imageio.Photo: grey, alpha), or None; `output`
+            puts a restored image back into it.
         boundary: how deblurring treats the image's edges: "auto" (a user's photo: "extend" for
             deblurring with diffpir/dps/dpir, else "circular"), "circular" (the official
             protocol's model) or "extend" (engine.ExtendedDeblur; docs/algorithm.md §11).
@@ -49,6 +51,7 @@ class RestoreRequest:
     bit_depth: int = 8
     sources: dict[str, Any] = field(default_factory=dict)
     boundary: str = "auto"
+    photo: Any = None
 
     def config(self, restorer: Restorer) -> Any:
         return restorer.config(self.task, self.method, **self.overrides)
@@ -56,6 +59,11 @@ class RestoreRequest:
     def resolved_boundary(self) -> Any:
         """"extend", "circular", or None for tasks without a blur (engine.resolve_boundary)."""
         return resolve_boundary(self.task, self.boundary, self.method)
+
+
+def output_image(request: RestoreRequest, image: Tensor) -> Tensor:
+    """The restored (3, H, W) image in the input file's layout: grey again and/or with its alpha."""
+    return image if request.photo is None else request.photo.output(image)
 
 
 def model_calls(config: Any) -> int:

@@ -334,7 +334,10 @@ class DiffPIRIngress:
         detail.update(batch=record["batch_size"], restore_s=record["seconds"])
         from diffpir_rt.engine import imageio
 
-        png = await asyncio.to_thread(imageio.encode_image, result["image"], "png", parsed.bit_depth)
+        from diffpir_rt.runtime import output_image
+
+        image = output_image(parsed.request, result["image"])  # grey again and/or with its alpha, as uploaded
+        png = await asyncio.to_thread(imageio.encode_image, image, "png", parsed.bit_depth)
         # Where the time went in the ingress: reading the body, checking the request, the replica's
         # answer (its wait for a batch and the restore included), encoding the PNG.
         record["service"] = {**record.get("service", {}), "request_id": request_id, "read_s": round(t1 - t0, 4),

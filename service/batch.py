@@ -152,11 +152,12 @@ class BatchRestorer:
             if p is not None:
                 paths.check_input_file(p, what)
         operator = operator_from_files(t["task"], kernel, t["kernel_index"], mask, t["scale"])
-        y, depth = read_measurement(path)
+        photo = read_measurement(path)
+        y, depth = photo.rgb, photo.bit_depth
         operator.data_step(y[None])  # size checks before the batch runs, as diffpir restore
         request = RestoreRequest(t["task"], y, operator, t["method"], dict(t["overrides"]), t["seed"], depth,
                                  sources={"input": str(path), "kernel": str(kernel) if kernel else None,
-                                          "mask": str(mask) if mask else None})  # fmt: skip
+                                          "mask": str(mask) if mask else None}, photo=photo)  # fmt: skip
         request.config(self.restorer)  # a bad hyperparameter fails this row here
         return request
 
@@ -177,7 +178,9 @@ class BatchRestorer:
                 depth = 8
             record["bit_depth"] = depth
             try:
-                data = imageio.encode_image(image.detach().cpu(), self.task["format"], depth)
+                from diffpir_rt.runtime import output_image
+
+                data = imageio.encode_image(output_image(request, image.detach().cpu()), self.task["format"], depth)
             except DiffPIRError as e:
                 results.append((index, _failed(index, str(e))))
                 continue

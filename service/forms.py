@@ -138,7 +138,8 @@ def parse_restore_form(items: FormItems, limits: Limits = Limits()) -> ParsedReq
     overrides.update(params)
 
     image = files["image"]
-    y, depth = read_measurement_bytes(image, limits.max_pixels)
+    photo = read_measurement_bytes(image, limits.max_pixels)
+    y, depth = photo.rgb, photo.bit_depth
     operator = _operator(task, files, values, limits)
     out_shape = operator.image_shape(y[None].shape)
     if out_shape[-1] * out_shape[-2] > limits.max_pixels:
@@ -156,7 +157,7 @@ def parse_restore_form(items: FormItems, limits: Limits = Limits()) -> ParsedReq
     sources = {"input": image.filename, "kernel": files["kernel"].filename if "kernel" in files else None,
                "mask": files["mask"].filename if "mask" in files else None}  # fmt: skip
     request = RestoreRequest(task, y, operator, method, overrides, values.get("seed", 0), depth, sources=sources,
-                             boundary=values.get("boundary", "auto"))  # fmt: skip
+                             boundary=values.get("boundary", "auto"), photo=photo)  # fmt: skip
     request.resolved_boundary()  # an explicit boundary a task or method cannot take: refused here, as by the CLI
     return ParsedRequest(request, values.get("bit_depth", depth), values)
 
@@ -221,20 +222,21 @@ def _field_words(message: str) -> str:
     return re.sub(r"--([a-z][a-z-]*)", lambda m: "field " + m.group(1).replace("-", "_"), message)
 
 
-def read_measurement_bytes(image: Upload, max_pixels: Optional[int] = None) -> tuple[Any, int]:
-    """A [0, 1] (3, H, W) measurement and its bit depth from an upload: an image, or a (C, H, W) .npy."""
+def read_measurement_bytes(image: Upload, max_pixels: Optional[int] = None) -> Any:
+    """The measurement of an upload as an engine.imageio.Photo: an image, or a (C, H, W) .npy."""
     from diffpir_rt.engine import imageio
 
     if image.data[:6] == b"\x93NUMPY":
         from diffpir_rt.runtime import read_measurement
 
         with _as_file(image, "input", ".npy") as path:
-            y, depth = read_measurement(path)
+            photo = read_measurement(path)
+        y = photo.rgb
         if max_pixels is not None and y.shape[-1] * y.shape[-2] > max_pixels:
             raise RequestError(413, f"image {image.filename}: {y.shape[-1]}x{y.shape[-2]} is more than {max_pixels:,} pixels")
-        return y, depth
+        return photo
     try:
-        return imageio.decode_image(image.data, f"image {image.filename}", max_pixels=max_pixels)
+        return imageio.decode_photo(image.data, f"image {image.filename}", max_pixels=max_pixels)
     except DiffPIRError as e:
         raise RequestError(413 if "are accepted" in str(e) else 415, str(e)) from None
 

@@ -298,7 +298,7 @@ def test_corrupt_16bit_png(tmp_path):
         ("x.jpg", torch.zeros(3, 2, 2), 16, r"bit_depth 16 not possible for JPEG; expected one of \(8,\)"),
         ("x.png", torch.zeros(3, 2, 2), 12, r"bit_depth 12 not possible for PNG"),
         ("x.png", np.zeros((3, 2, 2)), 8, "expected a torch.Tensor, got ndarray"),
-        ("x.png", torch.zeros(2, 2, 2), 8, r"image shape \(2, 2, 2\); expected \(C, H, W\)"),
+        ("x.png", torch.zeros(5, 2, 2), 8, r"image shape \(5, 2, 2\); expected \(C, H, W\)"),
         ("x.png", torch.zeros(2, 3, 2, 2), 8, r"image shape \(2, 3, 2, 2\)"),
         ("x.png", torch.zeros(2, 2), 8, r"image shape \(2, 2\)"),
         ("x.png", torch.zeros(3, 0, 2), 8, r"image shape \(3, 0, 2\)"),
