@@ -531,12 +531,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argtypes.OneLineParser(
         prog="diffpir bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argtypes.DefaultsFormatter,
         epilog="examples: diffpir bench --device cpu --sizes 256 --batches 1 --steps 20 --repeats 3; "
         "diffpir bench --device cuda --random-weights --arch ffhq_10m",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="UNet weights; default: the bundled prior")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="UNet weights (unset: the bundled prior)")
     parser.add_argument("--arch", default=None, choices=arch_names(), help="UNet preset of --checkpoint / --random-weights")
     parser.add_argument("--random-weights", action="store_true", help="seeded random weights of --arch (GPU targets)")
     parser.add_argument("--tasks", nargs="+", default=["deblur", "sr", "inpaint"], choices=TASKS, help="tasks; the first is the centre")

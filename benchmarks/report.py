@@ -73,9 +73,10 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         f"- date {get('date_utc')}, commit {get('git_commit')}, torch {get('torch')}, CUDA {get('cuda', '–')}, "
         f"cuDNN {get('cudnn', '–')}, CuPy {get('cupy')}, Python {get('python')}",
-        f"- torch threads {get('torch_threads')}, cuDNN benchmark {get('cudnn_benchmark')}, "
-        f"cuDNN TF32 {get('cudnn_allow_tf32')}, matmul TF32 {get('matmul_allow_tf32')}",
-        f"- baseline `{get('baseline')}` (engine.sample, fp32 UNet); speedups are baseline/candidate per image, same run",
+        f"- torch threads {get('torch_threads')}"
+        + (f", cuDNN benchmark {get('cudnn_benchmark')}, cuDNN TF32 {get('cudnn_allow_tf32')}, matmul TF32 "
+           f"{get('matmul_allow_tf32')}" if get("cuda") else ""),  # fmt: skip
+        f"- baseline `{get('baseline')}` (the fp32 eager reference loop); speedups are baseline/candidate per image, same run",
         f"- compute fraction against {_fmt(get('peak_tflops'), '.0f', ' TFLOP/s')} "
         f"({get('peak_note') or 'no peak given'}); FLOPs counted per UNet call",
         f"- {args.get('warmup')} warm-up + {args.get('repeats')} timed restorations per row; "
