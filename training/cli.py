@@ -14,7 +14,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     # prefix_chars="+": no option here starts with '-', so every '-x' reaches train.main.
     p = subparsers.add_parser(
         "train",
-        help="train the bundled prior (resumable; `diffpir train --help`), `train export` its weights, `train curve` measure them",
+        help="train the bundled prior (resumable; `diffpir train --help`), `train export` its weights, `train curve` measure them, `train tune` their defaults",
         add_help=False,
         prefix_chars="+",
     )
@@ -28,6 +28,10 @@ def run_train(args: argparse.Namespace) -> int:
         from .curve import main as curve
 
         return int(curve(argv[1:]) or 0)
+    if argv[:1] == ["tune"]:
+        from .tune import main as tune
+
+        return int(tune(argv[1:]) or 0)
     from .train import main
 
     return int(main(argv) or 0)

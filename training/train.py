@@ -652,7 +652,7 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"# Bundled prior: `{card['name']}`",
         "",
         "A small unconditional guided-diffusion UNet (eps-prediction, learned-variance output "
-        "kept for the 6-channel contract) trained by this project with `engine/train.py`, so "
+        "kept for the 6-channel contract) trained by this project with `diffpir train`, so "
         "`diffpir restore` works offline without a third-party checkpoint.",
         "",
         "| field | value |",
@@ -665,7 +665,9 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"| objective | {training['objective']} |",
         f"| data | {training['data']['images']} images, `{training['data']['path']}` |",
         f"| training | {training['steps']} steps x batch {training['recipe']['batch_size']} crops of "
-        f"{training['recipe']['crop']}², {training['train_hours']:.2f} h on {', '.join(training['devices'])} |",
+        f"{training['recipe']['crop']}², {training['train_hours']:.2f} h on {', '.join(training['devices'])}"
+        + (f", continuing `{training['continued_from']['weights']}` ({training['continued_from']['train_hours']:.2f} h): "
+           f"{training['total_train_hours']:.2f} h in all" if training.get("continued_from") else "") + " |",
         f"| final loss | {training['final_loss']:.4f} (eps MSE, online model, last {LOSS_WINDOW} steps) |",
         f"| fp16 export | max abs eps difference vs fp32 weights: {card['fp16_check']['max_abs_eps_diff']:.2e} |",
         f"| exported | {card['exported']} from step {card['checkpoint_step']} (EMA weights) |",
@@ -686,15 +688,29 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         lines.append(f"| {task} | {d['lam']} | {d['zeta']} | {d['steps']} | {d['sigma_n']} | {d['source']} |")
     if card.get("quality"):
         lines += ["", "## Measured quality", "", card["quality"]]
+    if card.get("curve"):
+        protocol, points = card["curve"]["protocol"], card["curve"]["points"]
+        tasks = [key for key in points[0] if key.endswith("_psnr")]
+        lines += ["", "## Training curve", "",
+                  f"PSNR (dB) on held-out crops ({protocol['images']}, {protocol['crop']}², fixed DiffPIR settings per task, "
+                  "`diffpir train curve`) against training time:", "",
+                  "| weights | CPU hours (this run) | " + " | ".join(t.removesuffix("_psnr") for t in tasks) + " |",
+                  "|---|---|" + "---|" * len(tasks)]  # fmt: skip
+        for point in points:
+            hours = "–" if point.get("train_hours") is None else f"{point['train_hours']:.2f}"
+            lines.append(f"| `{Path(point['checkpoint']).name}` | {hours} | " + " | ".join(f"{point[t]:.2f}" for t in tasks) + " |")
     lines += [
         "",
         "## Reproduce / re-export",
         "",
         "```",
-        "diffpir train --data ../shared/data/trainsets/BSDS432 --out runs/prior "
-        f"--arch {card['arch']} --threads 1 --max-minutes 125",
-        "diffpir train --data ../shared/data/trainsets/BSDS432 --out runs/prior --resume --threads 1 --max-minutes 120",
-        f"diffpir train export --checkpoint runs/prior/checkpoint.pt --name {card['name']}",
+        "diffpir train --data trainsets/BSDS432 --out runs/prior --init-weights engine/weights/<previous>.safetensors "
+        f"--arch {card['arch']} --lr 2e-4 --warmup-steps 100 --threads 1",
+        "diffpir train --data trainsets/BSDS432 --out runs/prior --resume --threads 1 --max-minutes 120",
+        "diffpir train tune --data testsets/CBSD68 --weights W.safetensors --out defaults.json",
+        "diffpir train curve --data testsets/CBSD68 --tasks deblur sr inpaint denoise --checkpoints ... --out curve.json",
+        f"diffpir train export --checkpoint runs/prior/checkpoint.pt --name {card['name']} --weights-dir engine/weights "
+        "--task-defaults defaults.json --curve curve.json",
         "```",
         "",
     ]
@@ -706,6 +722,8 @@ def export_prior(
     name: str,
     weights_dir: str | os.PathLike[str],
     task_defaults: Optional[dict[str, dict[str, Any]]] = None,
+    curve: Optional[dict[str, Any]] = None,
+    quality: Optional[str] = None,
 ) -> dict[str, Any]:
     """Write the checkpoint's EMA weights as fp16 safetensors plus the model card.
 
@@ -718,6 +736,8 @@ def export_prior(
         weights_dir: destination folder (engine/weights of a source checkout ships them).
         task_defaults: per-task {lam, zeta, steps, sigma_n, source}; default: the
             previous card's, else OFFICIAL_DEFAULTS as placeholders.
+        curve: `diffpir train curve` output (quality against training time), for the card.
+        quality: a markdown section of measured quality, for the card.
 
     Returns:
         The model card.
@@ -795,6 +815,17 @@ def export_prior(
         "exported": _dt.datetime.now().isoformat(timespec="seconds"),
         "task_defaults": task_defaults,
     }
+    if stages and stages[0].get("init_weights") and previous is not None:
+        # A run started from the previous prior's weights continues its training: say so, and count it.
+        before = previous.get("training", {})
+        card["training"]["continued_from"] = {"weights": previous.get("weights"), "sha256": previous.get("sha256"),
+                                              "steps": before.get("steps"), "train_hours": before.get("total_train_hours", before.get("train_hours")),
+                                              "devices": before.get("devices")}  # fmt: skip
+        card["training"]["total_train_hours"] = card["training"]["train_hours"] + float(card["training"]["continued_from"]["train_hours"] or 0)
+    if curve is not None:
+        card["curve"] = curve
+    if quality is not None:
+        card["quality"] = quality
     card = json.loads(json.dumps(card))  # what readers of the JSON see (tuples -> lists)
     _write_json(card_path, card)
     (weights_dir / "MODEL_CARD.md").write_text(_model_card_markdown(card))
@@ -887,6 +918,10 @@ def _export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (<out>/checkpoint.pt)")
     parser.add_argument("--name", default="compact_fast_bsd432", help="weights file stem (default: %(default)s)")
+    parser.add_argument("--task-defaults", type=Path, default=None,
+                        help="per-task defaults (JSON from `diffpir train tune`); unset: the previous card's")
+    parser.add_argument("--curve", type=Path, default=None, help="quality vs training time (JSON from `diffpir train curve`)")
+    parser.add_argument("--quality", type=Path, default=None, help="a markdown section of measured quality for the card")
     parser.add_argument("--weights-dir", required=True,
                         help="destination folder; engine/weights of a source checkout replaces the shipped prior")
     return parser
@@ -898,7 +933,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv[:1] == ["export"]:
             args = _export_parser().parse_args(argv[1:])
-            card = export_prior(args.checkpoint, args.name, args.weights_dir)
+            defaults = json.loads(check_input_file(args.task_defaults, "--task-defaults").read_text()) if args.task_defaults else None
+            curve = json.loads(check_input_file(args.curve, "--curve").read_text()) if args.curve else None
+            quality = check_input_file(args.quality, "--quality").read_text() if args.quality else None
+            card = export_prior(args.checkpoint, args.name, args.weights_dir, task_defaults=defaults, curve=curve, quality=quality)
             print(f"[I] wrote {Path(args.weights_dir) / card['weights']} ({card['bytes'] / 1e6:.2f} MB, "
                   f"step {card['checkpoint_step']}, sha256 {card['sha256'][:16]}…); "
                   f"fp16 max |d eps| = {card['fp16_check']['max_abs_eps_diff']:.2e}")
