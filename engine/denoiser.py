@@ -69,6 +69,10 @@ class UNetDenoiser(nn.Module):
         Raises:
             DiffPIRError: wrong x_t shape, or t not integer / not broadcastable.
         """
+        return self.unet(x_t, self._timesteps(x_t, t))[:, : self.config.in_channels]
+
+    def _timesteps(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """t as the UNet's int64 (B,) input, after checking x_t and t (skipped while tracing)."""
         if not isinstance(t, Tensor):
             try:
                 t = torch.tensor(operator.index(t), dtype=torch.int64, device=x_t.device)
@@ -77,8 +81,7 @@ class UNetDenoiser(nn.Module):
         if not _is_tracing():
             self._check_inputs(x_t, t)
         # Reshape + Expand: a no-op for (B,), a broadcast for one shared t; ONNX-friendly.
-        t = t.to(device=x_t.device, dtype=torch.int64).reshape(-1).expand(x_t.shape[0])
-        return self.unet(x_t, t)[:, : self.config.in_channels]
+        return t.to(device=x_t.device, dtype=torch.int64).reshape(-1).expand(x_t.shape[0])
 
     def eps_and_variance(self, x_t: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
         """eps and the learned-variance interpolation v from one UNet call (learn_sigma UNets).
@@ -102,15 +105,7 @@ class UNetDenoiser(nn.Module):
                 "eps_and_variance: this UNet was built without learn_sigma and predicts eps only; "
                 "use a fixed variance ('fixed_small' or 'fixed_large')"
             )
-        if not isinstance(t, Tensor):
-            try:
-                t = torch.tensor(operator.index(t), dtype=torch.int64, device=x_t.device)
-            except TypeError:
-                raise DiffPIRError(f"t: expected an integer timestep, got {t!r}") from None
-        if not _is_tracing():
-            self._check_inputs(x_t, t)
-        t = t.to(device=x_t.device, dtype=torch.int64).reshape(-1).expand(x_t.shape[0])
-        out = self.unet(x_t, t)
+        out = self.unet(x_t, self._timesteps(x_t, t))
         channels = self.config.in_channels
         return out[:, :channels], out[:, channels : 2 * channels]
 

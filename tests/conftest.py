@@ -52,6 +52,21 @@ def no_tf32():
         torch.backends.cudnn.allow_tf32 = cudnn
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` UNet preset with seeded random weights as a .safetensors checkpoint (use --arch tiny)."""
+    from safetensors.torch import save_file
+
+    from diffpir_rt.engine import build_unet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = build_unet("tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    return path
+
+
 def cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     """Run `diffpir argv`; assert the user-error contract (exit 2, one stderr line, no traceback)."""
     from diffpir_rt.cli import main

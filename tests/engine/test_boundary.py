@@ -322,14 +322,6 @@ def test_requests_batch_by_kernel_size_and_do_not_depend_on_the_batch(tmp_path: 
     assert record["boundary"] == "circular"
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in build_unet("tiny").state_dict().items()}, str(path))
-    return path
-
-
 def test_cli_boundary_in_the_record(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     y = write_image(tmp_path / "y.png", read_image(TEST_IMAGE)[:, 40:77, 30:63])  # 33 x 37
     np.save(tmp_path / "k.npy", gaussian(9, 2.0))

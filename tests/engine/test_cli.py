@@ -13,19 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffpir_rt.engine import build_unet, prior
+from diffpir_rt.engine import prior
 from diffpir_rt.cli import main
 from diffpir_rt.engine.imageio import read_image, write_image
 
 TEST_IMAGE = Path(__file__).parents[1] / "data" / "images" / "butterfly.png"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in build_unet("tiny").state_dict().items()}, str(path))
-    return path
 
 
 @pytest.fixture

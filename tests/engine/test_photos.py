@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from safetensors.torch import save_file
 
 from diffpir_rt.cli import main
-from diffpir_rt.engine import build_unet
 from diffpir_rt.engine.imageio import Photo, decode_photo, read_photo, upright, write_image
 
 from ..conftest import cli_error
@@ -81,14 +79,6 @@ def test_uploads_decode_like_files(tmp_path: Path) -> None:
     Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
     photo = decode_photo(buffer.getvalue(), "image up.png")
     assert photo.alpha is not None and torch.allclose(photo.alpha, torch.full((12, 20), 128 / 255))
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in build_unet("tiny").state_dict().items()}, str(path))
-    return path
 
 
 @pytest.mark.parametrize("mode, channels", [("L", 1), ("LA", 2), ("RGBA", 4)])
