@@ -18,37 +18,18 @@ from diffpir_rt.engine.methods.base import Step
 from diffpir_rt.engine.methods.loop import call_model
 from diffpir_rt.engine.operators import Deblur, Denoise, Inpaint, SuperResolution
 
+from .gd_family import LinearModel as _GDLinearModel
+from .gd_family import dense_matrix as _gd_dense_matrix
+
 C, H = 2, 8  # channels, image side: n = 128
 SHAPE = (C, H, H)
 
 
-class LinearModel:
-    """eps = (1 + t/1000) (M x) + c per sample (flat), v = tanh(P x + d): identical on both sides."""
+class LinearModel(_GDLinearModel):
+    """gd_family's linear stand-in model, on this family's default shape, eps only by default."""
 
     def __init__(self, shape: Sequence[int] = SHAPE, seed: int = 0, variance: bool = False) -> None:
-        rng = np.random.default_rng(seed)
-        n = int(np.prod(shape))
-        self.M = 0.9 * np.eye(n) + 0.05 * rng.normal(size=(n, n))
-        self.c = 0.1 * rng.normal(size=n)
-        self.P = 0.3 * rng.normal(size=(n, n)) / np.sqrt(n)
-        self.d = 0.3 * rng.normal(size=n)
-        if variance:
-            self.eps_and_variance = self._eps_and_variance
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        M, c = torch.as_tensor(self.M, dtype=x.dtype), torch.as_tensor(self.c, dtype=x.dtype)
-        scale = (1.0 + t.to(x.dtype) / 1000.0)[:, None]
-        return (scale * (x.flatten(1) @ M.T) + c).reshape(x.shape)
-
-    def _eps_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        P, d = torch.as_tensor(self.P, dtype=x.dtype), torch.as_tensor(self.d, dtype=x.dtype)
-        return self(x, t), torch.tanh(x.flatten(1) @ P.T + d).reshape(x.shape)
-
-    def eps_fn(self, x: np.ndarray, t: int) -> np.ndarray:
-        return (1.0 + t / 1000.0) * (self.M @ x) + self.c
-
-    def var_fn(self, x: np.ndarray, t: int) -> np.ndarray:
-        return np.tanh(self.P @ x + self.d)
+        super().__init__(shape, seed, variance)
 
 
 def gaussian_kernel(size: int, std: float) -> np.ndarray:
@@ -64,9 +45,7 @@ def random_kernel(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def dense_matrix(op, shape: Sequence[int] = SHAPE) -> np.ndarray:
     """A (m, n) in float64: a single-sample operator's forward on the identity basis."""
-    n = int(np.prod(shape))
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
-    return op.forward(basis).reshape(n, -1).T.numpy().copy()
+    return _gd_dense_matrix(op, shape)
 
 
 def problems(rng: np.random.Generator) -> dict[str, tuple[object, list[object]]]:
