@@ -11,24 +11,19 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from diffpir_rt.engine import argtypes
 from diffpir_rt.errors import DiffPIRError
 
 LATENCY_MODULE = "diffpir_rt.benchmarks.latency"
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    # prefix_chars="+": no option of this parser starts with '-', so every '-x'/'--x' goes to latency.main.
-    p = subparsers.add_parser(
-        "bench",
-        help="latency / throughput benchmark (benchmarks/latency.py; `diffpir bench --help` for its options)",
-        add_help=False,
-        prefix_chars="+",
+    argtypes.add_passthrough_parser(
+        subparsers, "bench", "latency / throughput benchmark (`diffpir bench --help` for its options)", run_bench
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(handler=run_bench)
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(argv: list[str]) -> int:
     try:
         latency = importlib.import_module(LATENCY_MODULE)
     except ModuleNotFoundError as e:
@@ -38,7 +33,7 @@ def run_bench(args: argparse.Namespace) -> int:
     entry = getattr(latency, "main", None)
     if not callable(entry):
         raise DiffPIRError("benchmarks/latency.py has no main(argv); cannot run it")
-    return int(entry(list(args.bench_args)) or 0)
+    return int(entry(argv) or 0)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

@@ -57,6 +57,7 @@ from diffpir_rt.engine import (
     GraphRuntime,
     GraphSampler,
     ModelSource,
+    onnxruntime_problem,
     Operator,
     arch_names,
     argtypes,
@@ -479,27 +480,6 @@ def configurations(args: argparse.Namespace) -> list[tuple[Config, list[str]]]:
     first = [(cfg, [b for b in names if not is_compiled(b)]) for cfg, names in runs]
     last = [(cfg, [b for b in names if is_compiled(b)]) for cfg, names in runs]
     return [(cfg, names) for cfg, names in first + last if names]
-
-
-def onnxruntime_problem(device: torch.device | str) -> Optional[str]:
-    """Why ONNX Runtime must not run the UNet on `device`, or None if it may.
-
-    On a CUDA device it needs a GPU provider: a CPU build of onnxruntime (the GPU image
-    has one) would run every UNet call on the host and copy each step's tensors back and
-    forth, or fail. On the CPU it needs onnxruntime importable.
-    """
-    device = torch.device(device)
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        return f"onnxruntime is not importable ({exc})"
-    if device.type != "cuda":
-        return None
-    available = list(onnxruntime.get_available_providers())
-    if not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(available):
-        return (f"onnxruntime {onnxruntime.__version__} is a CPU build (providers {available}); "
-                "a CUDA run needs onnxruntime-gpu")  # fmt: skip
-    return None
 
 
 def derive(results: list[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diffpir_rt.engine import ModelSource, build_unet, make_denoiser_from, physical_cores
+from diffpir_rt.engine import DEFAULT_CHECKPOINT_ARCH, ModelSource, build_unet, make_denoiser_from, physical_cores
 from diffpir_rt.export import OnnxExportConfig, export_onnx
 
 RESULT_NAME = "unet_latency"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         description="CPU latency of one UNet forward: torch eager fp32 vs ONNX Runtime fp32 (ORT_ENABLE_ALL).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--arch", default="ffhq_10m", help="main UNet preset")
+    parser.add_argument("--arch", default=DEFAULT_CHECKPOINT_ARCH, help="main UNet preset")
     parser.add_argument("--size", type=int, default=256, help="main image size (square)")
     parser.add_argument("--small-arch", default="tiny", help="small UNet preset also measured ('' to skip)")
     parser.add_argument("--small-size", type=int, default=64, help="image size for --small-arch")

@@ -18,7 +18,7 @@ from .boundary import BOUNDARIES, ExtendedDeblur, MaskedFourierDataStep, apply_b
 from .fast_unet import check_capturable, prepare_unet  # noqa: E402
 from .graph_runtime import GraphRuntime, GraphSampler, capture_cuda_graph  # noqa: E402
 from .imageio import from_model, read_image, to_model, write_image, write_text  # noqa: E402
-from .backends.onnxruntime_backend import physical_cores  # noqa: E402
+from .backends.onnxruntime_backend import onnxruntime_problem, physical_cores  # noqa: E402
 from .fast_unet import DTYPES  # noqa: E402
 from .methods import METHODS, Method, MethodConfig, build_method, method_names  # noqa: E402
 from .methods.loop import pad_model  # noqa: E402
@@ -38,7 +38,7 @@ __all__ = [
     "ARCH_PRESETS", "AttentionBlock", "BOUNDARIES", "DEFAULT_CHECKPOINT_ARCH", "Deblur", "ExtendedDeblur",
     "MaskedFourierDataStep", "apply_boundary", "resolve_boundary", "Denoise", "DiffPIRConfig",
     "DiffPIRError", "GraphRuntime", "GraphSampler", "Inpaint", "METHODS", "Method", "MethodConfig",
-    "BETA_END", "BETA_START", "DTYPES", "NUM_TRAIN_TIMESTEPS", "StepCoefficients", "TiledDenoiser", "DEFAULT_TILE_BATCH", "fused", "physical_cores",
+    "BETA_END", "BETA_START", "DTYPES", "NUM_TRAIN_TIMESTEPS", "StepCoefficients", "TiledDenoiser", "DEFAULT_TILE_BATCH", "fused", "onnxruntime_problem", "physical_cores",
     "read_sidecar", "sha256_file", "sha256_files", "tool_versions", "write_text", "paths", "check_inputs",
     "MAX_PIXELS", "OutputPlan", "check_input_file", "read_npy",
     "ModelSource", "check_capturable", "make_denoiser_from", "pad_model", "OFFICIAL_DEFAULTS", "Operator", "ResBlock", "SuperResolution", "TASKS", "TaskDefaults",

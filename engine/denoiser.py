@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from diffpir_rt.errors import DiffPIRError
-from .unet import ARCH_PRESETS, UNetConfig, UNetModel, build_unet, resolve_arch
+from .unet import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, UNetConfig, UNetModel, build_unet, resolve_arch
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _mismatch_message(
 
 def load_unet(
     path: str | os.PathLike[str],
-    arch: str | UNetConfig = "ffhq_10m",
+    arch: str | UNetConfig = DEFAULT_CHECKPOINT_ARCH,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> UNetDenoiser:

@@ -190,8 +190,11 @@ class GraphRuntime:
         x_T: Optional[Tensor] = None,
         noise: Optional[Noise] = None,
         seed: Any = None,
+        data: Optional[DataStep] = None,
     ) -> None:
         """Fill the static buffers for one restoration, drawing randomness as engine.sample does.
+
+        data: operator.data_step(y) when the caller has it already (its spectra cost FFTs).
 
         Raises:
             DiffPIRError: y or an operator that do not fit this runtime, bad x_T / noise / seed.
@@ -203,7 +206,7 @@ class GraphRuntime:
             if tuple(y.shape) != self.y_shape:
                 raise DiffPIRError(f"y: shape {tuple(y.shape)} does not fit this runtime's {self.y_shape}")
             y = y.to(self.device, torch.float32)
-            data = operator.data_step(y)
+            data = operator.data_step(y) if data is None else data
             if data_layout(data, self.image_shape[0]) != self.layout or operator.pad_mode != self.pad_mode:
                 raise DiffPIRError(f"operator: {type(operator).__name__} does not fit this runtime's layout")
             load_data(self.data, data)
@@ -238,11 +241,12 @@ class GraphRuntime:
         return self.buffers["out"]
 
     def restore(
-        self, operator: Optional[Operator], y: Optional[Tensor], x_T: Optional[Tensor] = None, noise: Optional[Noise] = None, seed: Any = None
+        self, operator: Optional[Operator], y: Optional[Tensor], x_T: Optional[Tensor] = None, noise: Optional[Noise] = None,
+        seed: Any = None, data: Optional[DataStep] = None,
     ) -> Tensor:
         """load + run: the (B, C, H, W) image in [0, 1] (the operator's output of the loop's
         result, see engine.sampler.operator_output), a fresh tensor."""
-        self.load(operator, y, x_T=x_T, noise=noise, seed=seed)
+        self.load(operator, y, x_T=x_T, noise=noise, seed=seed, data=data)
         return check_output(operator_output(operator, self.run(), self.y_shape).clone())
 
 
@@ -267,6 +271,10 @@ class GraphSampler:
         self.runtimes: dict[tuple, GraphRuntime] = {}
 
     def runtime_for(self, operator: Operator, y: Tensor, config: Any) -> GraphRuntime:
+        return self._runtime_and_data(operator, y, config)[0]
+
+    def _runtime_and_data(self, operator: Operator, y: Tensor, config: Any) -> tuple[GraphRuntime, DataStep]:
+        """The runtime serving this layout, and y's bound operator (computed once per restore)."""
         data = operator.data_step(y)
         image_shape = tuple(operator.image_shape(y.shape))
         key = (config, tuple(y.shape), image_shape, data_layout(data, image_shape[0]), operator.pad_mode)
@@ -277,7 +285,7 @@ class GraphSampler:
                 self.eps_model, method, data, tuple(y.shape), image_shape, operator.pad_mode, self.device,
                 capture=self.capture, warmup=self.warmup,
             )  # fmt: skip
-        return self.runtimes[key]
+        return self.runtimes[key], data
 
     def sample(
         self, operator: Operator, y: Tensor, config: Any, x_T: Optional[Tensor] = None, noise: Optional[Noise] = None, seed: Any = None
@@ -290,5 +298,6 @@ class GraphSampler:
             y = y[None]
         check_image_batch(y)
         y = y.to(self.device, torch.float32)
-        out = self.runtime_for(operator, y, config).restore(operator, y, x_T=x_T, noise=noise, seed=seed)
+        runtime, data = self._runtime_and_data(operator, y, config)
+        out = runtime.restore(operator, y, x_T=x_T, noise=noise, seed=seed, data=data)
         return out[0] if unbatched else out

@@ -22,10 +22,8 @@ from diffpir_rt.errors import DiffPIRError
 from .artifacts import sha256_file
 from .prior import bundled_card, bundled_weights_path, load_bundled_prior
 from .tasks import TaskDefaults, defaults_for
-from .unet import ARCH_PRESETS, build_unet, resolve_arch
+from .unet import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, build_unet, resolve_arch
 
-#: The arch of a checkpoint given without --arch: the official DiffPIR face model's.
-DEFAULT_CHECKPOINT_ARCH = "ffhq_10m"
 KINDS = ("bundled", "checkpoint", "onnx", "tensorrt", "random")
 
 

@@ -26,6 +26,7 @@ from .methods.loop import (
     NoiseStream,
     Seed,
     check_given_noise,
+    check_model_output,
     check_output,
     check_seed,
     check_state,
@@ -79,12 +80,14 @@ def operator_output(operator: Any, x: Tensor, y_shape: Sequence[int]) -> Tensor:
 
 class CheckedModel:
     """An eps-model whose every answer is checked before the loop uses it: a real floating
-    tensor of the state's shape, on the state's device, finite. A model that returns None, a
-    number, a list, an integer/complex tensor, or NaN/Inf is reported as the model's fault at
-    the step it happens (not later as a NaN image, nor as a broken output file)."""
+    tensor of the state's shape, on the state's device (methods.loop.check_model_output), and
+    finite. Non-finite values are counted on the device, without a sync per step, and reported
+    once after the loop (`raise_if_nonfinite`): a model that returns NaN or Inf is the model's
+    fault, not a clamped image, nor a broken output file."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.nonfinite: Optional[Tensor] = None
         inner = getattr(model, "eps_and_variance", None)
         if inner is not None:
 
@@ -92,32 +95,25 @@ class CheckedModel:
                 out = inner(x_t, t)
                 if not isinstance(out, (tuple, list)) or len(out) != 2:
                     raise DiffPIRError(f"eps_model.eps_and_variance: returned {type(out).__name__}, expected (eps, variance)")
-                return check_eps(out[0], x_t, t, "eps_model"), check_eps(out[1], x_t, t, "eps_model variance")
+                return self._count(check_model_output(out[0], x_t)), self._count(check_model_output(out[1], x_t, "eps_model variance"))
 
             self.eps_and_variance = eps_and_variance
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return check_eps(self.model(x_t, t), x_t, t, "eps_model")
+        return self._count(check_model_output(self.model(x_t, t), x_t))
 
+    def _count(self, out: Tensor) -> Tensor:
+        bad = (~torch.isfinite(out.detach())).sum()
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite + bad
+        return out
 
-def check_eps(out: Any, x: Tensor, t: Any, name: str = "eps_model") -> Tensor:
-    """`out` if it is a usable answer of the model for state x (see CheckedModel)."""
-    if not isinstance(out, Tensor):
-        raise DiffPIRError(f"{name}: returned {type(out).__name__}, expected a tensor of shape {tuple(x.shape)}")
-    if out.shape != x.shape:
-        raise DiffPIRError(f"{name}: returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
-    if not out.is_floating_point():
-        raise DiffPIRError(f"{name}: returned a {str(out.dtype).removeprefix('torch.')} tensor, expected real floating values")
-    if out.device != x.device:
-        raise DiffPIRError(f"{name}: returned a tensor on {out.device}, expected one on {x.device} (the state's device)")
-    finite = torch.isfinite(out)
-    if not bool(finite.all()):
-        step = int(t.reshape(-1)[0]) if isinstance(t, Tensor) and t.numel() else t
-        raise DiffPIRError(
-            f"{name}: returned {int((~finite).sum())} NaN or Inf value(s) at timestep {step} (a broken checkpoint, "
-            "or a reduced precision that overflows: try --dtype fp32)"
-        )
-    return out
+    def raise_if_nonfinite(self) -> None:
+        """One sync after the loop: DiffPIRError if any answer held NaN or Inf."""
+        if self.nonfinite is not None and int(self.nonfinite):
+            raise DiffPIRError(
+                f"eps_model: returned {int(self.nonfinite)} NaN or Inf value(s) during sampling (a broken checkpoint, "
+                "or a reduced precision that overflows: try --dtype fp32)"
+            )
 
 
 def _check_callables(eps_model: Any, callback: Any) -> None:
@@ -199,7 +195,9 @@ def sample(
     x, stream = prepare(method, operator, y, data, shape, y, x_T, noise, seed)
     model = CheckedModel(pad_model(eps_model, operator.pad_mode))
     inputs = DrawnInputs(stream, shape[0], y.device)
-    out = check_output(operator_output(operator, run_steps(method, model, data, x, inputs, method.steps(), callback), y.shape))
+    image = run_steps(method, model, data, x, inputs, method.steps(), callback)
+    model.raise_if_nonfinite()
+    out = check_output(operator_output(operator, image, y.shape))
     return out[0] if unbatched else out
 
 
@@ -243,4 +241,6 @@ def generate(
     x, stream = prepare(method, None, None, None, torch.Size(shape), like, x_T, noise, seed)
     model = CheckedModel(pad_model(eps_model, "reflect"))
     inputs = DrawnInputs(stream, shape[0], like.device)
-    return check_output(run_steps(method, model, None, x, inputs, method.steps(), callback))
+    image = run_steps(method, model, None, x, inputs, method.steps(), callback)
+    model.raise_if_nonfinite()
+    return check_output(image)

@@ -178,6 +178,10 @@ ARCH_PRESETS: dict[str, UNetConfig] = {
 }
 
 
+#: The arch of a checkpoint given without one: the official DiffPIR face model's.
+DEFAULT_CHECKPOINT_ARCH = "ffhq_10m"
+
+
 def resolve_arch(arch: str | UNetConfig) -> tuple[str | None, UNetConfig]:
     """(preset name or None, config) for a preset name or an explicit config."""
     if isinstance(arch, UNetConfig):

@@ -31,9 +31,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from diffpir_rt.engine.denoiser import UNetDenoiser, load_unet
+from diffpir_rt.engine import ModelSource as EngineModelSource
+from diffpir_rt.engine import prior
+from diffpir_rt.engine.denoiser import UNetDenoiser
+from diffpir_rt.engine.unet import UNetConfig
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.engine.unet import UNetConfig, build_unet, resolve_arch
 
 from diffpir_rt.engine.artifacts import sha256_files, tool_versions, write_sidecar
 from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, METADATA_KEYS, WIDTH, CONTRACT_VERSION, IOContract, Precision, contract_from_dims, fix_axes, unet_contract
@@ -95,7 +97,7 @@ class OnnxExportConfig:
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class WeightsRecord:
     """Where the exported weights came from, for the metadata and the sidecar."""
 
     kind: str  # "checkpoint" | "bundled" | "random"
@@ -135,42 +137,38 @@ def resolve_model(
     arch: str | None = None,
     random_weights: bool = False,
     seed: int = 0,
-) -> tuple[UNetDenoiser, ModelSource]:
+) -> tuple[UNetDenoiser, WeightsRecord]:
     """The fp32 CPU denoiser to export, and where its weights came from.
 
     A checkpoint wins; else the bundled prior when this build ships one; else
-    random weights, only when asked for (benchmarks).
+    random weights, only when asked for (benchmarks). Loading is the engine's one
+    model-source resolver; this adds only the export's own argument rules.
 
     Raises:
         DiffPIRError: no source of weights, a conflicting arch, or a bad checkpoint.
     """
     if checkpoint is not None and random_weights:
         raise DiffPIRError("--random-weights: conflicts with --checkpoint; pass one of them")
-    if checkpoint is not None:
-        from diffpir_rt.engine.prior import sha256_file
-
-        name = arch or "ffhq_10m"
-        denoiser = load_unet(checkpoint, name)
-        return denoiser, ModelSource("checkpoint", sha256_file(Path(checkpoint)), path=str(checkpoint))
-    if not random_weights:
-        from diffpir_rt.engine.prior import bundled_card, load_bundled_prior
-
-        card = bundled_card()
-        if card is None:
-            raise DiffPIRError(
-                "no checkpoint: this installation ships no bundled prior; pass --checkpoint PATH "
-                "(a guided-diffusion UNet .pt/.safetensors) with --arch, or --random-weights for benchmarks"
-            )
-        if arch is not None and arch != card["arch"]:
+    if checkpoint is None and not random_weights and arch is not None:
+        card = prior.bundled_card()
+        if card is not None and arch != card["arch"]:
             raise DiffPIRError(f"--arch {arch}: the bundled prior is arch {card['arch']!r}; drop --arch or pass --checkpoint")
-        return load_bundled_prior(), ModelSource("bundled", card["sha256"], path=f"bundled:{card['weights']}")
-    name, config = resolve_arch(arch or "ffhq_10m")
-    # A forked RNG: random weights are reproducible without touching the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = build_unet(config)
-    denoiser = UNetDenoiser(unet.eval().requires_grad_(False), arch=name).eval()
-    return denoiser, ModelSource("random", _state_dict_sha256(unet), seed=seed)
+        arch = None  # the bundled prior's own
+    if checkpoint is not None:
+        source = EngineModelSource("checkpoint", checkpoint, arch)
+    elif random_weights:
+        source = EngineModelSource("random", None, arch, seed=seed)
+    elif prior.bundled_card() is None:
+        raise DiffPIRError(
+            "no checkpoint: this installation ships no bundled prior; pass --checkpoint PATH "
+            "(a guided-diffusion UNet .pt/.safetensors) with --arch, or --random-weights for benchmarks"
+        )
+    else:
+        source = EngineModelSource("bundled")
+    denoiser = source.load_torch()
+    if source.kind == "random":
+        return denoiser, WeightsRecord("random", _state_dict_sha256(denoiser.unet), seed=seed)
+    return denoiser, WeightsRecord(source.kind, source.sha256(), path=source.label() if source.kind == "bundled" else str(checkpoint))
 
 
 # ----------------------------------------------------------------------------- ONNX helpers

@@ -241,12 +241,6 @@ def run_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def restorer_steps(config: Any) -> tuple:
-    from diffpir_rt.engine import build_method
-
-    return tuple(s for s in build_method(config).steps() if s.t is not None)
-
-
 # ----------------------------------------------------------------------------- degrade
 
 
@@ -378,8 +372,10 @@ def run_generate(args: argparse.Namespace) -> int:
     size = args.size or restorer.denoiser_size()
     from .progress import Progress
 
+    from .jobs import model_calls
+
     start = time.perf_counter()
-    with Progress(len(restorer_steps(config)), f"generate ({args.method})", unit="UNet call", enabled=not args.quiet) as progress:
+    with Progress(model_calls(config), f"generate ({args.method})", unit="UNet call", enabled=not args.quiet) as progress:
         images = restorer.generate((args.num, 3, size, size), config, seed=args.seed, callback=progress.callback)
     seconds = time.perf_counter() - start
     with plan.transaction():

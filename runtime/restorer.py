@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -35,6 +34,7 @@ from diffpir_rt.engine import (
     build_method,
     generate,
     make_denoiser_from,
+    onnxruntime_problem,
     resolve_device,
     sample,
 )
@@ -86,16 +86,6 @@ def check_precision(precision: str, device: torch.device) -> str:
             "use --dtype bf16 or fp32 on the CPU"
         )
     return precision
-
-
-def onnxruntime_problem() -> Optional[str]:
-    """Why the ONNX Runtime CPU path cannot run here, or None if it can."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        return f"{e.name} is not installed (pip install 'diffpir-rt[onnx]')"
-    return None
 
 
 class Restorer:
@@ -196,7 +186,7 @@ class Restorer:
             return path, model
 
         # CPU
-        problem = onnxruntime_problem() if backend in ("auto", "onnxruntime") else "--backend torch"
+        problem = onnxruntime_problem("cpu", export=True) if backend in ("auto", "onnxruntime") else "--backend torch"
         if backend == "onnxruntime" and problem is not None:
             raise DiffPIRError(f"--backend onnxruntime: {problem}")
         if problem is None and self.precision == "fp32":
@@ -354,12 +344,3 @@ class Restorer:
             "tiling": self.tiling.describe(),
             "torch": torch.__version__,
         }
-
-
-def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
-    """fn() and its wall time in seconds (synchronising CUDA so the time is the work's)."""
-    start = time.perf_counter()
-    out = fn()
-    if out.is_cuda:
-        torch.cuda.synchronize(out.device)
-    return out, time.perf_counter() - start

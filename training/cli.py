@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import argparse
 
+from diffpir_rt.engine import argtypes
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    # prefix_chars="+": no option here starts with '-', so every '-x' reaches train.main.
-    p = subparsers.add_parser(
-        "train",
-        help="train the bundled prior (resumable; `diffpir train --help`), `train export` its weights, `train curve` measure them, `train tune` their defaults",
-        add_help=False,
-        prefix_chars="+",
-    )
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(handler=run_train)
+    argtypes.add_passthrough_parser(
+        subparsers, "train",
+        "train the bundled prior (resumable; `diffpir train --help`), `train export` its weights, "
+        "`train curve` measure them, `train tune` their defaults",
+        run_train,
+    )  # fmt: skip
 
 
-def run_train(args: argparse.Namespace) -> int:
-    argv = list(args.train_args)
+def run_train(argv: list[str]) -> int:
     if argv[:1] == ["curve"]:
         from .curve import main as curve
 

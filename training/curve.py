@@ -48,18 +48,18 @@ TASK_PROTOCOL: dict[str, tuple[dict[str, Any], DiffPIRConfig]] = {
 }
 
 
-def held_out_crops(folder: Path) -> list[tuple[int, np.ndarray]]:
-    """(index, (H, W, 3) float64 image) of the protocol's crops, index = position in the sorted folder."""
+def held_out_crops(folder: Path, first: int = FIRST_IMAGE, count: int = NUM_IMAGES) -> list[tuple[int, np.ndarray]]:
+    """(index, (H, W, 3) float64 centre crop) of images first..first+count-1 of the sorted folder."""
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".tif", ".bmp"))
-    chosen = files[FIRST_IMAGE : FIRST_IMAGE + NUM_IMAGES]
-    if len(chosen) < NUM_IMAGES:
-        raise DiffPIRError(f"--data {folder}: needs at least {FIRST_IMAGE + NUM_IMAGES} images (CBSD68 has 68)")
+    chosen = files[first : first + count]
+    if len(chosen) < count:
+        raise DiffPIRError(f"--data {folder}: needs at least {first + count} images (CBSD68 has 68)")
     crops = []
     for offset, path in enumerate(chosen):
         x = read_image(path).permute(1, 2, 0).numpy().astype(np.float64)
         h, w = x.shape[:2]
         top, left = (h - CROP) // 2, (w - CROP) // 2
-        crops.append((FIRST_IMAGE + offset, x[top : top + CROP, left : left + CROP]))
+        crops.append((first + offset, x[top : top + CROP, left : left + CROP]))
     return crops
 
 
@@ -87,10 +87,10 @@ def weights_of(checkpoint: Path, folder: Path) -> tuple[ModelSource, dict[str, A
     return ModelSource("checkpoint", path, recipe.arch), info
 
 
-def evaluate(source: ModelSource, crops: Sequence[tuple[int, np.ndarray]], task: str = "deblur", device: str = "cpu") -> float:
-    """Mean PSNR (uint8) of DiffPIR on `task` over the crops (SR: 4 px shaved, as the protocol)."""
-    restorer = Restorer(source, device=device, notify=lambda line: None)
-    options, config = TASK_PROTOCOL[task]
+def task_psnr(restorer: Restorer, crops: Sequence[tuple[int, np.ndarray]], task: str, config: DiffPIRConfig,
+              options: dict[str, Any]) -> float:
+    """Mean PSNR (uint8) of DiffPIR with `config` on the official measurement of `task` (with
+    `options`) of each crop; noise, kernel, mask and sampler seeded by the crop's index; SR shaves 4 px."""
     scores = []
     for index, x in crops:
         m = make_measurement(task, x, sigma_n=config.sigma_n, noise_seed=2**20 + index, kernel_index=index,
@@ -101,6 +101,12 @@ def evaluate(source: ModelSource, crops: Sequence[tuple[int, np.ndarray]], task:
         scores.append(psnr_uint8(out[shave : out.shape[0] - shave, shave : out.shape[1] - shave],
                                  x[shave : x.shape[0] - shave, shave : x.shape[1] - shave]))  # fmt: skip
     return float(np.mean(scores))
+
+
+def evaluate(source: ModelSource, crops: Sequence[tuple[int, np.ndarray]], task: str = "deblur", device: str = "cpu") -> float:
+    """The curve's point for one task: task_psnr with the protocol's fixed settings."""
+    options, config = TASK_PROTOCOL[task]
+    return task_psnr(Restorer(source, device=device, notify=lambda line: None), crops, task, config, options)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

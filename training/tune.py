@@ -14,13 +14,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
-import torch
 
-from diffpir_rt.engine import DiffPIRConfig, ModelSource, OutputPlan, argtypes, check_input_file, make_measurement, read_image, write_text
+from diffpir_rt.engine import DiffPIRConfig, ModelSource, OutputPlan, argtypes, check_input_file, write_text
 from diffpir_rt.runtime import Restorer
 
-from .curve import CROP, psnr_uint8
+from .curve import CROP, held_out_crops, task_psnr
 
 TUNE_IMAGES = 3
 LAMBDAS = (1.0, 2.0, 3.0, 5.0, 8.0)
@@ -35,39 +33,17 @@ TASKS: dict[str, tuple[dict[str, Any], float]] = {
 }
 
 
-def tuning_crops(folder: Path) -> list[tuple[int, np.ndarray]]:
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".tif", ".bmp"))[:TUNE_IMAGES]
-    crops = []
-    for index, path in enumerate(files):
-        x = read_image(path).permute(1, 2, 0).numpy().astype(np.float64)
-        top, left = (x.shape[0] - CROP) // 2, (x.shape[1] - CROP) // 2
-        crops.append((index, x[top : top + CROP, left : left + CROP]))
-    return crops
-
-
-def score(restorer: Restorer, crops: Sequence[tuple[int, np.ndarray]], task: str, config: DiffPIRConfig) -> float:
-    options, sigma_n = TASKS[task]
-    values = []
-    for index, x in crops:
-        m = make_measurement(task, x, sigma_n=sigma_n, noise_seed=2**20 + index, kernel_index=index, mask_seed=index, **options)
-        y = torch.from_numpy(np.ascontiguousarray(m.y.transpose(2, 0, 1), dtype=np.float32))[None]
-        out = restorer.restore(y, m.operator, config, seed=index)[0].permute(1, 2, 0).double().numpy()
-        shave = 4 if task == "sr" else 0
-        values.append(psnr_uint8(out[shave : CROP - shave, shave : CROP - shave], x[shave : CROP - shave, shave : CROP - shave]))
-    return float(np.mean(values))
-
-
 def tune(weights: Path, folder: Path, arch: str = "compact_fast", progress=print) -> dict[str, dict[str, Any]]:
     """The best {lam, zeta, steps, sigma_n, source} per task for these weights."""
     restorer = Restorer(ModelSource("checkpoint", weights, arch), device="cpu", notify=lambda line: None)
-    crops = tuning_crops(folder)
+    crops = held_out_crops(folder, 0, TUNE_IMAGES)
     table = {}
     for task, (_, sigma_n) in TASKS.items():
         results = []
         for lam in LAMBDAS:
             for zeta in ZETAS:
                 config = DiffPIRConfig(lam=lam, zeta=zeta, sigma_n=sigma_n, steps=STEPS)
-                results.append((score(restorer, crops, task, config), lam, zeta))
+                results.append((task_psnr(restorer, crops, task, config, TASKS[task][0]), lam, zeta))
         best, lam, zeta = max(results)
         progress(f"{task}: lam {lam:g}, zeta {zeta:g}: {best:.2f} dB (grid of {len(results)})")
         table[task] = {"lam": lam, "zeta": zeta, "steps": STEPS, "sigma_n": sigma_n,

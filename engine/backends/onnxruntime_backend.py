@@ -38,6 +38,31 @@ def _onnxruntime():
     return onnxruntime
 
 
+def onnxruntime_problem(device: str | torch.device = "cpu", export: bool = False) -> str | None:
+    """Why ONNX Runtime must not run the UNet on `device`, or None if it may.
+
+    It must be importable (and onnx too when a graph is to be exported here). On a CUDA device
+    it needs a GPU provider: a CPU build of onnxruntime would run every UNet call on the host
+    and copy each step's tensors back and forth.
+    """
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return f"onnxruntime is not importable ({exc}; pip install 'diffpir-rt[onnx]')"
+    if export:
+        try:
+            import onnx  # noqa: F401
+        except ImportError as exc:
+            return f"onnx is not importable ({exc}; pip install 'diffpir-rt[onnx]')"
+    if torch.device(device).type != "cuda":
+        return None
+    available = list(onnxruntime.get_available_providers())
+    if not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(available):
+        return (f"onnxruntime {onnxruntime.__version__} is a CPU build (providers {available}); "
+                "a CUDA run needs onnxruntime-gpu")  # fmt: skip
+    return None
+
+
 def physical_cores(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> int:
     """Physical cores this process may use: distinct (physical id, core id) pairs, capped by affinity.
 

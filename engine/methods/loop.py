@@ -150,12 +150,17 @@ def pad_model(eps_model: EpsModel, pad_mode: str) -> EpsModel:
     return call
 
 
-def check_model_output(out: Any, x: Tensor) -> Tensor:
-    """The denoiser's eps must be a tensor of the state's shape; anything else is the model's fault."""
+def check_model_output(out: Any, x: Tensor, name: str = "eps_model") -> Tensor:
+    """The denoiser's answer must be a real floating tensor of the state's shape on the state's
+    device; anything else is the model's fault. (No values are read: no sync, capturable.)"""
     if not isinstance(out, Tensor):
-        raise DiffPIRError(f"eps_model: returned {type(out).__name__}, expected a tensor of shape {tuple(x.shape)}")
+        raise DiffPIRError(f"{name}: returned {type(out).__name__}, expected a tensor of shape {tuple(x.shape)}")
     if out.shape != x.shape:
-        raise DiffPIRError(f"eps_model: returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        raise DiffPIRError(f"{name}: returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+    if not out.is_floating_point():
+        raise DiffPIRError(f"{name}: returned a {str(out.dtype).removeprefix('torch.')} tensor, expected real floating values")
+    if out.device != x.device:
+        raise DiffPIRError(f"{name}: returned a tensor on {out.device}, expected one on {x.device} (the state's device)")
     return out
 
 
