@@ -33,7 +33,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from diffpir_rt.engine import Deblur, ModelSource, argtypes, degrade
+from diffpir_rt.engine import DEFAULT_METHOD, Deblur, ModelSource, degrade
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.runtime import Restorer, RestoreRequest, run_requests
 
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 y = measure(kind, gt, big, k, noise)
                 outs: dict[str, np.ndarray] = {}
                 for strategy in STRATEGIES:
-                    request = RestoreRequest("deblur", to_chw(y), Deblur(k), "diffpir", dict(overrides), RESTORE_SEED,
+                    request = RestoreRequest("deblur", to_chw(y), Deblur(k), DEFAULT_METHOD, dict(overrides), RESTORE_SEED,
                                              sources={"input": f"{name} ({kind} blur)", "kernel": kname}, boundary=strategy)  # fmt: skip
                     start = time.perf_counter()
                     ((image, record),) = run_requests(restorer, [request])
@@ -258,15 +259,15 @@ def markdown(document: dict[str, Any], grid: Optional[Path]) -> str:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argtypes.OneLineParser(prog="python -m diffpir_rt.benchmarks.boundary", description=__doc__.split("\n\n")[0],
+    parser = cliargs.OneLineParser(prog="python -m diffpir_rt.benchmarks.boundary", description=__doc__.split("\n\n")[0],
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--data", type=Path, default=DATA, help="the testsets folder holding CBSD68/ and McMaster/ (default: $DIFFPIR_TESTSETS, else ./testsets)")
     parser.add_argument("--images", nargs="+", default=list(IMAGES), help="images as <set>/<file stem>")
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     parser.add_argument("--measurements", nargs="+", default=["reflect", "scene"], choices=MEASUREMENTS)
-    parser.add_argument("--size", type=argtypes.positive_int, default=256, help="centre crops of size x size")
-    parser.add_argument("--steps", type=argtypes.num_steps, default=20)
-    parser.add_argument("--threads", type=argtypes.positive_int, default=1)
+    parser.add_argument("--size", type=cliargs.positive_int, default=256, help="centre crops of size x size")
+    parser.add_argument("--steps", type=cliargs.num_steps, default=20)
+    parser.add_argument("--threads", type=cliargs.positive_int, default=1)
     parser.add_argument("--reference", action="store_true", help="the fp32 eager reference loop instead of the fast CPU path")
     parser.add_argument("--out", type=Path, default=OUT, help="results folder (default: ./boundary-results)")
     return harness.parse_script_args(parser, argv)

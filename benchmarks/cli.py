@@ -8,17 +8,19 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import argparse
 import importlib
 
-from diffpir_rt.engine import argtypes
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 
 LATENCY_MODULE = "diffpir_rt.benchmarks.latency"
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    argtypes.add_passthrough_parser(
+    cliargs.add_passthrough_parser(
         subparsers, "bench", "latency / throughput benchmark (`diffpir bench --help` for its options)", run_bench
     )
 
@@ -36,7 +38,7 @@ def run_bench(argv: list[str]) -> int:
     return int(entry(argv) or 0)
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     """Register `eval` and `bench` (called by diffpir_rt.cli)."""
     from .quality import add_eval_parser
 

@@ -49,6 +49,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
+        # Other processes' load (1/5/15-minute averages) when the numbers were taken: on a shared
+        # machine a time means little without it.
+        "load_average": load_average(),
     }
     try:
         import cupy
@@ -71,6 +74,14 @@ def environment(device: torch.device) -> dict[str, Any]:
             cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
     return env
+
+
+def load_average() -> Optional[list[float]]:
+    """The system's 1, 5 and 15-minute load averages (what `uptime` prints), or None."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def synchronize(device: torch.device) -> None:

@@ -10,6 +10,8 @@ Backends (all restore the same seeded problem, so outputs are comparable):
                           the torch.compile + CUDA-graph recipe
   graph-fp32-torch        our CUDA-graph runtime, fp32 UNet, engine (torch) step math
   eager-onnxruntime-fp32  engine.sample with the same fp32 weights exported to ONNX, run by ONNX Runtime
+  eager-onnxruntime-int8  the same with that export quantised to int8 (export.quantize_onnx: what
+                          `cached_onnx(precision="int8")` makes, the opt-in int8 CPU arm)
   graph-fp16-torch        our CUDA-graph runtime, fp16 UNet, engine (torch) step math
   graph-fp16-cupy         our CUDA-graph runtime, fp16 UNet, fused CuPy kernels
   graph-fp16-cupy-compile the same with a torch.compile'd UNet (mode "default": fused norms
@@ -20,10 +22,19 @@ Per configuration (backend, task, size, batch, steps): warm-up runs (capture and
 happen there), >= 5 timed restorations (CUDA events; host clock on CPU), median and p90
 per image, images/s, peak memory, a separate profiling pass splitting UNet time from the
 rest, speedups against the baseline and the compile recipe *measured in the same run*,
-achieved TFLOP/s against a stated peak, and PSNR against the baseline's output.
+achieved FLOP/s (the UNet's FLOPs counted once per size with torch.utils.flop_counter; over the
+whole restoration and over the UNet's own time) as a fraction of a peak, and PSNR against the
+baseline's output. The peak is this machine's own, measured in the same run at the arms' thread
+count (benchmarks/peak.py: dense GEMM and convolution per precision; on by default on a CPU),
+or a stated one (--peak-tflops; the default on CUDA). Arms are timed interleaved by default
+(--order): after every arm's warm-up, each round runs every arm once in rotating order, so load
+from other processes falls on all arms alike. --scaling-threads re-runs the centre configuration
+of the sweep arms at other thread counts (thread scaling of the default path).
 
   diffpir bench --device cuda --random-weights --arch ffhq_10m       # the GPU targets' sweep
   diffpir bench --device cpu --sizes 256 --batches 1 --steps 20        # the bundled prior on CPU
+  diffpir bench --device cpu --sizes 256 --batches 1 --steps 20 --tasks deblur --repeats 5 --threads 1 \
+      --scaling-threads 2 --backends reference default torch-fast-bf16 eager-onnxruntime-int8
 
 Sweeps: "star" (default) runs the centre configuration (the first value of every list)
 with all backends, then varies one axis at a time with --sweep-backends; "grid" runs
@@ -41,7 +52,7 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -60,8 +71,9 @@ from diffpir_rt.engine import (
     onnxruntime_problem,
     Operator,
     arch_names,
-    argtypes,
-    build_operator,
+    DEFAULT_METHOD,
+    configure,
+    get_task,
     build_unet,
     capture_cuda_graph,
     check_input_file,
@@ -72,8 +84,9 @@ from diffpir_rt.engine import (
     resolve_device,
     sample,
 )
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.runtime import Restorer, tile_argument
+from diffpir_rt.runtime import Restorer
 
 from . import harness, report
 
@@ -114,6 +127,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "graph-fp16-cupy-compile": BackendSpec("graph", "fp16", "cupy", "default"),
     "graph-fp16-cupy-autotune": BackendSpec("graph", "fp16", "cupy", "max-autotune-no-cudagraphs"),
     "eager-onnxruntime-fp32": BackendSpec("eager", "fp32", runtime="onnxruntime"),
+    "eager-onnxruntime-int8": BackendSpec("eager", "int8", runtime="onnxruntime"),
 }
 DEFAULT_BACKENDS = {
     # Compiled backends last: their first call compiles for a minute or more, and a time budget
@@ -121,7 +135,7 @@ DEFAULT_BACKENDS = {
     # The compile recipe first among those: the ">= 1.5x torch.compile" target needs it.
     "cuda": ["reference", "default", "graph-fp16-torch", "eager-fp16", "eager-bf16",
              COMPILE_RECIPE, "graph-fp16-cupy-compile"],
-    "cpu": ["reference", "default", "torch-fast-fp32", "torch-fast-bf16"],
+    "cpu": ["reference", "default", "torch-fast-fp32", "torch-fast-bf16", "eager-onnxruntime-int8"],
 }
 DEFAULT_SWEEP_BACKENDS = {
     "cuda": ["reference", "default", "graph-fp16-torch"],
@@ -138,6 +152,7 @@ class Config:
     size: Union[int, str]
     batch: int
     steps: int
+    threads: Optional[int] = None  # CPU threads of every arm (torch intra-op, ONNX Runtime's session)
 
 
 def parse_size(text: str) -> Union[int, str]:
@@ -145,7 +160,7 @@ def parse_size(text: str) -> Union[int, str]:
     parts = text.lower().split("x")
     if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected a side or WIDTHxHEIGHT, got {text!r}")
-    sides = [argtypes.positive_int(p.strip()) for p in parts]
+    sides = [cliargs.positive_int(p.strip()) for p in parts]
     if len(sides) == 1 or sides[0] == sides[1]:
         return sides[0]
     return f"{sides[0]}x{sides[1]}"
@@ -226,18 +241,12 @@ def make_problem(cfg: Config, device: torch.device, source: ModelSource) -> Prob
     height, width = size_hw(cfg.size)
     coarse = torch.rand(cfg.batch, 3, max(2, height // 16), max(2, width // 16), generator=g)
     clean = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
-    kernel = mask = scale = None
-    if cfg.task == "deblur":
-        kernel = degrade.gaussian_kernel(0, size=min(61, (min(height, width) - 2) | 1))  # the official 61x61 where it fits
-    elif cfg.task == "sr":
-        scale = 4
-    elif cfg.task == "inpaint":
-        mask = degrade.random_mask(height, width, seed=0)
-    operator = build_operator(cfg.task, kernel=kernel, mask=mask, scale=scale)
-    defaults = source.task_defaults(cfg.task)
+    operator = get_task(cfg.task).synthetic_operator(height, width)
+    configured = configure(DEFAULT_METHOD, cfg.task, sigma_n=source.default_sigma_n(cfg.task),
+                           tuned=source.tuned_defaults(DEFAULT_METHOD, cfg.task), overrides={"steps": cfg.steps})  # fmt: skip
+    config = configured.config
     y = operator.forward(clean.double()).float()
-    y = y + defaults.sigma_n * torch.randn(y.shape, generator=g)
-    config = DiffPIRConfig(lam=defaults.lam, zeta=defaults.zeta, sigma_n=defaults.sigma_n, steps=cfg.steps)
+    y = y + config.sigma_n * torch.randn(y.shape, generator=g)
     return Problem(operator, y.to(device), config)
 
 
@@ -346,16 +355,19 @@ class Models:
         self.tiling = tiling or {}  # Restorer(tile=, overlap=) of the restorer arms
         self._cache: dict[Any, Any] = {}
 
-    def get(self, spec: BackendSpec) -> Any:
+    def get(self, spec: BackendSpec, threads: Optional[int] = None) -> Any:
+        """The model or Restorer of an arm; Restorers and ONNX Runtime sessions per thread count."""
         from diffpir_rt.engine import DTYPES
 
+        threads = threads or self.threads
         if spec.kind == "restorer":
-            if spec.restorer not in self._cache:
-                self._cache[spec.restorer] = Restorer(self.source, device=self.device, threads=self.threads,
-                                                      **self.tiling, **dict(spec.restorer))  # fmt: skip
-            return self._cache[spec.restorer]
+            key = (spec.restorer, threads)
+            if key not in self._cache:
+                self._cache[key] = Restorer(self.source, device=self.device, threads=threads,
+                                            **self.tiling, **dict(spec.restorer))  # fmt: skip
+            return self._cache[key]
         if spec.runtime == "onnxruntime":
-            return self._onnxruntime()
+            return self._onnxruntime(spec.dtype, threads)
         if spec.dtype == "fp32" and spec.kind == "eager" and spec.compile_mode is None:
             return self.fp32  # the baseline: the engine's model as loaded, nothing changed
         key = (spec.dtype, spec.compile_mode)
@@ -364,26 +376,41 @@ class Models:
         return self._cache[key]
 
 
-    def _onnxruntime(self) -> Callable:
-        """The same fp32 weights exported to ONNX (dynamic batch and size), run by ONNX Runtime."""
-        key = ("onnxruntime", None)
-        if key not in self._cache:
-            import tempfile
+    def _onnxruntime(self, precision: str = "fp32", threads: Optional[int] = None) -> Callable:
+        """The same fp32 weights exported to ONNX (dynamic batch and size), run by ONNX Runtime at
+        `threads` intra-op threads; int8: that export quantised (export.quantize_onnx's defaults)."""
+        key = ("onnxruntime", precision, threads)
+        if key in self._cache:
+            return self._cache[key]
+        from diffpir_rt.engine import make_denoiser_from
 
-            from safetensors.torch import save_file
-
-            from diffpir_rt.engine import make_denoiser_from
-            from diffpir_rt.export import OnnxExportConfig, export_onnx
-
-            folder = Path(tempfile.mkdtemp(prefix="diffpir-bench-onnx-"))
-            weights = folder / "unet.safetensors"
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.fp32.unet.state_dict().items()}, str(weights))
-            size = self.fp32.size_multiple * 2
-            onnx = export_onnx(weights, folder / "unet.onnx",
-                               OnnxExportConfig(dynamic_batch=True, dynamic_size=True, height=size, width=size),
-                               arch=self.fp32.arch)
-            self._cache[key] = make_denoiser_from(ModelSource("onnx", onnx), device=self.device)
+        if ("onnx-file", precision) not in self._cache:
+            self._cache[("onnx-file", precision)] = self._onnx_file(precision)
+        self._cache[key] = make_denoiser_from(ModelSource("onnx", self._cache[("onnx-file", precision)]),
+                                              device=self.device, threads=threads)  # fmt: skip
         return self._cache[key]
+
+    def _onnx_file(self, precision: str) -> Path:
+        """The exported graph of the fp32 weights (int8: quantised from the fp32 one)."""
+        if precision == "int8":
+            from diffpir_rt.export import quantize_onnx
+
+            fp32 = self._cache.get(("onnx-file", "fp32")) or self._onnx_file("fp32")
+            self._cache[("onnx-file", "fp32")] = fp32
+            return quantize_onnx(fp32, fp32.with_name("unet_int8.onnx"))
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        from diffpir_rt.export import OnnxExportConfig, export_onnx
+
+        folder = Path(tempfile.mkdtemp(prefix="diffpir-bench-onnx-"))
+        weights = folder / "unet.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.fp32.unet.state_dict().items()}, str(weights))
+        size = self.fp32.size_multiple * 2
+        return export_onnx(weights, folder / "unet.onnx",
+                           OnnxExportConfig(dynamic_batch=True, dynamic_size=True, height=size, width=size),
+                           arch=self.fp32.arch)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- measuring
@@ -404,29 +431,107 @@ def flops_per_call(arch: str, size: Union[int, str]) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Namespace, flops: float) -> dict[str, Any]:
-    """Warm up, time `repeats` restorations, profile; one result record."""
-    device = backend.device
+def arm_precision(backend: Backend) -> str:
+    """The precision an arm's UNet computes in: its FLOP/s are held against that precision's peak."""
+    if backend.restorer is not None:
+        return backend.restorer.path.precision
+    return backend.spec.dtype
+
+
+@dataclass
+class ArmTiming:
+    """One arm's timed restorations of a configuration, and the peak memory over them."""
+
+    samples: list[float]
+    output: Optional[torch.Tensor] = None
+    peak_mb: Optional[float] = None
+    peak_delta_mb: Optional[float] = None
+
+    def run(self, backend: Backend, problem: Problem) -> None:
+        memory = PeakMemory(backend.device)
+        memory.start()
+        ms, self.output = harness.time_ms(lambda: backend.restore(problem), backend.device)
+        memory.stop()
+        self.samples.append(ms)
+        if memory.peak_mb is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, memory.peak_mb)
+        if memory.delta_mb is not None:
+            self.peak_delta_mb = max(self.peak_delta_mb or 0.0, memory.delta_mb)
+
+
+def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Namespace, flops: float,
+            peaks: Optional[dict[int, Any]] = None) -> dict[str, Any]:  # fmt: skip
+    """Warm up, time `repeats` restorations back to back, profile; one result record."""
     for _ in range(args.warmup):
         backend.restore(problem)
-    memory = PeakMemory(device)
-    memory.start()
-    samples, output = [], None
+    timing = ArmTiming([])
     for _ in range(args.repeats):
-        ms, output = harness.time_ms(lambda: backend.restore(problem), device)
-        samples.append(ms)
-    memory.stop()
-    peak_mb = memory.peak_mb if device.type == "cuda" else None
-    total = harness.stats(samples)
+        timing.run(backend, problem)
+    return record_of(backend, cfg, problem, args, flops, timing, peaks)
+
+
+def measure_interleaved(
+    backends: dict[str, Backend],
+    cfg: Config,
+    problem: Problem,
+    args: argparse.Namespace,
+    flops: float,
+    peaks: Optional[dict[int, Any]],
+    failed: Callable[[str, BaseException], None],
+) -> dict[str, dict[str, Any]]:
+    """Every arm warmed up, then `repeats` rounds that run each arm once, in rotating order (so
+    load that comes and goes falls on every arm alike); then each arm's profile. An arm that
+    fails is reported through `failed` and leaves the rounds; the others go on."""
+    live = list(backends)
+    for name in list(live):
+        try:
+            for _ in range(args.warmup):
+                backends[name].restore(problem)
+        except Exception as exc:  # noqa: BLE001 - recorded per arm by `failed`
+            failed(name, exc)
+            live.remove(name)
+    timings = {name: ArmTiming([]) for name in live}
+    for round_ in range(args.repeats):
+        shift = round_ % max(1, len(live))
+        for name in live[shift:] + live[:shift]:
+            try:
+                timings[name].run(backends[name], problem)
+            except Exception as exc:  # noqa: BLE001
+                failed(name, exc)
+                live.remove(name)
+                timings.pop(name)
+    records = {}
+    for name in live:
+        try:
+            records[name] = record_of(backends[name], cfg, problem, args, flops, timings[name], peaks)
+        except Exception as exc:  # noqa: BLE001
+            failed(name, exc)
+    return records
+
+
+def record_of(backend: Backend, cfg: Config, problem: Problem, args: argparse.Namespace, flops: float,
+              timing: ArmTiming, peaks: Optional[dict[int, Any]] = None) -> dict[str, Any]:  # fmt: skip
+    """The result record of one arm's timed runs: latency statistics, the profile (a separate
+    pass), memory, and FLOP/s against the stated or measured peak of the arm's precision."""
+    from . import peak as peak_bench
+
+    device = backend.device
+    total = harness.stats(timing.samples)
     unet_ms, profiled_ms = backend.profile(problem)
     calls = problem.config.num_model_calls
     per_image = {k: total[k] / cfg.batch for k in ("median", "p90", "min", "mean")}
     height, width = size_hw(cfg.size)
     megapixels = height * width / 1e6
-    achieved = calls * flops * cfg.batch / (total["median"] / 1e3) / 1e12
+    work = calls * flops * cfg.batch  # FLOPs of the UNet calls of one timed run
+    achieved_gflops = work / (total["median"] / 1e3) / 1e9
+    unet_gflops = work / (unet_ms / 1e3) / 1e9 if unet_ms > 0 else None
+    precision = arm_precision(backend)
+    measured = (peaks or {}).get(cfg.threads) or {}
+    peak_gflops = measured.get("peak", {}).get(precision, {}).get("gflops")
     record = {
         "backend": backend.name,
         **asdict(cfg),
+        "precision": precision,
         "model_calls": calls,
         "latency_ms": total,
         "per_image_ms": per_image,
@@ -436,18 +541,28 @@ def measure(backend: Backend, cfg: Config, problem: Problem, args: argparse.Name
         "other_ms": max(0.0, profiled_ms - unet_ms),
         # Two passes, so noise can put unet_ms above the total on a busy CPU: clamp the share.
         "unet_share": min(1.0, unet_ms / profiled_ms) if profiled_ms > 0 else None,
-        "peak_mem_mb": peak_mb,
+        "peak_mem_mb": timing.peak_mb if device.type == "cuda" else None,
         "height": height,
         "width": width,
         "megapixels": megapixels,
         "s_per_megapixel": per_image["median"] / 1e3 / megapixels,
         # CPU: the process's peak resident set during the timed runs, and its rise over the start.
-        "peak_rss_mb": memory.peak_mb if device.type != "cuda" else None,
-        "peak_rss_delta_mb": memory.delta_mb,
+        "peak_rss_mb": timing.peak_mb if device.type != "cuda" else None,
+        "peak_rss_delta_mb": timing.peak_delta_mb,
         "tiling": backend.restorer.describe().get("tiling") if backend.restorer is not None else None,
-        "tflops": achieved,
-        "compute_fraction": achieved / args.peak_tflops if args.peak_tflops else None,
-        "output": output.detach().float().cpu() if output is not None else None,
+        "tflops": achieved_gflops / 1e3,
+        # FLOP/s over the whole restoration and over the UNet's own time, and as fractions of this
+        # machine's measured peak of the arm's precision (benchmarks/peak.py, same run).
+        "gflops": achieved_gflops,
+        "unet_gflops": unet_gflops,
+        "peak_gflops": peak_gflops,
+        "peak_kernel": measured.get("peak", {}).get(precision, {}).get("kernel"),
+        "fraction_of_peak": peak_bench.fraction(achieved_gflops, measured, precision),
+        "unet_fraction_of_peak": peak_bench.fraction(unet_gflops, measured, precision),
+        # Against a stated peak (--peak-tflops; CUDA's default) where one is given, else the measured one.
+        "compute_fraction": (achieved_gflops / 1e3 / args.peak_tflops if args.peak_tflops
+                             else peak_bench.fraction(achieved_gflops, measured, precision)),  # fmt: skip
+        "output": timing.output.detach().float().cpu() if timing.output is not None else None,
     }
     return record
 
@@ -464,19 +579,23 @@ def configurations(args: argparse.Namespace) -> list[tuple[Config, list[str]]]:
     backends), then the star arms (--sweep-backends), or the whole grid; then the same
     configurations again with the torch.compile backends only. Compiling takes minutes
     per backend, so a time budget cuts the compiled backends, never an arm (batch 32 holds
-    the images/s target).
+    the images/s target). Each --scaling-threads count adds the centre with the sweep arms.
     """
+    threads = args.threads  # None: torch's count when the sweep runs
     axes = {"task": args.tasks, "size": args.sizes, "batch": args.batches, "steps": args.steps}
+    centre = Config(args.tasks[0], args.sizes[0], args.batches[0], args.steps[0], threads)
     if args.sweep == "grid":
-        grid = [Config(t, s, b, n) for t in args.tasks for s in args.sizes for b in args.batches for n in args.steps]
+        grid = [Config(t, s, b, n, threads) for t in args.tasks for s in args.sizes for b in args.batches for n in args.steps]
         runs = [(cfg, list(args.backends)) for cfg in grid]
     else:
-        centre = Config(args.tasks[0], args.sizes[0], args.batches[0], args.steps[0])
         runs = [(centre, list(args.backends))]
         for axis in args.star_order:
             for value in axes[axis][1:]:
                 cfg = Config(**{**asdict(centre), axis: value})
                 runs.append((cfg, [b for b in args.backends if b in args.sweep_backends]))
+    for count in getattr(args, "scaling_threads", None) or ():
+        if count != (threads or torch.get_num_threads()):
+            runs.append((Config(**{**asdict(centre), "threads": count}), [b for b in args.backends if b in args.sweep_backends]))
     first = [(cfg, [b for b in names if not is_compiled(b)]) for cfg, names in runs]
     last = [(cfg, [b for b in names if is_compiled(b)]) for cfg, names in runs]
     return [(cfg, names) for cfg, names in first + last if names]
@@ -486,7 +605,17 @@ def derive(results: list[dict[str, Any]]) -> None:
     """Speedups vs the baseline and the compile recipe, and PSNR vs the baseline, same run."""
     by_config: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in results:
-        by_config.setdefault((r["task"], r["size"], r["batch"], r["steps"]), {})[r["backend"]] = r
+        by_config.setdefault((r["task"], r["size"], r["batch"], r["steps"], r.get("threads")), {})[r["backend"]] = r
+    # Thread scaling: each arm against itself at the fewest threads it ran with, same configuration.
+    by_arm: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        if "error" not in r and r.get("threads"):
+            by_arm.setdefault((r["backend"], r["task"], r["size"], r["batch"], r["steps"]), []).append(r)
+    for runs in by_arm.values():
+        base = min(runs, key=lambda r: r["threads"])
+        for r in runs:
+            r["thread_scaling"] = base["per_image_ms"]["median"] / r["per_image_ms"]["median"]
+            r["thread_scaling_base"] = base["threads"]
     for group in by_config.values():
         base, recipe = group.get(BASELINE), group.get(COMPILE_RECIPE)
         for r in group.values():
@@ -508,10 +637,10 @@ def derive(results: list[dict[str, Any]]) -> None:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argtypes.OneLineParser(
+    parser = cliargs.OneLineParser(
         prog="diffpir bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argtypes.DefaultsFormatter,
+        formatter_class=cliargs.DefaultsFormatter,
         epilog="examples: diffpir bench --device cpu --sizes 256 --batches 1 --steps 20 --repeats 3; "
         "diffpir bench --device cuda --random-weights --arch ffhq_10m",
     )
@@ -522,8 +651,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", default=["deblur", "sr", "inpaint"], choices=TASKS, help="tasks; the first is the centre")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[256, 64, 512],
                         help="image sizes: a square side (256) or WIDTHxHEIGHT (2048x1536)")
-    parser.add_argument("--batches", nargs="+", type=argtypes.positive_int, default=[1, 32, 16, 4], help="batch sizes")
-    parser.add_argument("--steps", nargs="+", type=argtypes.num_steps, default=[20, 5, 10, 100], help="DiffPIR steps")
+    parser.add_argument("--batches", nargs="+", type=cliargs.positive_int, default=[1, 32, 16, 4], help="batch sizes")
+    parser.add_argument("--steps", nargs="+", type=cliargs.num_steps, default=[20, 5, 10, 100], help="DiffPIR steps")
     parser.add_argument("--backends", nargs="+", default=None, choices=sorted(BACKENDS), metavar="ARM",
                         help=f"arms to run, of: {', '.join(sorted(BACKENDS))} (default: per device; reference and default first)")  # fmt: skip
     parser.add_argument("--sweep", choices=("star", "grid"), default="star", help="star: one axis at a time; grid: all")
@@ -531,18 +660,25 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="arms for the star's non-centre points (default: per device)")  # fmt: skip
     parser.add_argument("--star-order", nargs="+", default=["batch", "steps", "task", "size"],
                         choices=("batch", "steps", "task", "size"), help="axes of the star, in run order")  # fmt: skip
-    parser.add_argument("--warmup", type=argtypes.non_negative_int, default=2, help="untimed runs first (capture, compile)")
-    parser.add_argument("--repeats", type=argtypes.positive_int, default=5, help="timed runs per arm (median reported)")
-    parser.add_argument("--peak-tflops", type=argtypes.positive_float, default=None,
+    parser.add_argument("--warmup", type=cliargs.non_negative_int, default=2, help="untimed runs first (capture, compile)")
+    parser.add_argument("--repeats", type=cliargs.positive_int, default=5, help="timed runs per arm (median reported)")
+    parser.add_argument("--peak-tflops", type=cliargs.positive_float, default=None,
                         help=f"compute peak for the fraction ({DEFAULT_PEAK_TFLOPS} on CUDA when unset)")  # fmt: skip
-    parser.add_argument("--threads", type=argtypes.thread_count, default=None, help="CPU threads (unset: torch's)")
-    parser.add_argument("--tile", type=tile_argument, default="auto",
+    parser.add_argument("--threads", type=cliargs.thread_count, default=None, help="CPU threads of every arm (unset: torch's)")
+    parser.add_argument("--scaling-threads", nargs="+", type=cliargs.thread_count, default=[], metavar="N",
+                        help="also run the centre configuration's sweep arms at these thread counts (thread scaling)")
+    parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                        help="interleaved: each round runs every arm once (load hits all alike); sequential: arm by arm")
+    parser.add_argument("--peak", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure this machine's GEMM/convolution peak per precision in the same run "
+                        "(benchmarks/peak.py; default: on for a CPU run)")  # fmt: skip
+    parser.add_argument("--tile", type=_tile, default="auto",
                         help="the restorer arms' tiling (diffpir restore --tile): auto, off or a tile side")
-    parser.add_argument("--overlap", type=argtypes.non_negative_int, default=None, help="their tile overlap (default: the runtime's)")
+    parser.add_argument("--overlap", type=cliargs.non_negative_int, default=None, help="their tile overlap (default: the runtime's)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                         help="cuDNN autotuning on CUDA, for every arm alike")  # fmt: skip
-    parser.add_argument("--time-budget", type=argtypes.positive_float, default=None, help="seconds; later runs are skipped")
-    parser.add_argument("--out-dir", type=argtypes.output_path, default=Path("."), help="where latency.{json,md,png} go")
+    parser.add_argument("--time-budget", type=cliargs.positive_float, default=None, help="seconds; later runs are skipped")
+    parser.add_argument("--out-dir", type=cliargs.output_path, default=Path("."), help="where latency.{json,md,png} go")
     parser.add_argument("--history", default="none", help="a JSONL file to append one line per run to, or 'none'")
     parser.add_argument("--no-plot", action="store_true", help="skip latency.png")
     args = parser.parse_args(argv)
@@ -550,7 +686,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.device = str(device)
     if args.checkpoint is not None:
         check_input_file(args.checkpoint, "--checkpoint")
-    args.source = ModelSource.from_arguments(args.checkpoint, args.arch, random_weights=args.random_weights)
+    args.source = ModelSource.from_files({"checkpoint": args.checkpoint}, args.arch, random_weights=args.random_weights)
     too_big = [s for s in args.sizes for b in args.batches if s * s * b > MAX_PIXELS]
     if too_big:
         raise DiffPIRError(f"--sizes {too_big[0]} with --batches {max(args.batches)}: more than {MAX_PIXELS:,} pixels per batch")
@@ -568,7 +704,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.sweep_backends = args.sweep_backends or DEFAULT_SWEEP_BACKENDS["cuda" if device.type == "cuda" else "cpu"]
     if args.peak_tflops is None and device.type == "cuda":
         args.peak_tflops = DEFAULT_PEAK_TFLOPS
+    if args.peak is None:
+        args.peak = device.type == "cpu"
     return args
+
+
+def _tile(text: str) -> Union[str, int]:
+    """argparse type of --tile: auto, off or a positive tile side (the Restorer's own check)."""
+    from diffpir_rt.runtime import TilingPolicy
+
+    value: Union[str, int] = text if text in ("auto", "off") else (int(text) if text.strip().isdigit() else text)
+    try:
+        TilingPolicy(value, None, 64)
+    except DiffPIRError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def build_unet_size_multiple(arch: str) -> int:
@@ -608,7 +758,7 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "seed": SEED,
     }
     models = Models(args.source, device, args.threads, {"tile": args.tile, "overlap": args.overlap})
-    backends: dict[str, Backend] = {}
+    backends: dict[tuple[str, Optional[int]], Backend] = {}
     flops_cache: dict[int, float] = {}
     results: list[dict[str, Any]] = []
     document = {"meta": meta, "results": results}
@@ -622,12 +772,37 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         for r in results:  # outputs only serve the PSNR of their finished configuration
             r.pop("output", None)
         document["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+        document["meta"]["load_average_at_end"] = harness.load_average()
         harness.write_json(out_dir / "latency.json", document)
 
-    for cfg, names in configurations(args):
+    default_threads = torch.get_num_threads()  # --threads, already set by run(), or torch's own
+    configs = [(replace(cfg, threads=cfg.threads or default_threads), names) for cfg, names in configurations(args)]
+    peaks: dict[int, Any] = {}
+    if args.peak:
+        from . import peak as peak_bench
+
+        # "auto" may resolve to bf16 (a CPU with native bf16), never to int8 (opt-in).
+        dtypes = {BACKENDS[n].dtype for n in args.backends}
+        wanted = ["fp32"] + [p for p in ("bf16", "int8") if p in dtypes or (p == "bf16" and "auto" in dtypes)]
+        for count in sorted({cfg.threads for cfg, _ in configs}):
+            logger.info("this machine's %s peak at %d thread(s)", "/".join(wanted), count)
+            peaks[count] = peak_bench.measure_peaks(count, wanted)
+        meta["peaks"] = {str(count): found for count, found in peaks.items()}
+
+    for cfg, names in configs:
         problem = make_problem(cfg, device, args.source)
         if cfg.size not in flops_cache:
             flops_cache[cfg.size] = flops_per_call(args.source.arch_name, cfg.size)
+        torch.set_num_threads(cfg.threads)
+
+        def failed(name: str, exc: BaseException, cfg: Config = cfg) -> None:
+            if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            results.append({"backend": name, **asdict(cfg), "error": f"{type(exc).__name__}: {exc}"[:500]})
+            print(f"[E] {name} {cfg}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            traceback.print_exception(exc, file=sys.stderr)
+
+        runnable: dict[str, Backend] = {}
         for name in names:
             if args.time_budget is not None and time.monotonic() - started > args.time_budget:
                 results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
@@ -635,26 +810,37 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             if BACKENDS[name].runtime == "onnxruntime" and (why := onnxruntime_problem(device)) is not None:
                 results.append({"backend": name, **asdict(cfg), "error": f"skipped: {why}"})
                 continue
-            logger.info("%s %s", name, cfg)
-            try:
-                if name not in backends:
+            try:  # keep going: one failing backend must not lose the sweep
+                key = (name, cfg.threads)
+                if key not in backends:
                     spec = BACKENDS[name]
-                    backends[name] = Backend(name, spec, models.get(spec), device)
-                record = measure(backends[name], cfg, problem, args, flops_cache[cfg.size])
-                record["flops_per_call"] = flops_cache[cfg.size]
-                results.append(record)
-                print(report.one_line(record), flush=True)
-                harness.write_json(out_dir / "latency.json", {**document, "results": [
-                    {k: v for k, v in r.items() if k != "output"} for r in results]})  # fmt: skip
-            except Exception as exc:  # keep going: one failing backend must not lose the sweep
-                if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
-                    torch.cuda.empty_cache()
-                results.append({"backend": name, **asdict(cfg), "error": f"{type(exc).__name__}: {exc}"[:500]})
-                print(f"[E] {name} {cfg}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                traceback.print_exc(file=sys.stderr)
-            finally:
-                if name in backends:
-                    backends[name].release()
+                    backends[key] = Backend(name, spec, models.get(spec, cfg.threads), device)
+                runnable[name] = backends[key]
+            except Exception as exc:  # noqa: BLE001
+                failed(name, exc)
+        torch.set_num_threads(cfg.threads)  # a Restorer made above sets its own
+        logger.info("%s: %s", cfg, ", ".join(runnable))
+        records: dict[str, dict[str, Any]] = {}
+        if args.order == "interleaved":
+            records = measure_interleaved(runnable, cfg, problem, args, flops_cache[cfg.size], peaks, failed)
+        else:
+            for name, backend in runnable.items():
+                if args.time_budget is not None and time.monotonic() - started > args.time_budget:
+                    results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
+                    continue
+                try:
+                    records[name] = measure(backend, cfg, problem, args, flops_cache[cfg.size], peaks)
+                except Exception as exc:  # noqa: BLE001
+                    failed(name, exc)
+        for name in names:
+            if name in records:
+                records[name]["flops_per_call"] = flops_cache[cfg.size]
+                results.append(records[name])
+                print(report.one_line(records[name]), flush=True)
+        harness.write_json(out_dir / "latency.json", {**document, "results": [
+            {k: v for k, v in r.items() if k != "output"} for r in results]})  # fmt: skip
+        for backend in runnable.values():
+            backend.release()
         save()
     save()
     (out_dir / "latency.md").write_text(report.markdown(document))

@@ -108,19 +108,14 @@ def make_items(count: int, size: int) -> list[Item]:
 
 
 def runtime_requests(items: list[Item], steps: int) -> list[Any]:
-    """The RestoreRequests the server builds from the same bytes (decode, kernel file, operator)."""
-    from diffpir_rt.engine import build_operator, degrade, imageio
-    from diffpir_rt.runtime import RestoreRequest
+    """The RestoreRequests the server builds from the same bytes (the runtime's one reader for paths and uploads)."""
+    from diffpir_rt.engine import InputFile, TaskInputs
+    from diffpir_rt.runtime import RequestOptions, build_request
 
-    requests = []
-    with tempfile.TemporaryDirectory() as folder:
-        for item in items:
-            y, depth = imageio.decode_image(item.png)
-            path = Path(folder) / f"k{item.index}.npy"
-            path.write_bytes(item.kernel)
-            operator = build_operator("deblur", kernel=degrade.load_kernel(path))
-            requests.append(RestoreRequest("deblur", y, operator, "diffpir", {"steps": steps}, item.seed, depth))
-    return requests
+    return [build_request("deblur", InputFile.from_bytes(f"y{item.index}.png", item.png, "image"),
+                          TaskInputs(kernel=InputFile.from_bytes(f"k{item.index}.npy", item.kernel, "kernel")),
+                          overrides={"steps": steps}, options=RequestOptions(seed=item.seed))
+            for item in items]  # fmt: skip
 
 
 def run_direct(restorer: Any, requests: list[Any], batch: int) -> dict[str, Any]:
@@ -441,7 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     proc, url = start_server(model_flags, batch, args.wait_ms, log, args.num_cpus)
     state["proc"] = proc
     try:
-        restorer = Restorer(ModelSource.from_arguments(Path(args.checkpoint) if args.checkpoint else None, args.arch))
+        restorer = Restorer(ModelSource.from_files({"checkpoint": Path(args.checkpoint) if args.checkpoint else None}, args.arch))
         versions = {"torch": torch.__version__}
         for name in ("onnxruntime", "ray"):
             try:

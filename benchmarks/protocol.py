@@ -1,7 +1,7 @@
 """The quality benchmark's measurement protocol: scenarios, test images, seeds (docs/algorithm.md §7).
 
 A scenario is one of the engine's tasks (deblur, sr, inpaint, denoise: the task registry
-of engine/tasks.py, the one vocabulary) with the named kernel or mask of the official
+of engine/tasks/, the one vocabulary) with the named kernel or mask of the official
 protocol: deblur/gaussian, deblur/motion, sr/x4, inpaint/box, inpaint/random, denoise.
 Measurements come from the registry's `make_measurement` (the same as `diffpir degrade`):
 Gaussian/motion kernels seeded by image index (seed 10*index), truncating uint8 circular
@@ -27,17 +27,23 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from diffpir_rt.engine import TASKS, DiffPIRError, make_measurement as registry_measurement, read_image
+from diffpir_rt.engine import TASKS, DiffPIRError, get_task, read_image
 
 # engine.degrade (scipy.io, scipy.ndimage, h5py: ~0.5 s) is imported where used, so that
 # registering `diffpir eval` costs nothing for the other sub-commands.
 
-#: The named variants of each task: the deblur kernel, the inpainting mask. SR's variant is
-#: its scale (sr/x2, sr/x3, sr/x4); denoising has none.
-VARIANTS: dict[str, tuple[str, ...]] = {"deblur": ("gaussian", "motion"), "inpaint": ("box", "random")}
-SR_SCALES = (2, 3, 4)
-#: The benchmark's scenarios, in report order (the paper's x4 for SR).
-SCENARIO_NAMES = ("deblur/gaussian", "deblur/motion", "sr/x4", "inpaint/box", "inpaint/random", "denoise")
+
+
+def scenario_names() -> tuple[str, ...]:
+    """The benchmark's default scenarios, in report order: every task's protocol variants (the
+    paper's x4 for SR), from the task registry."""
+    names: list[str] = []
+    for task in TASKS.values():
+        variants = task.protocol_variants if task.protocol_variants is not None else task.variants
+        names += [f"{task.name}/{v}" for v in variants] if variants else [task.name]
+    return tuple(names)
+
+
 NOISE_LEVELS = (0.0, 0.05)
 TESTSETS = ("CBSD68", "McMaster", "set3c")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -49,20 +55,18 @@ NOISE_SEED_OFFSET = 2**20
 
 @dataclass(frozen=True)
 class Scenario:
-    """One benchmark scenario: an engine task, its kernel/mask variant, noise level and sizes.
+    """One benchmark scenario: an engine task, its protocol variant, noise level and sizes.
 
     Args:
-        task: deblur, sr, inpaint or denoise (engine.TASKS).
+        task: a task name (engine.TASKS).
         sigma_n: measurement noise std in [0, 1] units (0.05 = 12.75/255).
-        variant: deblur: "gaussian" (61x61, std 3(1 + 2u) per image) or "motion" (61x61,
-            intensity 0.5); inpaint: "box" (box x box hole) or "random" (random_p missing);
-            None for sr and denoise.
+        variant: one of the task's named variants (engine.Task.variants: deblur's kernels,
+            SR's scales x2..x4, inpainting's masks), None for a task without variants.
         kernel_size: Gaussian kernel size (official 61; smaller only for tests or small crops).
         motion_kernel_size: motion kernel size (official 61, >= 54).
         box: inpainting box side (official 128 on 256 images); box_margin: its least distance
             from the border (16).
         random_p: missing fraction of the random mask (official 0.5).
-        scale: SR factor (the paper's x4).
     """
 
     task: str
@@ -73,23 +77,17 @@ class Scenario:
     box: int = 128
     box_margin: int = 16
     random_p: float = 0.5
-    scale: int = 4
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise DiffPIRError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
-        allowed = VARIANTS.get(self.task, ())
-        if allowed and self.variant not in allowed:
-            raise DiffPIRError(f"task {self.task}: variant {self.variant!r}; expected one of {', '.join(allowed)}")
-        if not allowed and self.variant is not None:
-            raise DiffPIRError(f"task {self.task}: has no variant (got {self.variant!r})")
+        task = get_task(self.task)
+        task.variant_options(self.variant)  # an unknown variant says which exist
         if isinstance(self.sigma_n, bool) or not isinstance(self.sigma_n, (int, float)) or not (
             math.isfinite(self.sigma_n) and 0.0 <= self.sigma_n <= 1.0
         ):
             raise DiffPIRError(f"task {self.label}: sigma_n {self.sigma_n}; expected a number in [0, 1]")
-        if self.task == "denoise" and self.sigma_n == 0:
-            raise DiffPIRError("task denoise: sigma_n 0 makes y = x; expected sigma_n > 0")
-        for name in ("kernel_size", "motion_kernel_size", "box", "scale"):
+        if task.needs_noise and self.sigma_n == 0:
+            raise DiffPIRError(f"task {self.task}: sigma_n 0 makes y = x; expected sigma_n > 0")
+        for name in ("kernel_size", "motion_kernel_size", "box"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DiffPIRError(f"task {self.label}: {name} {value!r}; expected a positive integer")
@@ -101,8 +99,6 @@ class Scenario:
             raise DiffPIRError(
                 f"task {self.label}: motion_kernel_size {self.motion_kernel_size}; expected >= {degrade.MOTION_MIN_SIZE}"
             )
-        if self.scale not in SR_SCALES:
-            raise DiffPIRError(f"task {self.label}: scale {self.scale}; expected 2, 3 or 4")
         if not 0.0 < self.random_p < 1.0:
             raise DiffPIRError(f"task {self.label}: random_p {self.random_p}; expected a fraction in (0, 1)")
 
@@ -110,27 +106,32 @@ class Scenario:
     def named(cls, name: str, sigma_n: float, **options: Any) -> "Scenario":
         """The scenario `name` ("deblur/gaussian", "sr/x4", "denoise", ...) at noise level sigma_n."""
         task, _, variant = name.partition("/")
-        if task == "sr" and variant:
-            scales = {f"x{s}": s for s in SR_SCALES}
-            if variant not in scales:
-                raise DiffPIRError(f"task {name!r}: expected sr/x2, sr/x3 or sr/x4")
-            options = {**options, "scale": scales[variant]}
-            variant = ""
-        if task not in TASKS or (task in VARIANTS) != bool(variant) or (variant and variant not in VARIANTS[task]):
-            raise DiffPIRError(f"task {name!r}: expected one of {', '.join(scenario_names())}")
+        if task not in TASKS:
+            raise DiffPIRError(f"task {name!r}: expected one of {', '.join(all_scenario_names())}")
+        if not variant and TASKS[task].variants:
+            variant = TASKS[task].default_variant()
         return cls(task, float(sigma_n), variant or None, **options)
 
     @property
     def label(self) -> str:
         """The scenario's name: task/variant (deblur/gaussian, sr/x4, inpaint/box, denoise)."""
-        if self.task == "sr":
-            return f"sr/x{self.scale}"
         return f"{self.task}/{self.variant}" if self.variant else self.task
 
+    def options(self) -> dict[str, Any]:
+        """The task's measurement options of this scenario (its variant's, and the protocol's sizes)."""
+        return {**get_task(self.task).variant_options(self.variant), "kernel_size": self.kernel_size,
+                "motion_kernel_size": self.motion_kernel_size, "box": self.box, "box_margin": self.box_margin,
+                "random_p": self.random_p}  # fmt: skip
+
     @property
-    def border(self) -> int:
-        """Pixels shaved off each side before metrics: sf for SR, 0 otherwise (docs/algorithm.md §7)."""
-        return self.scale if self.task == "sr" else 0
+    def scale(self) -> Optional[int]:
+        """The SR factor of the scenario's variant, None for a task without one."""
+        return self.scale_or_none
+
+    @property
+    def scale_or_none(self) -> Optional[int]:
+        """The SR factor of the scenario's variant, None for a task without one."""
+        return get_task(self.task).variant_options(self.variant).get("scale")
 
     @property
     def key(self) -> str:
@@ -146,16 +147,17 @@ class Scenario:
         return {"key": self.key, "label": self.label, **asdict(self)}
 
 
-def scenario_names() -> tuple[str, ...]:
-    return SCENARIO_NAMES
+def all_scenario_names() -> tuple[str, ...]:
+    """Every task/variant pair (sr/x2 and sr/x3 too)."""
+    return tuple(f"{t.name}/{v}" for t in TASKS.values() for v in t.variants) + tuple(t.name for t in TASKS.values() if not t.variants)
 
 
 def expand_task_names(name: str) -> list[str]:
     """A --tasks item without noise: a scenario name, or a task name for all its scenarios."""
     if name == "all":
-        return list(SCENARIO_NAMES)
+        return list(scenario_names())
     if name in TASKS:
-        return [s for s in SCENARIO_NAMES if s.partition("/")[0] == name]
+        return [s for s in scenario_names() if s.partition("/")[0] == name]
     Scenario.named(name, 0.05)  # raises the one-line "expected one of" for unknown names
     return [name]
 
@@ -179,7 +181,7 @@ def task_matrix(names: Sequence[str], noise_levels: Sequence[float], **options: 
             levels = [float(s) for s in noise_levels]
         for scenario_name in expand_task_names(name):
             for sigma in levels:
-                if scenario_name == "denoise" and sigma == 0 and not at:
+                if get_task(scenario_name.partition("/")[0]).needs_noise and sigma == 0 and not at:
                     continue
                 spec = Scenario.named(scenario_name, sigma, **options)
                 if spec not in out:
@@ -271,11 +273,13 @@ class Measurement:
         return torch.from_numpy(np.ascontiguousarray(self.y.transpose(2, 0, 1), dtype=np.float32))[None].to(device)
 
     def display(self) -> np.ndarray:
-        """y for looking at: clipped, SR nearest-upsampled to the ground truth's size."""
-        y = np.clip(self.y, 0.0, 1.0)
-        if self.spec.task == "sr":
-            y = y.repeat(self.spec.scale, axis=0).repeat(self.spec.scale, axis=1)
-        return y
+        """y for looking at, at the ground truth's size (the task's display)."""
+        return get_task(self.spec.task).display(self.y, self.operator)
+
+    @property
+    def border(self) -> int:
+        """Pixels shaved off each side before metrics (the task's: sf for SR, docs/algorithm.md §9)."""
+        return get_task(self.spec.task).shave(self.operator)
 
 
 def image_seed(index: int, seed: int = 0) -> int:
@@ -283,22 +287,12 @@ def image_seed(index: int, seed: int = 0) -> int:
 
 
 def make_measurement(spec: Scenario, image: TestImage, seed: int = 0) -> Measurement:
-    """The official-protocol measurement of one image (the task registry's); seeds: see the module docstring."""
-    options: dict[str, Any] = {}
-    if spec.task == "deblur":
-        options = {"kernel": spec.variant, "kernel_index": image.index,
-                   "kernel_size": spec.kernel_size if spec.variant == "gaussian" else spec.motion_kernel_size}  # fmt: skip
-    elif spec.task == "sr":
-        options = {"scale": spec.scale}
-    elif spec.task == "inpaint":
-        options = {"mask": spec.variant, "mask_seed": image.index, "box": spec.box, "box_margin": spec.box_margin,
-                   "random_p": spec.random_p}  # fmt: skip
+    """The official-protocol measurement of one image (the task's `measure`); seeds: see the module docstring."""
+    options = {**spec.options(), "kernel_index": image.index, "mask_seed": image.index}
     try:
-        made = registry_measurement(spec.task, image.pixels, sigma_n=spec.sigma_n,
-                                    noise_seed=NOISE_SEED_OFFSET + image_seed(image.index, seed), **options)  # fmt: skip
+        made = get_task(spec.task).measure(image.pixels, sigma_n=spec.sigma_n,
+                                           noise_seed=NOISE_SEED_OFFSET + image_seed(image.index, seed), **options)  # fmt: skip
     except DiffPIRError as e:
-        hint = {"deblur/gaussian": "; use a larger --crop or a smaller --kernel-size",
-                "deblur/motion": f"; motion kernels are {spec.motion_kernel_size}x{spec.motion_kernel_size}: use a larger --crop",
-                "inpaint/box": "; use a larger --crop or a smaller --box / --box-margin"}  # fmt: skip
-        raise DiffPIRError(f"task {spec.label}, image {image.name}: {e}{hint.get(spec.label, '')}") from None
+        raise DiffPIRError(f"task {spec.label}, image {image.name}: {e}; use a larger --crop, or a smaller "
+                           "--kernel-size / --box / --box-margin") from None  # fmt: skip
     return Measurement(spec, image.pixels, made.y, made.operator, made.kernel, made.mask, image_seed(image.index, seed))

@@ -38,14 +38,26 @@ import numpy as np
 import torch
 
 import diffpir_rt
-from diffpir_rt.engine import tool_versions, METHODS, OFFICIAL_DEFAULTS, DiffPIRError, ModelSource, argtypes, build_method
-from diffpir_rt.runtime import Restorer
+from diffpir_rt.engine import (
+    DEFAULT_METHOD,
+    STEPS,
+    DiffPIRError,
+    ModelSource,
+    config_class,
+    family_names,
+    generation_names,
+    method_names,
+    method_params,
+    tool_versions,
+)
+from diffpir_rt import cliargs
+from diffpir_rt.runtime import Restorer, add_runtime_flags, runtime_options
 
 from . import baselines, harness, metrics
 from . import quality_report as report
 from .protocol import (
     NOISE_LEVELS,
-    SCENARIO_NAMES,
+    scenario_names,
     TESTSETS,
     Measurement,
     Scenario,
@@ -62,21 +74,25 @@ SCHEMA = "diffpir-rt.quality/2"
 RESULTS_FOLDER = "eval-results"
 #: Where --dataset names are looked up: $DIFFPIR_TESTSETS, else the project's shared/data/testsets.
 TESTSETS_ENV = "DIFFPIR_TESTSETS"
-#: The restoration methods of the engine, in report order (generation-only methods excluded).
-FAMILY = ("diffpir", "ddrm", "ddnm", "dps", "dmps", "dpir", "repaint", "ilvr")
-#: The config field a --method-steps value sets (default: "steps").
-STEPS_FIELD = {"dpir": "iter_num", "repaint": "t_T"}
-CLASSICAL = tuple(name for name in baselines.BASELINES if name != "datastep")
-METHOD_ALIASES = {
-    "classical": CLASSICAL,
-    "baselines": tuple(baselines.BASELINES),
-    "family": FAMILY,
-    "all": (*baselines.BASELINES, *FAMILY),
-}
-#: Without --methods: the baselines and DiffPIR (the family's other members are opt-in: DPS,
-#: DMPS and RePaint cost hundreds to thousands of UNet calls per image).
-DEFAULT_METHODS = (*baselines.BASELINES, "diffpir")
-REPORT_ORDER = (*baselines.BASELINES, *FAMILY)
+CLASSICAL = tuple(name for name in baselines.BASELINES if name != "datastep" and name not in baselines.TUNED)
+#: The fixed-setting baselines (the recorded history); the tuned ones are opt-in (`tuned`).
+FIXED_BASELINES = tuple(name for name in baselines.BASELINES if name not in baselines.TUNED)
+
+
+def method_aliases() -> dict[str, tuple[str, ...]]:
+    """The --methods groups; the family is every method whose config declares `family` (engine registry)."""
+    return {"classical": CLASSICAL, "tuned": tuple(baselines.TUNED), "baselines": FIXED_BASELINES,
+            "family": family_names(), "all": (*baselines.BASELINES, *family_names())}  # fmt: skip
+
+
+def default_methods() -> tuple[str, ...]:
+    """Without --methods: the fixed baselines and the default method (the family's others are
+    opt-in: some cost hundreds to thousands of UNet calls per image; so are the tuned baselines)."""
+    return (*FIXED_BASELINES, DEFAULT_METHOD)
+
+
+def report_order() -> tuple[str, ...]:
+    return (*baselines.BASELINES, *family_names())
 ABLATION_STEPS = (5, 10, 20, 50, 100)
 ABLATION_LAM = (1.0, 4.0, 7.0, 13.0)
 ABLATION_ZETA = (0.1, 0.3, 0.6, 1.0)
@@ -93,36 +109,22 @@ BASELINE_NOTES = {
     "nlmeans": "skimage denoise_nl_means, h = 0.8 σ_n, 5×5 patches, 13×13 search, fast mode.",
     "datastep": "DiffPIR's data step with no prior: operator.prox(init_estimate(y), y, ρ) with ρ = λ max(σ_n, 0.001)² / σ̄_t² "
     "at the schedule's last t > 0 (the sampler's last data step), with DiffPIR's λ and steps of the run.",
+    **baselines.TUNED_NOTES,
 }
-FAMILY_NOTES = {
-    "diffpir": "DiffPIR (Zhu et al. 2023): HQS with the diffusion denoiser; the model card's tuned λ, ζ, steps per task "
-    "(the official values for a model without a card).",
-    "ddrm": "DDRM (Kawar et al. 2022): per-coordinate updates in the operator's spectral basis, η 0.85, η_b 1, 20 steps.",
-    "ddnm": "DDNM (Wang et al. 2023): range-null-space x̂0 ← x̂0 − A⁺(A x̂0 − y), 100 steps, η 0.85; DDNM+ (noise-aware) for σ_n > 0.",
-    "dps": "DPS (Chung et al. 2023): DDPM step minus ζ ∇‖y − A x̂0‖ through the UNet (torch only), ζ 0.3 (0.5 inpainting).",
-    "dmps": "DMPS (Meng & Kabashima 2022): DDPM step plus the closed-form noise-aware likelihood step, λ 1.75.",
-    "dpir": "DPIR (Zhang et al. 2021): HQS plug-and-play with the diffusion UNet as the Gaussian denoiser, σ_k log-spaced "
-    "49/255 → σ_n, K = 8 (deblur), 24 (SR), 1 (denoise); no inpainting.",
-    "repaint": "RePaint (Lugmayr et al. 2022): known-region injection and the jump schedule (t_T 250, j 10, r 10: 2410 UNet "
-    "calls; fast preset t_T 100, r 5: 460); inpainting only.",
-    "ilvr": "ILVR (Choi et al. 2021): low-pass refinement φ_N = up(down(·)) down to range_t 20, 100 steps; N = the SR "
-    "scale, 8 for deblur, 4 for denoise; no inpainting.",
-}
+
+
+def family_notes() -> dict[str, str]:
+    """Each family method's one-line description and where its defaults come from (its config's declarations)."""
+    return {n: f"{config_class(n).description}; defaults: {config_class(n).defaults_source}." for n in family_names()}
 
 
 # ----------------------------------------------------------------------------- methods
 
 
 def method_problem(name: str, spec: Scenario) -> Optional[str]:
-    """Why family method `name` does not apply to `spec` (its config's `for_task` says), or None.
-
-    DiffPIR's config has no `for_task`: its defaults come from the model (every task has them).
-    """
-    for_task = getattr(METHODS[name][0], "for_task", None)
-    if for_task is None:
-        return None
+    """Why family method `name` does not apply to `spec` (its config's `for_task` says), or None."""
     try:
-        for_task(spec.task, spec.sigma_n)
+        config_class(name).for_task(spec.task, spec.sigma_n, spec.scale_or_none)
     except DiffPIRError as e:
         return str(e)
     return None
@@ -136,12 +138,16 @@ def plan_methods(spec: Scenario, requested: Sequence[str]) -> tuple[list[str], l
     """
     run: list[str] = []
     skipped: list[dict[str, Any]] = []
-    for name in REPORT_ORDER:
+    for name in report_order():
         if name not in requested:
             continue
         if name in baselines.BASELINES:
             if baselines.applies(name, spec.task):
-                run.append(name)
+                reason = baselines.unavailable(name)
+                if reason is None:
+                    run.append(name)
+                else:  # an optional package is missing: say so instead of failing the run
+                    skipped.append({"method": name, "key": spec.key, "scenario": spec.label, "sigma_n": spec.sigma_n, "reason": reason})
             continue
         reason = method_problem(name, spec)
         if reason is None:
@@ -151,44 +157,26 @@ def plan_methods(spec: Scenario, requested: Sequence[str]) -> tuple[list[str], l
     return run, skipped
 
 
-def _given(method: str, spec: Scenario, overrides: dict[str, Any]) -> dict[str, Any]:
-    """What the benchmark itself fixes for a method's config: the measurement's sigma_n, DPIR's SR scale."""
-    config_class = METHODS[method][0]
-    given = dict(overrides)
-    if "sigma_n" in config_class.field_names():
-        given["sigma_n"] = spec.sigma_n
-    if method == "dpir" and spec.task == "sr" and "model_sigma2" not in given:
-        given["model_sigma2"] = config_class.for_task("sr", spec.sigma_n, scale=spec.scale).model_sigma2
-    return given
-
-
 def method_config(restorer: Restorer, spec: Scenario, method: str, overrides: Optional[dict[str, Any]] = None) -> Any:
-    """The config of `method` for `spec`: the Restorer's defaults for the task, then `overrides`."""
+    """The config of `method` for `spec`: the Restorer's defaults for the task (the measurement's
+    sigma_n, the SR scale), then `overrides` (engine.configure, as `diffpir restore` builds it)."""
     try:
-        return restorer.config(spec.task, method, **_given(method, spec, overrides or {}))
+        return restorer.configure(spec.task, method, scale=spec.scale_or_none, **{**(overrides or {}), "sigma_n": spec.sigma_n}).config
     except DiffPIRError as e:
         raise DiffPIRError(f"method {method}, task {spec.key}: {e}") from None
 
 
 def model_calls(config: Any) -> int:
     """NFE: the UNet calls of a config's loop (the steps that call the model)."""
-    return sum(1 for step in build_method(config).steps() if step.t is not None)
+    return config.model_calls()
 
 
 def runs_on(restorer: Restorer, config: Any) -> str:
-    """The path a method's restorations take: the Restorer's, or torch when the prepared
-    graph cannot serve it (the learned variance, gradients through the UNet)."""
-    method = build_method(config)
-    path = restorer.path
-    needs = []
-    if method.needs_variance and not hasattr(restorer.denoiser, "eps_and_variance"):
-        needs.append("the learned variance")
-    if method.needs_grad and path.backend != "torch":
-        needs.append("gradients through the UNet")
-    if not needs:
-        return f"{path.name} ({path.backend}, {path.precision})"
-    precision = "fp32" if restorer.device.type == "cpu" else path.precision
-    return f"torch-fast ({precision}, channels-last + SDPA): needs {' and '.join(needs)}, which {path.name} does not give"
+    """The path a method's restorations take: the Restorer's, or torch when the prepared path
+    cannot serve it (the learned variance, gradients through the UNet); the Restorer decides."""
+    path = restorer.path_for(config)
+    why = f": {'; '.join(path.fallbacks)}" if path.fallbacks else ""
+    return f"{path.name} ({path.backend}, {path.precision}){why}"
 
 
 def config_changes(config: Any, default: Any) -> dict[str, tuple[Any, Any]]:
@@ -240,7 +228,7 @@ def score(gt_uint8: np.ndarray, out_uint8: np.ndarray, border: int, lpips: Optio
 def restore(name: str, m: Measurement, restorer: Optional[Restorer], configs: dict[str, Any]) -> np.ndarray:
     """One method's restoration of one measurement: (H, W, 3) float64 (baselines: unclipped)."""
     if name in baselines.BASELINES:
-        return baselines.BASELINES[name][1](m, configs.get("datastep"))
+        return baselines.BASELINES[name](m, configs.get("datastep"))
     if restorer is None:
         raise DiffPIRError(f"method {name}: needs a model (a checkpoint, the bundled prior or --random-weights)")
     x = restorer.restore(m.y_tensor(restorer.device), m.operator, configs[name], seed=m.seed)
@@ -293,7 +281,7 @@ def evaluate(
             x = restore(name, m, restorer, configs)
             result.seconds[name] = time.perf_counter() - start
             outputs[name] = metrics.to_uint8(x)
-            result.metrics[name] = score(gt, outputs[name], spec.border, lpips)
+            result.metrics[name] = score(gt, outputs[name], m.border, lpips)
             if progress is not None:
                 progress(result, name)
         if keep_outputs:
@@ -370,11 +358,11 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
     return parse
 
 
-_noise = argtypes.unit_float
-_positive_int = argtypes.positive_int
-_steps = argtypes.num_steps
-_lam = argtypes.positive_float
-_zeta = argtypes.unit_float
+_noise = cliargs.unit_float
+_positive_int = cliargs.positive_int
+_steps = cliargs.num_steps
+_lam = cliargs.positive_float
+_zeta = cliargs.unit_float
 
 
 def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -398,45 +386,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     tasks = p.add_argument_group("tasks")
     tasks.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                       help=f"scenarios ({', '.join(SCENARIO_NAMES)}; sr/x2, sr/x3 too), task names (deblur = both kernels, "
+                       help=f"scenarios ({', '.join(scenario_names())}; sr/x2, sr/x3 too), task names (deblur = both kernels, "
                        f"inpaint = both masks) or 'all'; NAME@SIGMA pins that one's noise level (default: all; ablation: "
                        f"{' '.join(ABLATION_TASKS)})")  # fmt: skip
     tasks.add_argument("--noise", type=_csv(_noise), default=None,
                        help="comma list of σ_n in [0,1] units for --tasks items without @SIGMA (default: 0,0.05; ablation: 0.05)")
     tasks.add_argument("--kernel-size", type=_positive_int, default=61, help="Gaussian kernel size (default: 61, official)")
     tasks.add_argument("--box", type=_positive_int, default=128, help="inpainting box side (default: 128, official on 256² images)")
-    tasks.add_argument("--box-margin", type=argtypes.non_negative_int, default=16, help="inpainting box margin (default: 16)")
+    tasks.add_argument("--box-margin", type=cliargs.non_negative_int, default=16, help="inpainting box margin (default: 16)")
 
     methods = p.add_argument_group("methods")
     methods.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                         help=f"restoration methods ({', '.join(FAMILY)}) and baselines ({', '.join(baselines.BASELINES)}), "
-                         "space- or comma-separated, or the groups family, classical, baselines (classical + datastep), all "
-                         "(default: the baselines and diffpir)")  # fmt: skip
+                         help=f"restoration methods ({', '.join(family_names())}) and baselines ({', '.join(baselines.BASELINES)}), "
+                         "space- or comma-separated, or the groups family, classical, tuned (per-image oracle-tuned Wiener/TV/NL-means "
+                         "and BM3D: slow), baselines (classical + datastep), all (default: the baselines and diffpir)")  # fmt: skip
     methods.add_argument("--method-steps", nargs="+", default=[], metavar="METHOD=N",
-                         help="steps of a family method instead of its default, e.g. dps=200 dmps=200 (dpir: its iterations "
-                         "K; repaint: t_T)")  # fmt: skip
-    methods.add_argument("--repaint-preset", choices=("official", "fast"), default="official",
-                         help="RePaint's jump schedule: official (t_T 250, r 10: 2410 UNet calls) or fast (t_T 100, r 5: 460) "
-                         "(default: official)")  # fmt: skip
+                         help="the iteration budget of one method instead of its default, e.g. dps=200 dmps=200 (`diffpir "
+                         "restore --help --method NAME` says what a method's steps count)")  # fmt: skip
+    methods.add_argument("--method-preset", nargs="+", default=[], metavar="METHOD=PRESET",
+                         help="a preset a method declares, e.g. repaint=fast (t_T 100, r 5: 460 UNet calls)")
     methods.add_argument("--method-param", action="append", default=[], metavar="METHOD.NAME=VALUE",
-                         help="any config field of a family method, e.g. dps.zeta=0.5 or ddnm.travel_length=10, repeatable")
-    methods.add_argument("--steps", type=_single(_steps), help="DiffPIR steps N (default: the model's for the task)")
-    methods.add_argument("--lam", type=_single(_lam), help="DiffPIR λ (default: the model's for the task)")
-    methods.add_argument("--zeta", type=_single(_zeta), help="DiffPIR ζ (default: the model's for the task)")
-    methods.add_argument("--skip", choices=("quad", "uniform"), default=None, help="DiffPIR step spacing (default: quad)")
-    methods.add_argument("--seed", type=argtypes.seed32, default=0, help="run seed; image i uses seed + i (default: 0)")
+                         help="any parameter of one family method, e.g. dps.zeta=0.5 or ddnm.travel_length=10, repeatable")
+    methods.add_argument("--seed", type=cliargs.seed32, default=0, help="run seed; image i uses seed + i (default: 0)")
+    hyper = p.add_argument_group("hyperparameters: each applies to every method of the run that takes it (unset: the "
+                                 "model's default for the task and method; sigma_n is always the measurement's)")  # fmt: skip
+    cliargs.add_param_flags(hyper, {k: v for k, v in method_params(family_names()).items() if k != "sigma_n"})
 
-    model = p.add_argument_group("model and runtime (as `diffpir restore`)")
-    model.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
-    model.add_argument("--arch", help="UNet arch of --checkpoint (default ffhq_10m) or of --random-weights (default tiny)")
-    model.add_argument("--random-weights", action="store_true", help="random UNet (smoke tests only: meaningless quality)")
-    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    model.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                       help="what runs the UNet; auto = the fastest tested path for the device (default: auto)")
-    model.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                       help="UNet precision; auto = fp16 on CUDA, fp32 on CPU (fp16 is refused on CPU) (default: auto)")
-    model.add_argument("--threads", type=argtypes.thread_count, default=None, help="CPU threads (default: torch's)")
-    model.add_argument("--reference", action="store_true", help="run the exact fp32 eager reference loop (slow, for checking)")
+    model = p.add_argument_group("model")
+    model.add_argument("--random-weights", action="store_true", help="random UNet (smoke tests only: meaningless quality; default arch tiny)")
+    add_runtime_flags(p)
 
     extra = p.add_argument_group("perceptual metrics (local weights only; nothing is downloaded)")
     extra.add_argument("--lpips-weights", type=Path, help="torchvision VGG16 state_dict for LPIPS(vgg) (needs the lpips package)")
@@ -450,7 +428,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     output = p.add_argument_group("output")
     output.add_argument("--out", type=Path, help=f"output folder (default: ./{RESULTS_FOLDER}/<timestamp>/ in the current directory)")
-    output.add_argument("--grid-images", type=argtypes.non_negative_int, default=3, help="images per before/after grid (default: 3; 0: none)")
+    output.add_argument("--grid-images", type=cliargs.non_negative_int, default=3, help="images per before/after grid (default: 3; 0: none)")
     output.add_argument("--note", action="append", default=[], metavar="TEXT", help="a line for the report's notes, repeatable")
     output.add_argument("--quiet", action="store_true", help="no progress lines, no summary print")
 
@@ -460,7 +438,7 @@ EXAMPLES = """examples:
   diffpir eval --dataset CBSD68 --crop 256 --noise 0.05 --methods classical           # classical baselines only
   diffpir eval --dataset CBSD68 --max-images 3 --crop 128 --noise 0.05 --tasks deblur sr/x4 inpaint/box \\
       inpaint/random@0 denoise --box 64 --box-margin 8 --methods family classical \\
-      --method-steps dps=200 dmps=200 --repaint-preset fast                            # the method table
+      --method-steps dps=200 dmps=200 --method-preset repaint=fast                     # the method table
   diffpir eval --dataset McMaster --checkpoint ffhq_10m.pt --arch ffhq_10m --device cuda --tasks sr/x4
   diffpir eval --ablation --dataset set3c --tasks deblur/gaussian --device cuda       # steps, then lambda x zeta
 """
@@ -498,78 +476,89 @@ def _split(values: Optional[Sequence[str]]) -> Optional[list[str]]:
 
 def _parse_methods(values: Optional[list[str]]) -> list[str]:
     names: list[str] = []
-    valid = [*FAMILY, *baselines.BASELINES]
-    for value in _split(values) or list(DEFAULT_METHODS):
-        if value in METHODS and value not in FAMILY:
+    family = family_names()
+    valid = [*family, *baselines.BASELINES]
+    aliases = method_aliases()
+    for value in _split(values) or list(default_methods()):
+        if value in generation_names():
             raise DiffPIRError(f"--methods: {value} generates images unconditionally; it restores nothing (try `diffpir generate`)")
-        for name in METHOD_ALIASES.get(value, (value,)):
+        if value in method_names() and value not in family:
+            raise DiffPIRError(f"--methods: {value} is not in the comparison family (its config does not declare family)")
+        for name in aliases.get(value, (value,)):
             if name not in valid:
-                raise DiffPIRError(f"--methods: unknown method {name!r}; expected {', '.join(valid)}, or family, classical, baselines, all")
+                raise DiffPIRError(f"--methods: unknown method {name!r}; expected {', '.join(valid)}, or family, classical, tuned, baselines, all")
             if name not in names:
                 names.append(name)
     return names
 
 
-def parse_value(text: str) -> Any:
-    """A --method-param value: true/false, an integer, a number, none, else the text."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
-
-
 def _parse_overrides(args: argparse.Namespace, methods: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
-    """(method -> config overrides, method -> field -> the flag that set it), from --repaint-preset,
-    --method-steps, --method-param and DiffPIR's flags (later flags win)."""
+    """(method -> config overrides, method -> field -> the flag that set it), from --method-preset,
+    --method-steps, --method-param (per method) and the hyperparameter flags (every method of the
+    run that takes the parameter; `steps` is every method's budget). A value given twice is refused."""
     overrides: dict[str, dict[str, Any]] = {}
     sources: dict[str, dict[str, str]] = {}
+    family = family_names()
+    # the datastep baseline reads the default method's config
+    in_run = [m for m in methods if m in family] + ([DEFAULT_METHOD] if "datastep" in methods and DEFAULT_METHOD not in methods else [])
 
     def put(flag: str, method: str, name: str, value: Any) -> None:
-        if method not in FAMILY:
-            raise DiffPIRError(f"{flag}: unknown method {method!r}; expected one of {', '.join(FAMILY)}")
-        if method not in methods and not (method == "diffpir" and "datastep" in methods):
+        if method not in family:
+            raise DiffPIRError(f"{flag}: unknown method {method!r}; expected one of {', '.join(family)}")
+        if method not in in_run:
             raise DiffPIRError(f"{flag}: {method} is not among the methods of this run")
         if name == "sigma_n":
             raise DiffPIRError(f"{flag}: sigma_n is always the measurement's noise level (set it with --noise or --tasks NAME@SIGMA)")
-        fields = METHODS[method][0].field_names()
+        fields = config_class(method).field_names()
+        if name == "steps":  # every method's budget, whatever its field is called
+            name = config_class(method).budget
         if name not in fields:
             raise DiffPIRError(f"{flag}: method {method} has no parameter {name!r} (it takes {', '.join(fields)})")
+        if name in sources.get(method, {}):
+            raise DiffPIRError(f"{flag}: {method}'s {name} is also set by {sources[method][name]}; give it once")
         overrides.setdefault(method, {})[name] = value
         sources.setdefault(method, {})[name] = flag
 
-    if args.repaint_preset == "fast" and "repaint" in methods:
-        fast = METHODS["repaint"][0].fast()
-        for name in ("t_T", "jump_length", "jump_n_sample"):
-            put("--repaint-preset fast", "repaint", name, getattr(fast, name))
-    for item in _split(args.method_steps) or []:
-        method, sep, text = item.partition("=")
-        if not sep:
-            raise DiffPIRError(f"--method-steps {item!r}: expected METHOD=N, e.g. dps=200")
+    def pairs(flag: str, items: Sequence[str], example: str) -> list[tuple[str, str]]:
+        out = []
+        for item in items:
+            left, sep, right = item.partition("=")
+            if not sep or not left.strip():
+                raise DiffPIRError(f"{flag} {item!r}: expected {example}")
+            out.append((left.strip(), right.strip()))
+        return out
+
+    for method, text in pairs("--method-steps", _split(args.method_steps) or [], "METHOD=N, e.g. dps=200"):
         try:
-            steps = argtypes.positive_int(text)
+            put("--method-steps", method, "steps", cliargs.param_type(STEPS)(text))
         except argparse.ArgumentTypeError as e:
-            raise DiffPIRError(f"--method-steps {item!r}: {e}") from None
-        put("--method-steps", method.strip(), STEPS_FIELD.get(method.strip(), "steps"), steps)
-    for item in args.method_param:
-        target, sep, text = item.partition("=")
-        method, dot, name = target.strip().partition(".")
-        if not sep or not dot or not name:
-            raise DiffPIRError(f"--method-param {item!r}: expected METHOD.NAME=VALUE, e.g. dps.zeta=0.5")
-        put("--method-param", method, name.strip().replace("-", "_"), parse_value(text))
-    for flag, name in (("--steps", "steps"), ("--lam", "lam"), ("--zeta", "zeta"), ("--skip", "skip")):
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if name in sources.get("diffpir", {}):
-            raise DiffPIRError(f"{flag}: DiffPIR's {name} is also set by --method-steps/--method-param; give it once")
-        put(flag, "diffpir", name, value)
+            raise DiffPIRError(f"--method-steps {method}={text}: {e}") from None
+    for target, text in pairs("--method-param", args.method_param, "METHOD.NAME=VALUE, e.g. dps.zeta=0.5"):
+        method, dot, name = target.partition(".")
+        name = name.strip().replace("-", "_")
+        if not dot or not name:
+            raise DiffPIRError(f"--method-param {target}={text}: expected METHOD.NAME=VALUE, e.g. dps.zeta=0.5")
+        spec = (config_class(method).params().get(name) if method in family else None) or STEPS
+        try:
+            value = spec.parse(text)
+        except ValueError as e:
+            raise DiffPIRError(f"--method-param {target}={text}: {e}") from None
+        put("--method-param", method, name, value)
+    # a preset fills in what the flags above left unset
+    for method, preset in pairs("--method-preset", _split(args.method_preset) or [], "METHOD=PRESET, e.g. repaint=fast"):
+        presets = config_class(method).PRESETS if method in family else {}
+        if preset not in presets:
+            raise DiffPIRError(f"--method-preset {method}={preset}: expected one of {', '.join(presets) or 'none (it has no presets)'}")
+        for name, value in presets[preset].items():
+            if name not in sources.get(method, {}):
+                put(f"--method-preset {method}={preset}", method, name, value)
+    for name, value in cliargs.given(args, tuple(n for n in method_params(family) if n != "sigma_n")).items():
+        takers = [m for m in in_run if name == "steps" or name in config_class(m).field_names()]
+        if not takers:
+            raise DiffPIRError(f"{cliargs.flag_name(name)}: no method of this run takes it ({', '.join(in_run) or 'none'})")
+        for method in takers:
+            if name not in sources.get(method, {}):
+                put(cliargs.flag_name(name), method, name, value)
     return overrides, sources
 
 
@@ -582,6 +571,7 @@ class _Plan:
     override_flags: dict[str, dict[str, str]]
     source: Optional[ModelSource]
     out: Path
+    runtime: Any = None
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -592,23 +582,20 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if not tasks:
         raise DiffPIRError("--tasks/--noise: nothing to run (denoise needs a noise level > 0)")
     if args.ablation:
-        if args.methods is not None and _parse_methods(args.methods) != ["diffpir"]:
-            raise DiffPIRError("--ablation: sweeps DiffPIR only; drop --methods")
-        methods = ["diffpir"]
+        if args.methods is not None and _parse_methods(args.methods) != [DEFAULT_METHOD]:
+            raise DiffPIRError(f"--ablation: sweeps {DEFAULT_METHOD} only; drop --methods")
+        methods = [DEFAULT_METHOD]
     else:
         methods = _parse_methods(args.methods)
     overrides, override_flags = _parse_overrides(args, methods)
     if not any(plan_methods(spec, methods)[0] for spec in tasks):
         raise DiffPIRError("--methods/--tasks: no requested method applies to any requested task")
 
-    wants_model = any(m in FAMILY or m == "datastep" for m in methods)
-    source = None
-    if args.random_weights and args.checkpoint is not None:
-        raise DiffPIRError("--checkpoint and --random-weights: name one model source")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise DiffPIRError(f"--checkpoint {args.checkpoint}: no such file")
-    arch = args.arch if args.arch is not None or not args.random_weights else "tiny"
-    source = ModelSource.from_arguments(args.checkpoint, arch, random_weights=args.random_weights)
+    wants_model = any(m in family_names() or m == "datastep" for m in methods)
+    if args.random_weights and args.arch is None:
+        args.arch = "tiny"
+    runtime = runtime_options(args)
+    source = runtime.model
     if wants_model and source.kind == "bundled":
         from diffpir_rt.engine import bundled_card
 
@@ -643,7 +630,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
     out = args.out or Path.cwd() / RESULTS_FOLDER / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     check_writable_folder(out)
-    return _Plan(datasets, tasks, methods, overrides, override_flags, source, out)
+    return _Plan(datasets, tasks, methods, overrides, override_flags, source, out, runtime)
 
 
 def check_writable_folder(out: Path) -> None:
@@ -681,13 +668,85 @@ class _Progress:
 def _protocol_notes(args: argparse.Namespace, tasks: Sequence[Scenario]) -> list[str]:
     """Where the run's measurements leave the official protocol's sizes."""
     notes = []
-    if args.kernel_size != 61 and any(t.task == "deblur" and t.variant == "gaussian" for t in tasks):
+    if args.kernel_size != 61 and any(t.variant == "gaussian" for t in tasks):
         notes.append(f"Gaussian blur kernel {args.kernel_size}x{args.kernel_size} (official 61x61)")
     if (args.box, args.box_margin) != (128, 16) and any(t.variant == "box" for t in tasks):
         notes.append(f"inpainting box {args.box}x{args.box}, margin {args.box_margin} (official 128x128, margin 16, on 256² images)")
     if args.crop:
         notes.append(f"centre crops {args.crop}x{args.crop} (the paper: full 256² images)")
     return notes
+
+
+def _configs(restorer: Optional[Restorer], plan: _Plan) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Every config of the run, before the first restoration (a bad override fails now): per
+    scenario key the methods that run, their configs, and the methods skipped with why."""
+    task_plans: dict[str, list[str]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    skipped: list[dict[str, Any]] = []
+    for spec in plan.tasks:
+        names, skips = plan_methods(spec, plan.methods)
+        task_plans[spec.key], configs[spec.key] = names, {}
+        skipped += skips
+        assert restorer is not None or not any(n in family_names() or n == "datastep" for n in names)
+        for name in names:
+            if name in family_names():
+                configs[spec.key][name] = method_config(restorer, spec, name, plan.overrides.get(name))
+        if "datastep" in names:  # the default method's data step alone, with its lambda and steps
+            configs[spec.key]["datastep"] = method_config(restorer, spec, DEFAULT_METHOD, plan.overrides.get(DEFAULT_METHOD))
+    return task_plans, configs, skipped
+
+
+def _record(args: argparse.Namespace, plan: _Plan, images: dict[str, Any], restorer: Optional[Restorer],
+            notices: list[str], configs: dict[str, dict[str, Any]], skipped: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """results.json before the results: the run's configuration, machine, versions and notes."""
+    method_info, deviations = _method_info(restorer, plan, configs)
+    device = restorer.device if restorer is not None else torch.device("cpu")
+    return {
+        "schema": SCHEMA,
+        "kind": "ablation" if args.ablation else "table",
+        "config": {
+            "args": {k: _json_safe(v) for k, v in vars(args).items() if not callable(v)},
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": harness.git_commit(),
+            "versions": versions(),
+            "machine": machine(device),
+            "device": str(device),
+            "seed": args.seed,
+            "crop": args.crop,
+            "max_images": args.max_images,
+            "model": {**restorer.source.to_dict(), "sha256": restorer.source.sha256()} if restorer is not None else None,
+            "runtime": {**restorer.describe(), "notices": notices} if restorer is not None else None,
+            "metrics_note": "PSNR and SSIM (scikit-image) on uint8 RGB after clip and round, border shave = sf for SR; "
+            "SSIM: 11×11 Gaussian window σ 1.5, mean over channels. "
+            f"LPIPS: {_metric_status('--lpips-weights', args.lpips_weights, 'lpips', 'lpips')}. "
+            f"FID: {_metric_status('--fid-weights', args.fid_weights, 'pytorch-fid', 'pytorch_fid')}.",
+            "timing_note": "seconds: wall time of one image's restoration (baselines: their numpy/skimage call), "
+            "single image per call, on the machine above, as measured (no warm-up, other processes not excluded).",
+            "baseline_parameters": baselines.parameters(),
+            "method_notes": {**BASELINE_NOTES, **family_notes()},
+        },
+        "datasets": [
+            {"name": name, "path": str(folder), "images": [im.name for im in images[name]]} for name, folder in plan.datasets
+        ],
+        "tasks": [spec.to_dict() for spec in plan.tasks],
+        "method_info": method_info,
+        "skipped": skipped,
+        "deviations": _protocol_notes(args, plan.tasks) + deviations,
+        "notes": list(args.note),
+    }
+
+
+def _write_results(args: argparse.Namespace, plan: _Plan, record: dict[str, Any]) -> None:
+    """results.json (or ablation.json), then the reports, which derive from the JSON alone."""
+    from diffpir_rt.engine import write_text
+
+    text = json.dumps(record, indent=1, allow_nan=False) + "\n"
+    results = write_text(plan.out / ("ablation.json" if args.ablation else "results.json"), text)
+    written = report.write_reports(json.loads(text), plan.out)
+    if not args.quiet:
+        print((plan.out / ("ablation.md" if args.ablation else "summary.md")).read_text())
+        grids = f", {len(record.get('grids', []))} grids" if record.get("grids") else ""
+        print(f"wrote {results}, " + ", ".join(str(p.name) for p in written) + grids)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -707,66 +766,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[diffpir] {line}", file=sys.stderr, flush=True)
 
-    restorer = None
-    if plan.source is not None:
-        restorer = Restorer(plan.source, backend=args.backend, device=args.device, precision=args.dtype,
-                            reference=args.reference, threads=args.threads, notify=notify)  # fmt: skip
+    restorer = Restorer.from_options(plan.runtime, notify=notify) if plan.source is not None else None
     lpips_device = restorer.device if restorer is not None else torch.device("cpu")
     lpips = metrics.load_lpips(args.lpips_weights, lpips_device) if args.lpips_weights else None
     fid = metrics.FidFeatures(args.fid_weights, lpips_device) if args.fid_weights else None
-
-    # Every config of the run, before the first restoration: a bad override fails now.
-    task_plans: dict[str, list[str]] = {}
-    configs: dict[str, dict[str, Any]] = {}
-    skipped: list[dict[str, Any]] = []
-    for spec in plan.tasks:
-        names, skips = plan_methods(spec, plan.methods)
-        task_plans[spec.key], configs[spec.key] = names, {}
-        skipped += skips
-        assert restorer is not None or not any(n in FAMILY or n == "datastep" for n in names)
-        for name in names:
-            if name in FAMILY:
-                configs[spec.key][name] = method_config(restorer, spec, name, plan.overrides.get(name))
-        if "datastep" in names:
-            configs[spec.key]["datastep"] = method_config(restorer, spec, "diffpir", plan.overrides.get("diffpir"))
+    task_plans, configs, skipped = _configs(restorer, plan)
     if not args.quiet:
         for s in skipped:
             print(f"[eval] {s['method']} skipped for {s['key']}: {s['reason']}", file=sys.stderr)
 
-    method_info, deviations = _method_info(restorer, plan, configs)
-    record: dict[str, Any] = {
-        "schema": SCHEMA,
-        "kind": "ablation" if args.ablation else "table",
-        "config": {
-            "args": {k: _json_safe(v) for k, v in vars(args).items() if not callable(v)},
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": harness.git_commit(),
-            "versions": versions(),
-            "machine": machine(restorer.device if restorer is not None else torch.device("cpu")),
-            "device": str(restorer.device) if restorer is not None else "cpu",
-            "seed": args.seed,
-            "crop": args.crop,
-            "max_images": args.max_images,
-            "model": {**restorer.source.to_dict(), "sha256": restorer.source.sha256()} if restorer is not None else None,
-            "runtime": {**restorer.describe(), "notices": notices} if restorer is not None else None,
-            "metrics_note": "PSNR and SSIM (scikit-image) on uint8 RGB after clip and round, border shave = sf for SR; "
-            "SSIM: 11×11 Gaussian window σ 1.5, mean over channels. "
-            f"LPIPS: {_metric_status('--lpips-weights', args.lpips_weights, 'lpips', 'lpips')}. "
-            f"FID: {_metric_status('--fid-weights', args.fid_weights, 'pytorch-fid', 'pytorch_fid')}.",
-            "timing_note": "seconds: wall time of one image's restoration (baselines: their numpy/skimage call), "
-            "single image per call, on the machine above, as measured (no warm-up, other processes not excluded).",
-            "baseline_parameters": baselines.parameters(),
-            "method_notes": {**BASELINE_NOTES, **FAMILY_NOTES},
-        },
-        "datasets": [
-            {"name": name, "path": str(folder), "images": [im.name for im in images[name]]} for name, folder in plan.datasets
-        ],
-        "tasks": [spec.to_dict() for spec in plan.tasks],
-        "method_info": method_info,
-        "skipped": skipped,
-        "deviations": _protocol_notes(args, plan.tasks) + deviations,
-        "notes": list(args.note),
-    }
+    record = _record(args, plan, images, restorer, notices, configs, skipped)
     if args.ablation:
         _run_ablation(args, plan, images, restorer, lpips, record)
     else:
@@ -775,15 +784,7 @@ def run(args: argparse.Namespace) -> int:
         record["config"]["runtime"]["path_after"] = restorer.path.to_dict()  # fallbacks taken during the run
         if hasattr(os, "getloadavg"):
             record["config"]["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-
-    text = json.dumps(record, indent=1, allow_nan=False) + "\n"
-    from diffpir_rt.engine import write_text
-
-    results = write_text(plan.out / ("ablation.json" if args.ablation else "results.json"), text)
-    written = report.write_reports(json.loads(text), plan.out)  # reports derive from the JSON alone
-    if not args.quiet:
-        print((plan.out / ("ablation.md" if args.ablation else "summary.md")).read_text())
-        print(f"wrote {results}, " + ", ".join(str(p.name) for p in written) + (f", {len(record.get('grids', []))} grids" if record.get("grids") else ""))
+    _write_results(args, plan, record)
     return 0
 
 
@@ -793,7 +794,7 @@ def _method_info(restorer: Optional[Restorer], plan: _Plan, configs: dict[str, d
     info: dict[str, Any] = {}
     deviations: list[str] = []
     by_key = {spec.key: spec for spec in plan.tasks}
-    for name in REPORT_ORDER:
+    for name in report_order():
         if name not in plan.methods:
             continue
         if name in baselines.BASELINES:
@@ -814,14 +815,15 @@ def _method_info(restorer: Optional[Restorer], plan: _Plan, configs: dict[str, d
             default = method_config(restorer, by_key[key], name)
             for field_name, (value, was) in config_changes(config, default).items():
                 changed.setdefault((field_name, repr(value)), {}).setdefault(repr(was), []).append(key)
-            if name == "diffpir":
-                task = by_key[key].task
-                official = OFFICIAL_DEFAULTS[task]
-                d = restorer.task_defaults(task)
-                entry.setdefault("defaults", {})[task] = d.source
-                line = (f"diffpir {task}: the model card's tuned λ {d.lam:g}, ζ {d.zeta:g}, {d.steps} steps "
-                        f"(official: λ {official.lam:g}, ζ {official.zeta:g}, {official.steps} steps)")  # fmt: skip
-                if (d.lam, d.zeta, d.steps) != (official.lam, official.zeta, official.steps) and line not in card_lines:
+            spec = by_key[key]
+            tuned = restorer.tuned_defaults(name, spec.task)
+            if tuned:
+                entry.setdefault("defaults", {})[spec.task] = tuned.get("source", "the model's tuned defaults")
+                official = config_class(name).for_task(spec.task, spec.sigma_n, spec.scale_or_none).field_values()
+                differ = {k: v for k, v in tuned.items() if k in official and k != "sigma_n" and official[k] != v}
+                line = (f"{name} {spec.task}: the model's tuned " + ", ".join(f"{k} {v}" for k, v in differ.items()) +
+                        " (official: " + ", ".join(f"{k} {official[k]}" for k in differ) + ")")  # fmt: skip
+                if differ and line not in card_lines:
                     card_lines.append(line)
         if not entry["nfe"]:
             continue
@@ -861,7 +863,7 @@ def _run_table(args, plan: _Plan, images, restorer, task_plans, configs, lpips, 
                 fid_rows += _fid_rows(fid, dataset, spec, results)
             for r in results:  # free the images once used
                 r.outputs = r.gt = r.measurement = None
-    record["methods"] = [m for m in REPORT_ORDER if m in methods_seen]
+    record["methods"] = [m for m in report_order() if m in methods_seen]
     record["per_image"] = rows
     record["summary"] = report.summarize(rows, ("dataset", "scenario", "sigma_n", "method"))
     if fid_rows:
@@ -900,21 +902,25 @@ def _fid_rows(fid: metrics.FidFeatures, dataset: str, spec: Scenario, results: S
 
 
 def _run_ablation(args, plan: _Plan, images, restorer: Restorer, lpips, record: dict[str, Any]) -> None:
-    base = plan.overrides.get("diffpir", {})
+    """The default method's steps sweep, then its lam x zeta grid (at its steps for the task)."""
+    method = DEFAULT_METHOD
+    if not {"lam", "zeta"} <= set(config_class(method).field_names()):
+        raise DiffPIRError(f"--ablation: sweeps lam and zeta, which method {method} does not have")
+    base = plan.overrides.get(method, {})
     sweeps: list[tuple[str, Scenario, Any]] = []
     for spec in plan.tasks:
-        sweeps += [("steps", spec, method_config(restorer, spec, "diffpir", {**base, "steps": n})) for n in args.ablation_steps]
-        sweeps += [("lam_zeta", spec, method_config(restorer, spec, "diffpir", {**base, "lam": lam, "zeta": zeta}))
+        sweeps += [("steps", spec, method_config(restorer, spec, method, {**base, "steps": n})) for n in args.ablation_steps]
+        sweeps += [("lam_zeta", spec, method_config(restorer, spec, method, {**base, "lam": lam, "zeta": zeta}))
                    for lam in args.ablation_lam for zeta in args.ablation_zeta]  # fmt: skip
     total = sum(len(v) for v in images.values()) * len(sweeps)
     progress = _Progress(total, not args.quiet)
     rows: list[dict[str, Any]] = []
     for dataset, test_images in images.items():
         for sweep, spec, config in sweeps:
-            results = evaluate(restorer, spec, test_images, {"diffpir": config}, methods=["diffpir"], seed=args.seed,
+            results = evaluate(restorer, spec, test_images, {method: config}, methods=[method], seed=args.seed,
                                lpips=lpips, progress=progress)  # fmt: skip
             for r in results:
-                rows += r.rows(sweep=sweep, steps=config.steps, lam=config.lam, zeta=config.zeta)
-    record["methods"] = ["diffpir"]
+                rows += r.rows(sweep=sweep, steps=getattr(config, config_class(method).budget), lam=config.lam, zeta=config.zeta)
+    record["methods"] = [method]
     record["per_image"] = rows
     record["ablation"] = report.summarize(rows, ("dataset", "scenario", "sigma_n", "sweep", "steps", "lam", "zeta"))

@@ -19,11 +19,17 @@ def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _fmt_list(values: Optional[list[float]]) -> str:
+    return "–" if not values else " / ".join(f"{v:.2f}" for v in values)
+
+
 def one_line(r: dict[str, Any]) -> str:
     return (
         f"[I] {r['backend']} {r['task']} {r['size']}px b{r['batch']} {r['steps']} steps: "
         f"{r['per_image_ms']['median']:.2f} ms/img (p90 {r['per_image_ms']['p90']:.2f}), "
         f"{r['images_per_s']:.1f} img/s, UNet {_fmt(100 * r['unet_share'] if r['unet_share'] is not None else None, '.1f', '%')}"
+        + (f", {r['gflops']:.3g} GFLOP/s ({_fmt(100 * r['fraction_of_peak'] if r.get('fraction_of_peak') is not None else None, '.1f', '%')} "
+           f"of the {r.get('precision')} peak)" if r.get("gflops") is not None else "")  # fmt: skip
     )
 
 
@@ -63,43 +69,81 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def peak_text(meta: dict[str, Any]) -> str:
+    """What the compute fractions are fractions of: a stated peak, or this machine's measured one."""
+    if meta.get("peak_tflops"):
+        return f"{meta['peak_tflops']:.0f} TFLOP/s ({meta.get('peak_note') or 'stated'})"
+    peaks = meta.get("peaks") or {}
+    if not peaks:
+        return "– (no peak given or measured)"
+    parts = []
+    for threads, found in sorted(peaks.items(), key=lambda item: int(item[0])):
+        rates = ", ".join(f"{p} {v['gflops']:.0f} GFLOP/s" for p, v in found["peak"].items())
+        parts.append(f"{threads} thread(s): {rates}")
+    return "this machine's peak of the arm's precision, measured in this run (" + "; ".join(parts) + ")"
+
+
+def thread_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the thread-scaling rows: each arm against itself at its fewest threads."""
+    rows = [r for r in results if "error" not in r and r.get("thread_scaling_base") and r.get("threads") != r["thread_scaling_base"]]
+    if not rows:
+        return []
+    lines = ["", "## Threads", "", "| backend | task | size | threads | median ms/img | × itself at fewer threads | "
+             "efficiency (× / thread ratio) | % peak |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        efficiency = r["thread_scaling"] / (r["threads"] / r["thread_scaling_base"])
+        fraction = 100 * r["compute_fraction"] if r.get("compute_fraction") is not None else None
+        lines.append(f"| {r['backend']} | {r['task']} | {r['size']} | {r['threads']} (vs {r['thread_scaling_base']}) | "
+                     f"{r['per_image_ms']['median']:.2f} | {r['thread_scaling']:.2f} | {efficiency:.2f} | {_fmt(fraction, '.1f')} |")  # fmt: skip
+    return lines
+
+
 def markdown(document: dict[str, Any]) -> str:
     meta, results = document.get("meta", {}), document.get("results", [])
     get = meta.get
     args = get("args") or {}
+    unit = "TFLOP/s" if str(get("device", "")).startswith("cuda") else "GFLOP/s"
     device = get("device_name") or get("cpu") or get("device")
     lines = [
         f"# DiffPIR latency: {get('arch')} on {device}",
         "",
         f"- date {get('date_utc')}, commit {get('git_commit')}, torch {get('torch')}, CUDA {get('cuda', '–')}, "
         f"cuDNN {get('cudnn', '–')}, CuPy {get('cupy')}, Python {get('python')}",
+        f"- load average (1/5/15 min) at start {_fmt_list(get('load_average'))}, at end {_fmt_list(get('load_average_at_end'))}",
         f"- torch threads {get('torch_threads')}"
         + (f", cuDNN benchmark {get('cudnn_benchmark')}, cuDNN TF32 {get('cudnn_allow_tf32')}, matmul TF32 "
            f"{get('matmul_allow_tf32')}" if get("cuda") else ""),  # fmt: skip
         f"- baseline `{get('baseline')}` (the fp32 eager reference loop); speedups are baseline/candidate per image, same run",
-        f"- compute fraction against {_fmt(get('peak_tflops'), '.0f', ' TFLOP/s')} "
-        f"({get('peak_note') or 'no peak given'}); FLOPs counted per UNet call",
-        f"- {args.get('warmup')} warm-up + {args.get('repeats')} timed restorations per row; "
+        f"- compute fraction against {peak_text(meta)}; FLOPs counted once per UNet call (torch.utils.flop_counter); "
+        "FLOP/s over the whole restoration, and over the UNet's own time (UNet % peak)",
+        f"- {args.get('warmup')} warm-up + {args.get('repeats')} timed restorations per row, "
+        f"{'arms interleaved per round' if args.get('order', 'sequential') == 'interleaved' else 'arm by arm'}; "
         "UNet share from a separate profiling pass",
         "",
-        "| backend | task | size | batch | steps | median ms/img | p90 ms/img | img/s | UNet % | peak MiB | "
-        "× baseline | × compile | TFLOP/s | % peak | PSNR vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| backend | task | size | batch | steps | threads | median ms/img | p90 ms/img | img/s | UNet % | peak MiB | "
+        f"× baseline | × compile | {unit} | % peak | UNet % peak | PSNR vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        head = f"| {r['backend']} | {r['task']} | {r['size']} | {r['batch']} | {r['steps']} |"
+        head = f"| {r['backend']} | {r['task']} | {r['size']} | {r['batch']} | {r['steps']} | {_fmt(r.get('threads'), 'd')} |"
         if "error" in r:
-            lines.append(f"{head} {r['error'][:80]} |" + " |" * 9)
+            lines.append(f"{head} {r['error'][:80]} |" + " |" * 10)
             continue
         share = 100 * r["unet_share"] if r.get("unet_share") is not None else None
         fraction = 100 * r["compute_fraction"] if r.get("compute_fraction") is not None else None
+        unet_fraction = 100 * r["unet_fraction_of_peak"] if r.get("unet_fraction_of_peak") is not None else None
         psnr = "identical" if r.get("output_identical_to_baseline") else _fmt(r.get("psnr_vs_baseline_db"), ".1f", " dB")
+        rate = r["tflops"] * (1 if unit == "TFLOP/s" else 1e3)
         lines.append(
             f"{head} {r['per_image_ms']['median']:.2f} | {r['per_image_ms']['p90']:.2f} | {r['images_per_s']:.1f} | "
             f"{_fmt(share, '.1f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} | {_fmt(r.get('speedup_vs_baseline'), '.2f')} | "
-            f"{_fmt(r.get('speedup_vs_compile'), '.2f')} | {r['tflops']:.3g} | {_fmt(fraction, '.1f')} | {psnr} |"
+            f"{_fmt(r.get('speedup_vs_compile'), '.2f')} | {rate:.3g} | {_fmt(fraction, '.1f')} | {_fmt(unet_fraction, '.1f')} | {psnr} |"
         )
+    lines += thread_table(results)
     lines += size_table(results)
+    from .peak import markdown_lines
+
+    lines += markdown_lines({int(k): v for k, v in (get("peaks") or {}).items()})
     checks = targets(document)
     if checks:
         lines += ["", "## Targets", "", "| target | value | met | backend |", "|---|---|---|---|"]

@@ -28,7 +28,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from diffpir_rt.engine import DiffPIRConfig, ModelSource, argtypes, build_operator, degrade
+from diffpir_rt.engine import TASKS, ModelSource, degrade, get_task
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.runtime import Restorer
 
@@ -83,12 +84,8 @@ def masked_psnr(gt: np.ndarray, out: np.ndarray, mask: np.ndarray) -> float:
 
 
 def problem(task: str, x: torch.Tensor, sigma_n: float) -> tuple[Any, torch.Tensor]:
-    if task == "sr":
-        op = build_operator("sr", scale=4)
-    elif task == "deblur":
-        op = build_operator("deblur", kernel=degrade.gaussian_kernel(0, size=61))
-    else:
-        raise DiffPIRError(f"--tasks {task}: expected sr or deblur")
+    """The task's seeded synthetic operator (engine.Task.synthetic_operator) and its noisy measurement of x."""
+    op = get_task(task).synthetic_operator(*x.shape[-2:])
     g = torch.Generator().manual_seed(NOISE_SEED)
     y = op.forward(x[None].double()).float()
     return op, y + sigma_n * torch.randn(y.shape, generator=g)
@@ -134,9 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         x = load_image(args.data, name, args.size)
         gt = to_hwc_uint8(x)
         for task in args.tasks:
-            d = source.task_defaults(task)
-            op, y = problem(task, x, d.sigma_n)
-            config = DiffPIRConfig(lam=d.lam, zeta=d.zeta, sigma_n=d.sigma_n, steps=args.steps)
+            config = whole.config(task, steps=args.steps)
+            op, y = problem(task, x, config.sigma_n)
             outs, seconds = {}, {}
             for label, restorer in (("untiled", whole), ("tiled", tiled)):
                 start = time.perf_counter()
@@ -148,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             plan = tiled.tiling.wrap(tiled.denoiser).plan(args.size, args.size)
             mask = seam_mask(args.size, args.size, list(plan.rows), list(plan.cols), (plan.tile_h, plan.tile_w))
             a, b = to_hwc_uint8(outs["untiled"]), to_hwc_uint8(outs["tiled"])
-            border = 4 if task == "sr" else 0  # docs/algorithm.md §9: SR shaves sf pixels
+            border = get_task(task).shave(op)  # SR shaves sf pixels (docs/algorithm.md §9)
             row = {
                 "image": f"McMaster/{name}", "task": task, "size": args.size, "steps": args.steps,
                 "psnr_untiled": metrics.psnr(gt, a, border), "psnr_tiled": metrics.psnr(gt, b, border),
@@ -223,16 +219,16 @@ def markdown(document: dict[str, Any], grid: Optional[Path]) -> str:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argtypes.OneLineParser(prog="python -m diffpir_rt.benchmarks.tiling_check", description=__doc__.split("\n\n")[0],
+    parser = cliargs.OneLineParser(prog="python -m diffpir_rt.benchmarks.tiling_check", description=__doc__.split("\n\n")[0],
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--data", type=Path, default=DATA, help="McMaster folder")
     parser.add_argument("--images", nargs="+", default=["1", "5"], help="image names (file stems)")
-    parser.add_argument("--tasks", nargs="+", default=["sr", "deblur"], choices=("sr", "deblur"))
-    parser.add_argument("--size", type=argtypes.positive_int, default=512, help="images are resized to size x size")
-    parser.add_argument("--steps", type=argtypes.num_steps, default=20)
-    parser.add_argument("--tile", type=argtypes.positive_int, default=128)
-    parser.add_argument("--overlap", type=argtypes.non_negative_int, default=16)
-    parser.add_argument("--threads", type=argtypes.positive_int, default=1)
+    parser.add_argument("--tasks", nargs="+", default=["sr", "deblur"], choices=tuple(TASKS))
+    parser.add_argument("--size", type=cliargs.positive_int, default=512, help="images are resized to size x size")
+    parser.add_argument("--steps", type=cliargs.num_steps, default=20)
+    parser.add_argument("--tile", type=cliargs.positive_int, default=128)
+    parser.add_argument("--overlap", type=cliargs.non_negative_int, default=16)
+    parser.add_argument("--threads", type=cliargs.positive_int, default=1)
     parser.add_argument("--out-dir", type=Path, default=OUT)
     return harness.parse_script_args(parser, argv)
 

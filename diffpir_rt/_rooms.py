@@ -8,14 +8,19 @@ tests/test_layering.py walks every import and holds the code to this table.
 
 from __future__ import annotations
 
-#: room -> rank. "errors" and this module are the floor every room may stand on;
-#: "cli" assembles the sub-commands of every room, so it sits on top.
+#: room -> rank. "errors" and this module are the floor every room may stand on, "params"
+#: (how a user parameter is declared) the step above it; "cliargs" (argparse, generated from
+#: the declarations) serves the command-line modules of every room from export up, and is
+#: no part of the engine's or the runtime's public API; "cli" assembles the sub-commands
+#: of every room, so it sits on top.
 ROOM_RANKS: dict[str, int] = {
     "errors": 0,
     "_rooms": 0,
+    "params": 1,
     "client": 1,
     "kernels": 1,
     "engine": 2,
+    "cliargs": 2,
     "export": 3,
     "runtime": 4,
     "training": 5,

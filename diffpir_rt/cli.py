@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from diffpir_rt import __version__
-from diffpir_rt.engine.argtypes import OneLineParser
+from diffpir_rt.cliargs import OneLineParser
 from diffpir_rt.errors import DiffPIRError
 
 #: (module, registrar): each registrar adds its sub-parsers and sets `handler`.
@@ -35,7 +35,8 @@ def version_text() -> str:
     return f"diffpir-rt {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole command line; `argv` lets a sub-command tailor its --help (restore --help --method NAME)."""
     parser = OneLineParser(
         prog="diffpir",
         description="DiffPIR-RT: diffusion plug-and-play image restoration (deblur, SR, inpaint, denoise).",
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for module, name in REGISTRARS:
-        getattr(importlib.import_module(module), name)(subparsers)
+        getattr(importlib.import_module(module), name)(subparsers, argv)
     for sub in subparsers.choices.values():
         # -v is accepted after the sub-command too; SUPPRESS keeps the top-level value otherwise.
         if "-v" not in sub._option_string_actions and "+" not in sub.prefix_chars:
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a one-line argument error: a code, not an exit

@@ -24,3 +24,7 @@ class DiffPIRError(ValueError):
 
     def __init__(self, message: object = "", *args: object) -> None:
         super().__init__(one_line(str(message)), *args)
+
+
+class TooLargeError(DiffPIRError):
+    """An input beyond a size limit (pixels, values, bytes): a service answers it 413."""

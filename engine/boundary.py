@@ -27,9 +27,10 @@ one FFT pair per iteration (the mask), and the conj(K̂)-before-division orderin
 engine's residual form, so float32 roundoff is amplified by at most 1/(2√ρ), not 1/ρ.
 No data-dependent Python control flow: the CUDA-graph runtime records it as it is.
 
-Methods: DiffPIR (the prox), DPIR (the prox) and DPS (A and Aᵀ) run on it; methods that need
-closed forms of A (the pseudo-inverse, singular values, range filters, (AAᵀ + μ)⁻¹: DDRM,
-DDNM, DMPS, ILVR) are refused with a pointer to `--boundary circular`.
+Methods whose config declares the `extended_boundary` capability run on it (they use only its
+prox, or A and Aᵀ: DiffPIR, DPIR, DPS); methods that need closed forms of A (the
+pseudo-inverse, singular values, range filters, (AAᵀ + μ)⁻¹) are refused with a pointer to
+`--boundary circular`.
 
 The study behind the choice (strategies measured: circular, reflect, cross-fade, edgetaper,
 masked): docs/algorithm.md §11 and benchmarks/results/boundary/.
@@ -49,8 +50,8 @@ from diffpir_rt.errors import DiffPIRError
 from .operators import RCOND, Deblur, _batch_param, check_image_batch
 
 __all__ = [
-    "BOUNDARIES", "DEFAULT_PCG_ITERS", "MASKED_METHODS", "ExtendedDeblur", "MaskedFourierDataStep", "apply_boundary",
-    "edgetaper_extend", "good_size", "kernel_radius", "pads_for", "reflect_extend", "resolve_boundary", "taper_weights",
+    "BOUNDARIES", "DEFAULT_PCG_ITERS", "ExtendedDeblur", "MaskedFourierDataStep",
+    "edgetaper_extend", "good_size", "kernel_radius", "pads_for", "reflect_extend", "taper_weights",
 ]  # fmt: skip
 
 #: `--boundary` choices: auto (extend for deblurring with a method that can, else circular),
@@ -58,8 +59,6 @@ __all__ = [
 BOUNDARIES = ("auto", "circular", "extend")
 #: PCG iterations per data step (measured: 5 ≈ 10 ≈ 20 with the edgetaper warm start; 10 for margin).
 DEFAULT_PCG_ITERS = 10
-#: Methods that run on the masked data step: they use only its prox (diffpir, dpir) or A and Aᵀ (dps).
-MASKED_METHODS = ("diffpir", "dps", "dpir")
 _TINY = 1e-30
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
@@ -155,7 +154,7 @@ def edgetaper_extend(y: Tensor, pads: Pads, otf: Tensor) -> Tensor:
 def _refusal(what: str) -> str:
     return (
         f"{what}: needs a closed form of the blur model that the boundary-aware (masked) deblurring does not have; "
-        f"use --boundary circular, or --method {', '.join(MASKED_METHODS[:-1])} or {MASKED_METHODS[-1]}"
+        "use --boundary circular, or a method that runs on it (--help --method NAME says)"
     )
 
 
@@ -166,29 +165,48 @@ class MaskedFourierDataStep:
     K is circular convolution on the extended (H, W) grid, S keeps the frame
     [top, top + h) × [left, left + w) (Sᵀ S = M, the mask). The prox
     argmin_x ||y - A x||² + ρ ||x - x0||² solves (KᵀMK + ρ) x = KᵀM y_ext + ρ x0; in
-    residual form, x = x0 + d with (KᵀMK + ρ) d = KᵀM (y_ext - K x0). d starts at the
-    circular closed form on y_ext, conj(K̂)(Ŷ_ext - K̂ X̂0) / (|K̂|² + ρ), and takes `iters`
-    conjugate-gradient steps preconditioned by (KᵀK + ρ)⁻¹ = F⁻¹ diag(1 / (|K̂|² + ρ)) F.
-    All vectors live as rfft2 spectra; inner products use Parseval's weights.
+    residual form, x = x0 + d with (KᵀMK + ρ) d = KᵀM (y_ext - K x0).
 
-    Tensor fields only, plus static ints, so the graph runtime's static copy works; per-sample
-    kernels are a batch dimension on otf / otf_abs2 as in FourierDataStep.
+    The solve (`correction`) has three parts, each replaceable on its own (a masked SR step
+    would swap K for "blur, then decimate" and the preconditioner for its own closed form):
+
+    1. *Warm start*: d₀ = the circular closed form on the warm-start measurement w,
+       conj(K̂)(Ŵ - K̂ X̂0) / (|K̂|² + ρ), i.e. the exact prox if the pads held w.
+    2. *PCG*: `iters` conjugate-gradient steps on the masked system, preconditioned by the
+       circular solve (KᵀK + ρ)⁻¹ = F⁻¹ diag(1 / (|K̂|² + ρ)) F; one FFT pair each (M).
+    3. *Carry*: w := M y_ext + (1 - M) K x, the frame of the measurement with the pads filled
+       by the blur of this step's solution, for the next call's warm start. No FFT: M K x is
+       tracked through the PCG's own updates. `begin_loop` (run_steps calls it at each loop's
+       start) sets w back to y_ext, the edgetaper extension, so every restoration starts the
+       same way and the first call is the stateless solve.
+
+    The denoiser's estimate moves little between steps once the schedule is past its first
+    few, so the carried pads are nearly right and 3 iterations do what 10 did from y_ext
+    (docs/algorithm.md §11, benchmarks/results/boundary_cost/).
+
+    All vectors live as rfft2 spectra; inner products use Parseval's weights. Tensor fields
+    only, plus static values, so the graph runtime's static copy works: the carried w is
+    one more buffer, written in place (no data-dependent control flow). Per-sample kernels
+    are a batch dimension on otf / otf_abs2 as in FourierDataStep.
     """
 
     otf: Tensor  # (Bk, 1, H, W//2+1) complex: rfft2 OTF of the kernel on the extended grid
     otf_abs2: Tensor  # (Bk, 1, H, W//2+1) real: |otf|², the diagonal of KᵀK
     mask: Tensor  # (1, 1, H, W) real: M, 1 on the frame and 0 on the pads
     hermitian: Tensor  # (1, 1, 1, W//2+1) real: Parseval weights of the rfft2 columns (1 or 2)
-    y_ext_spectrum: Tensor  # (B, C, H, W//2+1) complex: rfft2(y_ext), for the warm start
+    y_ext_spectrum: Tensor  # (B, C, H, W//2+1) complex: rfft2(y_ext), the first warm start
     kt_my_spectrum: Tensor  # (B, C, H, W//2+1) complex: rfft2(KᵀM y_ext) = rfft2(Aᵀ y)
+    my_spectrum: Tensor  # (B, C, H, W//2+1) complex: rfft2(M y_ext) = rfft2(Sᵀ y), y zero-filled (kernel-free)
+    warm_spectrum: Tensor  # (B, C, H, W//2+1) complex, carried: rfft2(w), the next warm start's measurement
     y: Tensor  # (B, C, h, w): the measured frame
     top: int
     left: int
     iters: int = DEFAULT_PCG_ITERS
+    carry: bool = True  # update w after each solve (False: every call starts from y_ext)
 
-    #: The sampler's operator family and the methods that can run on this data step.
+    #: The sampler's operator family, and the method capability this data step requires.
     family: ClassVar[str] = "fourier"
-    methods: ClassVar[tuple[str, ...]] = MASKED_METHODS
+    requires: ClassVar[str] = "extended_boundary"
 
     @staticmethod
     def refusal(method: str) -> str:
@@ -201,32 +219,49 @@ class MaskedFourierDataStep:
         """argmin_x ||y - S K x||² + ρ ||x - x0||², x0 (B, C, H, W) in [0, 1]."""
         return x0 + torch.fft.irfft2(self.correction(torch.fft.rfft2(x0), rho), s=x0.shape[-2:])
 
+    def begin_loop(self) -> None:
+        """Start the carried warm start afresh (from the edgetaper extension): the reverse loop
+        calls this before its first step, so a restoration never sees another's state."""
+        self.warm_spectrum.copy_(self.y_ext_spectrum)
+
     def _masked(self, spectrum: Tensor) -> Tensor:
         """rfft2(M · irfft2(spectrum))."""
         return torch.fft.rfft2(self.mask * torch.fft.irfft2(spectrum, s=self.mask.shape[-2:]))
 
     def _dot(self, a: Tensor, b: Tensor) -> Tensor:
-        """⟨irfft2(a), irfft2(b)⟩ per (image, channel), times H·W (the scale cancels in CG's ratios)."""
-        return (self.hermitian * (a.real * b.real + a.imag * b.imag)).sum(dim=(-2, -1), keepdim=True)
+        """⟨irfft2(a), irfft2(b)⟩ per (image, channel), times H·W (the scale cancels in CG's ratios),
+        as a complex (B, C, 1, 1) tensor with zero imaginary part: real · complex products take
+        a slow mixed-dtype path in torch, complex · complex a fast one."""
+        weights = self.hermitian[0, 0, 0].repeat_interleave(2)  # (re, im) of each column (the graph runtime widens row 0)
+        products = torch.view_as_real(a) * torch.view_as_real(b)
+        total = torch.matmul(products.flatten(-2), weights).sum(-1)
+        return total[..., None, None].to(a.dtype)
 
     def correction(self, x0_spectrum: Tensor, rho: float | Tensor) -> Tensor:
         """The spectrum of d = x - x0 (see the class docstring), given rfft2(x0)."""
         otf, otf_c = self.otf, self.otf.conj()
-        denominator = self.otf_abs2 + rho
-        d = otf_c * (self.y_ext_spectrum - otf * x0_spectrum) / denominator  # the circular prox on y_ext
-        r = self.kt_my_spectrum - otf_c * self._masked(otf * (x0_spectrum + d)) - rho * d  # b - (KᵀMK + ρ) d
-        z = r / denominator
+        # 1 / (|K̂|² + ρ) once per call, as complex: multiplying by it is the preconditioner
+        # (and the circular solve); conj(K̂) still comes before it (the residual form's order).
+        inverse = (1.0 / (self.otf_abs2 + rho)).to(x0_spectrum.dtype)
+        d = otf_c * (self.warm_spectrum - otf * x0_spectrum) * inverse  # 1. the circular prox on w
+        masked_kx = self._masked(otf * (x0_spectrum + d))  # rfft2(M K x), kept current below
+        r = self.kt_my_spectrum - otf_c * masked_kx - rho * d  # b - (KᵀMK + ρ) d
+        z = r * inverse
         p = z
         rz = self._dot(r, z)
-        for _ in range(self.iters):  # a fixed count: no data-dependent control flow
-            q = otf_c * self._masked(otf * p) + rho * p
-            alpha = rz / self._dot(p, q).clamp_min(_TINY)
-            d = d + alpha * p
-            r = r - alpha * q
-            z = r / denominator
+        for _ in range(self.iters):  # 2. PCG, a fixed count: no data-dependent control flow
+            masked_kp = self._masked(otf * p)
+            q = otf_c * masked_kp + rho * p
+            alpha = rz / self._dot(p, q).real.clamp_min(_TINY).to(rz.dtype)
+            d = torch.addcmul(d, alpha, p)
+            r = torch.addcmul(r, -alpha, q)
+            masked_kx = torch.addcmul(masked_kx, alpha, masked_kp)
+            z = r * inverse
             rz_next = self._dot(r, z)
-            p = z + (rz_next / rz.clamp_min(_TINY)) * p
+            p = torch.addcmul(z, rz_next / rz.real.clamp_min(_TINY).to(rz.dtype), p)
             rz = rz_next
+        if self.carry:  # 3. w = M y_ext + (1 - M) K x: the frame's data, the pads' blur of x
+            self.warm_spectrum.copy_((otf * (x0_spectrum + d) - masked_kx + self.my_spectrum).detach())
         return d
 
     # ------------------------------------------------------------------ the linear algebra of A
@@ -287,6 +322,8 @@ class ExtendedDeblur:
         deblur: the Deblur operator (one kernel, or one per sample).
         multiple: the UNet's size multiple; the extended size is a multiple of it (no model padding).
         iters: PCG iterations per data step.
+        carry: warm-start each data step from the previous step's solution (the pads filled by
+            its blur); False starts every step from the edgetaper extension.
     """
 
     pad_mode = "circular"
@@ -294,18 +331,22 @@ class ExtendedDeblur:
     boundary = "extend"
     sf = 1
 
-    def __init__(self, deblur: Deblur, multiple: int = 16, iters: int = DEFAULT_PCG_ITERS) -> None:
+    def __init__(self, deblur: Deblur, multiple: int = 16, iters: int = DEFAULT_PCG_ITERS, carry: bool = True) -> None:
         if not isinstance(deblur, Deblur):
             raise DiffPIRError(f"--boundary extend: applies to deblurring (a Deblur operator), not to {type(deblur).__name__}")
         for name, value, low in (("multiple", multiple, 1), ("iters", iters, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DiffPIRError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if not isinstance(carry, bool):
+            raise DiffPIRError(f"carry: expected True or False, got {carry!r}")
         self.inner = deblur
         self.multiple = multiple
         self.iters = iters
+        self.carry = carry
 
     def __repr__(self) -> str:
-        return f"ExtendedDeblur(kernel {tuple(self.kernel.shape)}, multiple {self.multiple}, iters {self.iters})"
+        return (f"ExtendedDeblur(kernel {tuple(self.kernel.shape)}, multiple {self.multiple}, iters {self.iters}, "
+                f"carry {self.carry})")
 
     @property
     def kernel(self) -> Tensor:
@@ -353,17 +394,22 @@ class ExtendedDeblur:
         y_ext = edgetaper_extend(y, pads, otf)
         mask = torch.zeros(1, 1, height, width, device=y.device, dtype=y.dtype)
         mask[..., pads[0] : pads[0] + h, pads[2] : pads[2] + w] = 1
+        y_ext_spectrum = torch.fft.rfft2(y_ext)
+        my_spectrum = torch.fft.rfft2(mask * y_ext)
         return MaskedFourierDataStep(
             otf=otf,
             otf_abs2=otf_abs2,
             mask=mask,
             hermitian=_hermitian_weights(width).to(y.device, y.dtype),
-            y_ext_spectrum=torch.fft.rfft2(y_ext),
-            kt_my_spectrum=otf.conj() * torch.fft.rfft2(mask * y_ext),
+            y_ext_spectrum=y_ext_spectrum,
+            kt_my_spectrum=otf.conj() * my_spectrum,
+            my_spectrum=my_spectrum,
+            warm_spectrum=y_ext_spectrum.clone(),
             y=y,
             top=pads[0],
             left=pads[2],
             iters=self.iters,
+            carry=self.carry,
         )
 
     def prox(self, x0: Tensor, y: Tensor, rho: float | Tensor) -> Tensor:
@@ -386,43 +432,3 @@ class ExtendedDeblur:
     def output(self, x: Tensor, y_shape: Sequence[int]) -> Tensor:
         """The sampler's hook (engine.sampler.operator_output): the restored frame."""
         return self.crop(x, y_shape)
-
-
-# --------------------------------------------------------------------------- the policy
-
-
-def resolve_boundary(task: str, boundary: str = "auto", method: str = "diffpir") -> Optional[str]:
-    """The boundary model that runs: "extend", "circular", or None for tasks without a blur.
-
-    auto: extend for deblurring with a method that can run on it (MASKED_METHODS), circular
-    otherwise (SR: its 25×25 anti-aliasing kernel shows no border loss, measured in
-    docs/algorithm.md §11). An explicit extend that cannot run is refused.
-    """
-    from .tasks import check_task
-
-    check_task(task)
-    if boundary not in BOUNDARIES:
-        raise DiffPIRError(f"--boundary {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
-    if task in ("inpaint", "denoise"):
-        if boundary == "extend":
-            raise DiffPIRError(f"--boundary extend: applies to --task deblur (a {task} mask has no boundary model)")
-        return None
-    if task == "sr":
-        if boundary == "extend":
-            raise DiffPIRError(
-                "--boundary extend: applies to --task deblur; SR's anti-aliasing kernel loses nothing at the "
-                "border with the circular model (docs/algorithm.md §11)"
-            )
-        return "circular"
-    if boundary == "auto":
-        return "extend" if method in MASKED_METHODS else "circular"
-    if boundary == "extend" and method not in MASKED_METHODS:
-        raise DiffPIRError(MaskedFourierDataStep.refusal(method))
-    return boundary
-
-
-def apply_boundary(operator: Any, boundary: Optional[str], multiple: int = 1, iters: int = DEFAULT_PCG_ITERS) -> Any:
-    """`operator` under a resolved boundary: ExtendedDeblur for "extend", unchanged otherwise."""
-    if boundary == "extend":
-        return ExtendedDeblur(operator, multiple=multiple, iters=iters)
-    return operator

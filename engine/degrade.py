@@ -23,9 +23,9 @@ import scipy.io
 import scipy.ndimage
 from PIL import Image, ImageDraw, ImageFilter
 
-from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError, TooLargeError
 
-from .paths import check_input_file, read_npy_array, shown
+from .paths import InputFile, as_input, read_npy_array
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ MAX_MAT_BYTES = 256 * 1024 * 1024
 KERNEL_SUM_TOLERANCE = 1e-2
 
 
-def load_kernel(path: PathLike, index: int | None = None) -> np.ndarray:
+def load_kernel(path: PathLike | InputFile, index: int | None = None) -> np.ndarray:
     """Load a 2-D blur kernel as float32 from .npy, .png or .mat (MATLAB v5 or v7.3/HDF5).
 
     Every kernel file is used with sum 1: a kernel within 1% of it is returned as stored
@@ -373,12 +373,13 @@ def load_kernel(path: PathLike, index: int | None = None) -> np.ndarray:
     (0-based, MATLAB linear order), or a single numeric matrix.
 
     Args:
+        path: a path, or an InputFile (a path or uploaded bytes: the same reader for both).
         index: which kernel of a .mat cell; may be omitted when it holds one.
     """
-    p = check_input_file(path, "kernel")
-    suffix = p.suffix.lower()
+    p = as_input(path, "kernel")
+    suffix = _kernel_suffix(p)
     if index is not None and suffix != ".mat":
-        raise DiffPIRError(f"kernel {shown(p)}: index {index} given, but only .mat files hold several kernels")
+        raise DiffPIRError(f"kernel {p.name}: index {index} given, but only .mat files hold several kernels")
     if suffix == ".npy":
         k = read_npy_array(p, "kernel", ndim=(2,), max_elements=MAX_KERNEL_ELEMENTS)
     elif suffix == ".png":
@@ -386,8 +387,22 @@ def load_kernel(path: PathLike, index: int | None = None) -> np.ndarray:
     elif suffix == ".mat":
         k = _read_mat(p, index)
     else:
-        raise DiffPIRError(f"kernel {shown(p)}: unsupported suffix {suffix!r}; expected .npy, .png or .mat")
+        raise DiffPIRError(f"kernel {p.name}: unsupported suffix {suffix!r}; expected .npy, .png or .mat")
     return _validated_kernel(k, p, announce=suffix != ".png")
+
+
+def _kernel_suffix(p: InputFile) -> str:
+    """The kernel file's type: its name's suffix, else (an upload without one) its magic bytes."""
+    if p.suffix in (".npy", ".png", ".mat") or p.path is not None:
+        return p.suffix
+    head = p.head(1024)
+    if head.startswith(b"\x93NUMPY"):
+        return ".npy"
+    if head.startswith(b"\x89PNG"):
+        return ".png"
+    if head.startswith(b"MATLAB") or b"\x89HDF" in head:
+        return ".mat"
+    return p.suffix or ".npy"
 
 
 def bicubic_sr_kernel(sf: int) -> np.ndarray:
@@ -397,57 +412,54 @@ def bicubic_sr_kernel(sf: int) -> np.ndarray:
     return load_kernel(BICUBIC_KERNELS_FILE, sf - 2)
 
 
-def _read_png_kernel(p: Path) -> np.ndarray:
+def _read_png_kernel(p: InputFile) -> np.ndarray:
     """Grey levels of a PNG kernel (luma of an RGB one), divided by their sum."""
     from .imageio import _read_pixels  # the one guarded decoder: size limit, no warnings
 
     pixels, _ = _read_pixels(p, "kernel")
     if pixels.shape[0] * pixels.shape[1] > MAX_KERNEL_ELEMENTS:
-        raise DiffPIRError(f"kernel {shown(p)}: {pixels.shape[1]}x{pixels.shape[0]} is larger than kernels may be (4096x4096)")
+        raise TooLargeError(f"kernel {p.name}: {pixels.shape[1]}x{pixels.shape[0]} is larger than kernels may be (4096x4096)")
     rgb = pixels.astype(np.float64)
     k = rgb[..., 0] if (rgb[..., :1] == rgb).all() else rgb @ np.array([0.299, 0.587, 0.114])
     total = k.sum()
     if total <= 0:
-        raise DiffPIRError(f"kernel {shown(p)}: the image is all black; expected a kernel with a positive sum")
+        raise DiffPIRError(f"kernel {p.name}: the image is all black; expected a kernel with a positive sum")
     return k / total
 
 
-def _magic(p: Path, n: int) -> bytes:
-    with open(p, "rb") as f:
-        return f.read(n)
-
-
-def _pick(cells: np.ndarray, index: int | None, p: Path) -> np.ndarray:
+def _pick(cells: np.ndarray, index: int | None, p: InputFile) -> np.ndarray:
     """One entry of a flat list of kernels, with the count in every error."""
     n = len(cells)
     if n == 0:
-        raise DiffPIRError(f"kernel {shown(p)}: 'kernels' is empty; the file holds no kernel")
+        raise DiffPIRError(f"kernel {p.name}: 'kernels' is empty; the file holds no kernel")
     if n > MAX_KERNELS:
-        raise DiffPIRError(f"kernel {shown(p)}: 'kernels' lists {n:,} entries; at most {MAX_KERNELS:,} are read")
+        raise TooLargeError(f"kernel {p.name}: 'kernels' lists {n:,} entries; at most {MAX_KERNELS:,} are read")
     if index is None:
         if n != 1:
-            raise DiffPIRError(f"kernel {shown(p)}: holds {n} kernels; pass index 0..{n - 1} (--kernel-index)")
+            raise DiffPIRError(f"kernel {p.name}: holds {n} kernels; pass index 0..{n - 1} (--kernel-index)")
         index = 0
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
-        raise DiffPIRError(f"kernel {shown(p)}: index {index!r} out of range; the file holds {n} kernels (0..{n - 1})")
+        raise DiffPIRError(f"kernel {p.name}: index {index!r} out of range; the file holds {n} kernels (0..{n - 1})")
     return cells[index]
 
 
-def _read_mat(p: Path, index: int | None) -> np.ndarray:
-    size = p.stat().st_size
+def _read_mat(p: InputFile, index: int | None) -> np.ndarray:
+    size = p.size()
     if size > MAX_MAT_BYTES:
-        raise DiffPIRError(f"kernel {shown(p)}: a {size:,}-byte .mat file; kernel files are at most {MAX_MAT_BYTES:,} bytes")
+        raise TooLargeError(f"kernel {p.name}: a {size:,}-byte .mat file; kernel files are at most {MAX_MAT_BYTES:,} bytes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if _magic(p, 8) == b"\x89HDF\r\n\x1a\n" or h5py.is_hdf5(p):
+        # HDF5's signature sits at offset 0, or 512, 1024, 2048 after a user block (MATLAB v7.3 writes 512)
+        head = p.head(2056)
+        if any(head[at : at + 8] == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048)):
             return _read_mat_hdf5(p, index)
         return _read_mat_v5(p, index)
 
 
-def _check_mat_v5_sizes(p: Path) -> None:
+def _check_mat_v5_sizes(p: InputFile) -> None:
     """Walk a MATLAB v5 file's top-level variables; a compressed one that expands beyond
     MAX_MAT_BYTES (a zip bomb) is refused before scipy inflates it into memory."""
-    with open(p, "rb") as f:
+    with p.open() as f:
         header = f.read(128)
         if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
             return  # not v5 (v4 has no compression): scipy says what it is
@@ -473,50 +485,55 @@ def _check_mat_v5_sizes(p: Path) -> None:
                 except zlib.error:
                     return  # corrupt: scipy reports it
                 if expanded > MAX_MAT_BYTES:
-                    raise DiffPIRError(
-                        f"kernel {shown(p)}: a compressed variable expands beyond {MAX_MAT_BYTES:,} bytes (a zip bomb?)"
+                    raise TooLargeError(
+                        f"kernel {p.name}: a compressed variable expands beyond {MAX_MAT_BYTES:,} bytes (a zip bomb?)"
                     )
 
 
-def _read_mat_v5(p: Path, index: int | None) -> np.ndarray:
+def _read_mat_v5(p: InputFile, index: int | None) -> np.ndarray:
     _check_mat_v5_sizes(p)
     try:
-        contents = scipy.io.loadmat(p, variable_names=["kernels"])
-        names = [] if "kernels" in contents else sorted(name for name, _, _ in scipy.io.whosmat(p))
+        with p.open() as f:
+            contents = scipy.io.loadmat(f, variable_names=["kernels"])
+        if "kernels" in contents:
+            names = []
+        else:
+            with p.open() as f:
+                names = sorted(name for name, _, _ in scipy.io.whosmat(f))
     except Exception as e:  # scipy's parser fed arbitrary bytes: ValueError, TypeError, MatReadError, ...
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-        raise DiffPIRError(f"kernel {shown(p)}: cannot read MATLAB file, corrupt or truncated ({detail})") from None
+        raise DiffPIRError(f"kernel {p.name}: cannot read MATLAB file, corrupt or truncated ({detail})") from None
     if "kernels" not in contents:
-        raise DiffPIRError(f"kernel {shown(p)}: no variable 'kernels' (found {names[:5]}); expected a cell array 'kernels'")
+        raise DiffPIRError(f"kernel {p.name}: no variable 'kernels' (found {names[:5]}); expected a cell array 'kernels'")
     kernels = contents["kernels"]
     if not isinstance(kernels, np.ndarray):
-        raise DiffPIRError(f"kernel {shown(p)}: 'kernels' is a {type(kernels).__name__}; expected a cell array or matrix")
+        raise DiffPIRError(f"kernel {p.name}: 'kernels' is a {type(kernels).__name__}; expected a cell array or matrix")
     if kernels.dtype == object:  # a cell array; MATLAB's linear order is column-major
         return np.asarray(_pick(kernels.ravel(order="F"), index, p))
     return _pick(np.asarray([kernels]), index, p)
 
 
-def _read_mat_hdf5(p: Path, index: int | None) -> np.ndarray:
+def _read_mat_hdf5(p: InputFile, index: int | None) -> np.ndarray:
     """MATLAB v7.3: HDF5 stores every array transposed (column-major), so each kernel is .T.
     Shapes and types are checked on the datasets' headers before their data is read."""
     try:
-        with h5py.File(p, "r") as f:
+        with p.open() as handle, h5py.File(handle, "r") as f:
             if "kernels" not in f:
                 raise DiffPIRError(
-                    f"kernel {shown(p)}: no variable 'kernels' (found {sorted(f.keys())[:5]}); expected a cell array 'kernels'"
+                    f"kernel {p.name}: no variable 'kernels' (found {sorted(f.keys())[:5]}); expected a cell array 'kernels'"
                 )
             kernels = f["kernels"]
             if not isinstance(kernels, h5py.Dataset):
                 kind = type(kernels).__name__
-                raise DiffPIRError(f"kernel {shown(p)}: 'kernels' is a {kind}; expected a cell array or matrix")
+                raise DiffPIRError(f"kernel {p.name}: 'kernels' is a {kind}; expected a cell array or matrix")
             if h5py.check_dtype(ref=kernels.dtype) is not None:
                 # a MATLAB (1, n) cell is stored as (n, 1) references; C order = MATLAB linear order
                 if kernels.size > MAX_KERNELS:
-                    raise DiffPIRError(f"kernel {shown(p)}: 'kernels' lists {kernels.size:,} entries; at most {MAX_KERNELS:,} are read")
+                    raise TooLargeError(f"kernel {p.name}: 'kernels' lists {kernels.size:,} entries; at most {MAX_KERNELS:,} are read")
                 ref = _pick(kernels[()].ravel(), index, p)
                 target = f[ref]
                 if not isinstance(target, h5py.Dataset):
-                    raise DiffPIRError(f"kernel {shown(p)}: kernel {index or 0} is a {type(target).__name__}; expected a matrix")
+                    raise DiffPIRError(f"kernel {p.name}: kernel {index or 0} is a {type(target).__name__}; expected a matrix")
                 return _hdf5_matrix(target, p).T
             _pick(np.empty(1), index, p)  # one matrix: index must be None or 0
             return _hdf5_matrix(kernels, p).T
@@ -524,47 +541,47 @@ def _read_mat_hdf5(p: Path, index: int | None) -> np.ndarray:
         raise
     except Exception as e:  # h5py on arbitrary bytes: OSError, ValueError, KeyError, TypeError, ...
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-        raise DiffPIRError(f"kernel {shown(p)}: cannot read MATLAB v7.3 file, corrupt or truncated ({detail})") from None
+        raise DiffPIRError(f"kernel {p.name}: cannot read MATLAB v7.3 file, corrupt or truncated ({detail})") from None
 
 
-def _hdf5_matrix(dataset, p: Path) -> np.ndarray:
+def _hdf5_matrix(dataset, p: InputFile) -> np.ndarray:
     """A dataset's values, after its header says they are a modest real 2-D matrix."""
     if dataset.dtype.kind not in "buif" or dataset.dtype.fields is not None:
         kind = "complex numbers" if dataset.dtype.fields is not None else f"dtype {dataset.dtype}"
-        raise DiffPIRError(f"kernel {shown(p)}: holds {kind}; expected real numbers")
+        raise DiffPIRError(f"kernel {p.name}: holds {kind}; expected real numbers")
     if dataset.size > MAX_KERNEL_ELEMENTS:
-        raise DiffPIRError(
-            f"kernel {shown(p)}: declares {dataset.size:,} values (shape {dataset.shape}); at most {MAX_KERNEL_ELEMENTS:,} are read"
+        raise TooLargeError(
+            f"kernel {p.name}: declares {dataset.size:,} values (shape {dataset.shape}); at most {MAX_KERNEL_ELEMENTS:,} are read"
         )
     return np.asarray(dataset[()])
 
 
-def _validated_kernel(k: np.ndarray, p: Path, announce: bool = True) -> np.ndarray:
+def _validated_kernel(k: np.ndarray, p: InputFile, announce: bool = True) -> np.ndarray:
     """A finite real 2-D kernel with a positive sum, as float32 with sum 1 (see load_kernel)."""
     k = np.asarray(k)
     if k.dtype == object or k.dtype.kind not in "buif" or k.dtype.fields is not None:
         kind = "complex numbers" if k.dtype.kind == "c" else f"dtype {k.dtype}"
-        raise DiffPIRError(f"kernel {shown(p)}: holds {kind}; expected real numbers")
+        raise DiffPIRError(f"kernel {p.name}: holds {kind}; expected real numbers")
     if k.ndim != 2 or k.size == 0:
-        raise DiffPIRError(f"kernel {shown(p)}: expected a non-empty 2-D array, got shape {k.shape}")
+        raise DiffPIRError(f"kernel {p.name}: expected a non-empty 2-D array, got shape {k.shape}")
     if k.size > MAX_KERNEL_ELEMENTS:
-        raise DiffPIRError(f"kernel {shown(p)}: {k.shape[1]}x{k.shape[0]} is larger than kernels may be (4096x4096)")
+        raise TooLargeError(f"kernel {p.name}: {k.shape[1]}x{k.shape[0]} is larger than kernels may be (4096x4096)")
     with np.errstate(all="ignore"):  # overflow is refused below, in words, not printed as a warning
         if k.dtype.kind == "f" and not np.isfinite(k).all():
-            raise DiffPIRError(f"kernel {shown(p)}: {int((~np.isfinite(k)).sum())} NaN or Inf value(s); expected finite values")
+            raise DiffPIRError(f"kernel {p.name}: {int((~np.isfinite(k)).sum())} NaN or Inf value(s); expected finite values")
         values = k.astype(np.float64)
         if not np.isfinite(values).all():
-            raise DiffPIRError(f"kernel {shown(p)}: values beyond the float64 range")
+            raise DiffPIRError(f"kernel {p.name}: values beyond the float64 range")
         total = float(values.sum())
         if not math.isfinite(total):
-            raise DiffPIRError(f"kernel {shown(p)}: values so large that their sum overflows; expected a sum of about 1")
+            raise DiffPIRError(f"kernel {p.name}: values so large that their sum overflows; expected a sum of about 1")
         if not total > 0:
-            raise DiffPIRError(f"kernel {shown(p)}: sums to {total:g}; expected a positive sum (about 1)")
+            raise DiffPIRError(f"kernel {p.name}: sums to {total:g}; expected a positive sum (about 1)")
         if abs(total - 1.0) > KERNEL_SUM_TOLERANCE:
             if announce:
-                logger.warning("kernel %s: %s values summing to %.6g; normalised to sum 1", shown(p), k.dtype, total)
+                logger.warning("kernel %s: %s values summing to %.6g; normalised to sum 1", p.name, k.dtype, total)
             values = values / total
         out = values.astype(np.float32)
     if not np.isfinite(out).all() or not float(out.sum(dtype=np.float64)) > 0:
-        raise DiffPIRError(f"kernel {shown(p)}: its values do not fit float32 (sum {total:g})")
+        raise DiffPIRError(f"kernel {p.name}: its values do not fit float32 (sum {total:g})")
     return out

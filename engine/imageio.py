@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError, TooLargeError
 
-from .paths import MAX_PIXELS, check_input_file, shown, temporary_name
+from .paths import MAX_PIXELS, InputFile, as_input, read_npy, shown, temporary_name
 
 PathLike = str | os.PathLike
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
@@ -38,8 +38,9 @@ WRITE_FORMATS: dict[str, tuple[str, tuple[int, ...]]] = {
     ".jpeg": ("JPEG", (8,)),
     ".tif": ("TIFF", (8, 16)),
     ".tiff": ("TIFF", (8, 16)),
+    ".webp": ("WEBP", (8,)),
 }
-READ_FORMATS = ("PNG", "JPEG", "TIFF")
+READ_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
 JPEG_QUALITY = 95  # cv2.imwrite's default, which the official scripts use
 # what the decoders raise on a corrupt or truncated file (tifffile's TiffFileError is a ValueError)
 _DECODE_ERRORS = (
@@ -110,13 +111,13 @@ def read_image_and_depth(path: PathLike) -> tuple[torch.Tensor, int]:
     return x.permute(2, 0, 1).contiguous(), 16 if max_value > 255 else 8
 
 
-def read_mask(path: PathLike) -> torch.Tensor:
-    """Read an inpainting mask as a (1, H, W) float32 tensor: 1 = observed, 0 = missing.
+def read_mask(source: PathLike | InputFile, max_pixels: int | None = None) -> torch.Tensor:
+    """Read an inpainting mask (a path or an upload) as a (1, H, W) float32 tensor: 1 = observed, 0 = missing.
 
     Any nonzero pixel counts as observed (spec: masks store 255 = keep), so
     JPEG masks are unsafe: compression noise in black areas reads as observed.
     """
-    pixels, _ = _read_pixels(path, "mask")
+    pixels, _ = _read_pixels(source, "mask", max_pixels)
     observed = (pixels != 0).any(axis=-1)
     return torch.from_numpy(observed.astype(np.float32))[None]
 
@@ -127,15 +128,14 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int | None = None
     what: names the input in messages (e.g. "image upload.png"); max_pixels: refuse
     larger images from the header, before decoding them.
     """
-    pixels, max_value = _decode_pixels(_check_bytes(data, what), what.split(" ")[0], _label(what), max_pixels)
+    pixels, max_value = _read_pixels(_upload(data, what), what.split(" ")[0], max_pixels)
     x = torch.from_numpy(pixels.astype(np.float32) / np.float32(max_value))
     return x.permute(2, 0, 1).contiguous(), 16 if max_value > 255 else 8
 
 
 def decode_mask(data: bytes, what: str = "mask", max_pixels: int | None = None) -> torch.Tensor:
     """read_mask of a file's bytes in memory: (1, H, W), 1 = observed (any nonzero pixel)."""
-    pixels, _ = _decode_pixels(_check_bytes(data, what), what.split(" ")[0], _label(what), max_pixels)
-    return torch.from_numpy((pixels != 0).any(axis=-1).astype(np.float32))[None]
+    return read_mask(_upload(data, what), max_pixels)
 
 
 @dataclass(frozen=True)
@@ -179,15 +179,41 @@ def _photo(pixels: np.ndarray, max_value: int) -> Photo:
     return Photo(colour, 16 if max_value > 255 else 8, grayscale=channels <= 2, alpha=alpha)
 
 
-def read_photo(path: PathLike) -> Photo:
-    """Read a PNG / JPEG / TIFF as a Photo: upright, grey and alpha remembered, bit depth kept."""
-    path = check_input_file(path, "image")
-    return _photo(*_decode_channels(path, "image", shown(path)))
+def read_photo(source: PathLike | InputFile, max_pixels: int | None = None, what: str = "image") -> Photo:
+    """Read a PNG / JPEG / TIFF (a path or an upload) as a Photo: upright, grey and alpha
+    remembered, bit depth kept."""
+    source = as_input(source, what)
+    return _photo(*_decode_channels(source.source(), what, source.name, max_pixels))
 
 
 def decode_photo(data: bytes, what: str = "image", max_pixels: int | None = None) -> Photo:
     """read_photo of a file's bytes in memory (an upload)."""
-    return _photo(*_decode_channels(_check_bytes(data, what), what.split(" ")[0], _label(what), max_pixels))
+    return read_photo(_upload(data, what), max_pixels, what.split(" ")[0])
+
+
+def read_measurement(source: PathLike | InputFile, max_pixels: int | None = None) -> Photo:
+    """A measurement y as a Photo: an image file (upright, grey and alpha remembered, bit depth
+    kept), or a (C, H, W) / (H, W) .npy in [0, 1], kept unclipped (16-bit output by default).
+    The one reader of `diffpir restore`'s --input, the service's image field and batch jobs."""
+    source = as_input(source, "input")
+    # a file on disk is what its name says; an upload may have no telling name, so its header decides
+    if source.suffix == ".npy" or (source.path is None and source.head(6) == b"\x93NUMPY"):
+        array = read_npy(source, "input", ndim=(2, 3))
+        if array.ndim == 2:
+            array = array[None]
+        if array.shape[0] not in (1, 3):
+            raise DiffPIRError(f"input {source.name}: expected a (C, H, W) array with C in {{1, 3}}, got shape {array.shape}")
+        if max_pixels is not None and array.shape[-1] * array.shape[-2] > max_pixels:
+            raise TooLargeError(
+                f"input {source.name}: {array.shape[-1]}x{array.shape[-2]} is more than {max_pixels:,} pixels are accepted"
+            )
+        if array.shape[0] == 1:
+            array = np.repeat(array, 3, axis=0)
+        photo = Photo(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), 16)
+    else:
+        photo = read_photo(source, max_pixels, "image")
+    check_finite(photo.rgb, f"input {source.name}")
+    return photo
 
 
 def encode_image(x: torch.Tensor, fmt: str = "png", bit_depth: int = 8) -> bytes:
@@ -201,23 +227,18 @@ def encode_image(x: torch.Tensor, fmt: str = "png", bit_depth: int = 8) -> bytes
     return _encode(_quantise(x, bit_depth, Path(f"image{suffix}")), name, bit_depth)
 
 
-def _check_bytes(data: bytes, what: str) -> bytes:
+def _upload(data: bytes, what: str) -> InputFile:
+    """An upload named by `what` ("image upload.png": role "image", name "upload.png")."""
+    role, _, name = what.partition(" ")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DiffPIRError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise DiffPIRError(f"{what}: the file is empty")
-    return bytes(data)
+    return InputFile.from_bytes(name or "(upload)", bytes(data), role)
 
 
-def _label(what: str) -> str:
-    """"image upload.png" -> "upload.png" (the name after the role), "image" -> "(upload)"."""
-    return what.partition(" ")[2] or "(upload)"
-
-
-def _read_pixels(path: PathLike, what: str) -> tuple[np.ndarray, int]:
+def _read_pixels(source: PathLike | InputFile, what: str, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
     """(H, W, 3) unsigned integer pixels and their full-scale value (255 or 65535)."""
-    path = check_input_file(path, what)  # a folder, FIFO or device says so, and is never opened
-    return _decode_pixels(path, what, shown(path))
+    source = as_input(source, what)  # a folder, FIFO or device says so, and is never opened
+    return _decode_pixels(source.source(), what, source.name, max_pixels)
 
 
 @contextlib.contextmanager
@@ -250,7 +271,7 @@ def _decode_channels(source: Path | bytes, what: str, label: object, max_pixels:
                     f"{what} {label}: unsupported format {im.format}; expected one of {', '.join(READ_FORMATS)}"
                 )
             if im.width * im.height > max_pixels:
-                raise DiffPIRError(
+                raise TooLargeError(
                     f"{what} {label}: {im.width}x{im.height} is {im.width * im.height:,} pixels; at most {max_pixels:,} are accepted"
                 )
             if im.width < 1 or im.height < 1:
@@ -273,7 +294,7 @@ def _decode_channels(source: Path | bytes, what: str, label: object, max_pixels:
         # Pillow does not open every TIFF layout (16-bit grey + alpha, for one); tifffile does.
         pixels, orientation = _read_tiff16(source, what, label), 1
         if pixels.ndim >= 2 and pixels.shape[0] * pixels.shape[1] > max_pixels:
-            raise DiffPIRError(f"{what} {label}: more than {max_pixels:,} pixels are not accepted") from None
+            raise TooLargeError(f"{what} {label}: more than {max_pixels:,} pixels are not accepted") from None
     if pixels.dtype == np.uint8:
         max_value = 255
     elif pixels.dtype == np.uint16:
@@ -325,11 +346,11 @@ def _exif_orientation(im: Image.Image) -> int:
 
 def _decode_error(what: str, path: object, e: BaseException) -> DiffPIRError:
     if isinstance(e, UnidentifiedImageError):
-        return DiffPIRError(f"{what} {path}: not a PNG, JPEG or TIFF image (or a corrupt one)")
+        return DiffPIRError(f"{what} {path}: not a PNG, JPEG, TIFF or WebP image (or a corrupt one)")
     if isinstance(e, MemoryError):
         return DiffPIRError(f"{what} {path}: too large to decode in the memory available")
     if isinstance(e, Image.DecompressionBombError):
-        return DiffPIRError(f"{what} {path}: declares too many pixels (a decompression bomb?); at most {MAX_PIXELS:,} are accepted")
+        return TooLargeError(f"{what} {path}: declares too many pixels (a decompression bomb?); at most {MAX_PIXELS:,} are accepted")
     text = str(e).replace(" <_io.BytesIO object", "").split(" at 0x")[0] if "<_io.BytesIO" in str(e) else str(e)
     text = (text.strip().splitlines() or [""])[0].replace(str(path), "the file")
     detail = f"{type(e).__name__}: {text[:100]}" if text else type(e).__name__
@@ -375,16 +396,23 @@ def _read_tiff16(source: Path | bytes, what: str = "image", label: object = None
     """16-bit TIFF via tifffile: the first page, samples last."""
     import tifffile  # lazy: only 16-bit TIFFs need it
 
-    with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tif:
-        page = tif.pages[0]
-        if page.dtype is None or page.dtype.kind != "u" or page.dtype.itemsize > 2:
-            # float, signed or 32-bit samples: refused from the header, before decoding
-            raise DiffPIRError(f"{what} {label}: unsupported sample type {page.dtype}; expected 8- or 16-bit integers")
-        if page.size > 4 * MAX_PIXELS:
-            raise DiffPIRError(f"{what} {label}: its first page holds {page.size:,} samples; at most {4 * MAX_PIXELS:,} are read")
-        pixels = page.asarray()
-        if page.axes == "SYX":  # planar configuration "separate"
-            pixels = np.moveaxis(pixels, 0, -1)
+    try:
+        with _quiet_decoders(), tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tif:
+            if not len(tif.pages):
+                raise DiffPIRError(f"{what} {label}: a TIFF without an image (no readable page)")
+            page = tif.pages[0]
+            if page.dtype is None or page.dtype.kind != "u" or page.dtype.itemsize > 2:
+                # float, signed or 32-bit samples: refused from the header, before decoding
+                raise DiffPIRError(f"{what} {label}: unsupported sample type {page.dtype}; expected 8- or 16-bit integers")
+            if page.size > 4 * MAX_PIXELS:
+                raise TooLargeError(f"{what} {label}: its first page holds {page.size:,} samples; at most {4 * MAX_PIXELS:,} are read")
+            pixels = page.asarray()
+            if page.axes == "SYX":  # planar configuration "separate"
+                pixels = np.moveaxis(pixels, 0, -1)
+    except DiffPIRError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile on arbitrary bytes raises IndexError, KeyError, TypeError, ...
+        raise _decode_error(what, label, e) from e
     return pixels
 
 
@@ -509,7 +537,11 @@ def _encode(pixels: np.ndarray, fmt: str, bit_depth: int) -> bytes:
     buffer = io.BytesIO()
     if bit_depth == 8:
         im = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels])
-        im.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
+        options: dict = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+        if fmt == "WEBP":  # RGB(A) only; lossless, so the file holds exactly the restored pixels
+            im = im.convert("RGBA" if channels in (2, 4) else "RGB")
+            options = {"lossless": True}
+        im.save(buffer, format=fmt, **options)
     elif fmt == "PNG":
         writer = _pypng().Writer(width, height, greyscale=channels <= 2, alpha=channels in (2, 4), bitdepth=16)
         writer.write(buffer, pixels.reshape(height, width * channels))

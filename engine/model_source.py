@@ -20,11 +20,10 @@ import torch
 from diffpir_rt.errors import DiffPIRError
 
 from .artifacts import sha256_file
+from .backends import BUILTIN_KINDS, BACKENDS, backend_for_kind, model_kinds
 from .prior import bundled_card, bundled_weights_path, load_bundled_prior
-from .tasks import TaskDefaults, defaults_for
+from .tasks import get_task
 from .unet import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, build_unet, resolve_arch
-
-KINDS = ("bundled", "checkpoint", "onnx", "tensorrt", "random")
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,8 @@ class ModelSource:
     """One model's weights and how to read them.
 
     Attributes:
-        kind: "bundled", "checkpoint", "onnx", "tensorrt" or "random".
+        kind: "bundled", "random", or the model-file kind of a backend (engine.backends:
+            "checkpoint", "onnx", "tensorrt", ...).
         path: the file (checkpoint, .onnx, TensorRT plan); None for bundled/random.
         arch: the UNet preset of a checkpoint or of random weights.
         seed: seeds random weights.
@@ -44,41 +44,42 @@ class ModelSource:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise DiffPIRError(f"model source: expected one of {KINDS}, got {self.kind!r}")
-        if self.kind in ("checkpoint", "onnx", "tensorrt") and self.path is None:
+        kinds = model_kinds()
+        if self.kind not in kinds:
+            raise DiffPIRError(f"model source: expected one of {kinds}, got {self.kind!r}")
+        if self.kind not in BUILTIN_KINDS and self.path is None:
             raise DiffPIRError(f"model source {self.kind}: needs a path")
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
         if self.arch is not None:
-            if self.kind not in ("checkpoint", "random"):
+            if not self.takes_arch:
                 what = "the bundled prior knows its own arch" if self.kind == "bundled" else f"a {self.kind} file records its own"
-                raise DiffPIRError(f"--arch applies to --checkpoint; {what}")
+                raise DiffPIRError(f"--arch applies to torch weights (--checkpoint); {what}")
             resolve_arch(self.arch)
 
+    @property
+    def takes_arch(self) -> bool:
+        """Whether the weights need an architecture to be read (torch weights other than the bundled prior's)."""
+        return self.kind == "random" or (self.kind != "bundled" and self.kind == backend_for_kind(self.kind).file_kind
+                                         and "bundled" in backend_for_kind(self.kind).runs_kinds)  # fmt: skip
+
     @classmethod
-    def from_arguments(
-        cls,
-        checkpoint: Optional[Path] = None,
-        arch: Optional[str] = None,
-        onnx: Optional[Path] = None,
-        engine: Optional[Path] = None,
-        random_weights: bool = False,
-    ) -> "ModelSource":
-        """The source named by a command line's --checkpoint/--arch/--onnx/--engine/--random-weights."""
-        given = [name for name, value in (("--checkpoint", checkpoint), ("--onnx", onnx), ("--engine", engine),
-                                          ("--random-weights", random_weights)) if value]  # fmt: skip
-        if len(given) > 1:
-            raise DiffPIRError(f"{' and '.join(given)}: name one model source")
-        if checkpoint is not None:
-            return cls("checkpoint", checkpoint, arch)
-        if onnx is not None:
-            return cls("onnx", onnx, arch)
-        if engine is not None:
-            return cls("tensorrt", engine, arch)
-        if random_weights:
-            return cls("random", None, arch)
-        return cls("bundled", None, arch)
+    def from_files(cls, files: dict[str, Optional[Path]], arch: Optional[str] = None, random_weights: bool = False) -> "ModelSource":
+        """The source named by a command line's model-file flags (generated from the backends'
+        declarations: --checkpoint, --onnx, --engine, ...) and --random-weights.
+
+        Args:
+            files: a backend's model-file kind -> the path given for it, or None.
+        """
+        flags = {b.file_kind: b.file_flag for b in BACKENDS.values() if b.file_kind}
+        given = [(kind, path) for kind, path in files.items() if path is not None]
+        named = [flags.get(kind, kind) for kind, _ in given] + (["--random-weights"] if random_weights else [])
+        if len(named) > 1:
+            raise DiffPIRError(f"{' and '.join(named)}: name one model source")
+        if given:
+            kind, path = given[0]
+            return cls(kind, path, arch)
+        return cls("random" if random_weights else "bundled", None, arch)
 
     # ------------------------------------------------------------------ identity
 
@@ -90,7 +91,7 @@ class ModelSource:
             if card is None:
                 bundled_weights_path()  # raises the "no bundled prior" message
             return card["arch"]
-        if self.kind in ("checkpoint", "random"):
+        if self.takes_arch:
             return self.arch or DEFAULT_CHECKPOINT_ARCH
         return str(self._artifact_metadata().get("arch") or "unknown")
 
@@ -98,10 +99,10 @@ class ModelSource:
         """The weights' SHA-256 (of the file; for ONNX/TensorRT, of the checkpoint they came from)."""
         if self.kind == "bundled":
             return bundled_card()["sha256"] if bundled_card() else sha256_file(bundled_weights_path())
-        if self.kind == "checkpoint":
-            return _file_sha256(self.path)
         if self.kind == "random":
             return f"random-{self.arch_name}-seed{self.seed}"
+        if self.takes_arch:  # torch weights: the file itself
+            return _file_sha256(self.path)
         return str(self._artifact_metadata().get("checkpoint_sha256") or _file_sha256(self.path))
 
     def label(self) -> str:
@@ -143,9 +144,22 @@ class ModelSource:
         except OSError:
             return None
 
-    def task_defaults(self, task: str) -> TaskDefaults:
+    def tuned_defaults(self, method: str, task: str) -> dict[str, Any]:
+        """This model's tuned values for `method` on `task` (its card's table, with their
+        "source"), or {} when the model has none for them."""
         card = self.card()
-        return defaults_for(task, card.get("task_defaults") if card else None)
+        if not card or card.get("defaults_method") != method:
+            return {}
+        entry = (card.get("task_defaults") or {}).get(task)
+        return dict(entry) if isinstance(entry, dict) else {}
+
+    def default_sigma_n(self, task: str) -> float:
+        """The noise level assumed when the user gives none: the card's for the task, else the task's."""
+        card = self.card()
+        entry = ((card or {}).get("task_defaults") or {}).get(task)
+        if isinstance(entry, dict) and isinstance(entry.get("sigma_n"), (int, float)):
+            return float(entry["sigma_n"])
+        return get_task(task).default_sigma_n
 
     # ------------------------------------------------------------------ loading
 
@@ -155,7 +169,7 @@ class ModelSource:
 
         if self.kind == "bundled":
             return load_bundled_prior(device=device, dtype=dtype)
-        if self.kind == "checkpoint":
+        if self.takes_arch and self.kind != "random":
             return load_unet(self.path, self.arch_name, device=device, dtype=dtype)
         if self.kind == "random":
             name, config = resolve_arch(self.arch_name)

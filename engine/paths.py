@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import math
 import os
 import stat
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import BinaryIO, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.errors import DiffPIRError, TooLargeError
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Largest image an input may be (pixels): 64 megapixels, checked from a file's header.
@@ -125,6 +127,59 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class InputFile:
+    """A user's input file, on disk or uploaded: every reader of the engine takes either.
+
+    The command line names files by path, the service receives their bytes; both become an
+    InputFile, and one reader (kernel, mask, measurement, .npy) decodes it, with the same
+    checks and the same messages, which name `name` (the path as shown, or the upload's name).
+    """
+
+    name: str
+    path: Optional[Path] = None
+    data: Optional[bytes] = None
+
+    @classmethod
+    def from_path(cls, path: PathLike, what: str) -> "InputFile":
+        """A checked file on disk (see check_input_file)."""
+        checked = check_input_file(path, what)
+        return cls(shown(checked), path=checked)
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes, what: str) -> "InputFile":
+        """An upload; empty data is refused as an empty file is."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise DiffPIRError(f"{what} {name}: expected the file's bytes, got {type(data).__name__}")
+        if not data:
+            raise DiffPIRError(f"{what} {name}: the file is empty")
+        return cls(name, data=bytes(data))
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.path if self.path is not None else self.name).suffix.lower()
+
+    def open(self) -> BinaryIO:
+        """A binary file object on the contents (the caller closes it)."""
+        return open(self.path, "rb") if self.path is not None else io.BytesIO(self.data or b"")
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path is not None else len(self.data or b"")
+
+    def head(self, n: int) -> bytes:
+        with self.open() as f:
+            return f.read(n)
+
+    def source(self) -> Union[Path, bytes]:
+        """What the image decoders take: the path, or the bytes."""
+        return self.path if self.path is not None else (self.data or b"")
+
+
+def as_input(source: Union[PathLike, InputFile], what: str) -> InputFile:
+    """An InputFile for a path (checked) or an InputFile as it is."""
+    return source if isinstance(source, InputFile) else InputFile.from_path(source, what)
+
+
 # ----------------------------------------------------------------------------- .npy
 
 
@@ -140,7 +195,7 @@ _KIND_NAMES = {
 
 
 def read_npy_array(
-    path: PathLike, what: str, ndim: Sequence[int] = (2, 3), max_elements: int = MAX_NPY_ELEMENTS
+    path: Union[PathLike, InputFile], what: str, ndim: Sequence[int] = (2, 3), max_elements: int = MAX_NPY_ELEMENTS
 ) -> np.ndarray:
     """A real numeric .npy array in its stored dtype, checked from its header before any data is read.
 
@@ -149,10 +204,10 @@ def read_npy_array(
     bytes, void, structured or datetime dtypes, a declared size beyond `max_elements`,
     zero-size arrays, the wrong number of dimensions.
     """
-    path = check_input_file(path, what)
-    name = shown(path)
+    source = as_input(path, what)
+    name = source.name
     try:
-        with open(path, "rb") as f:
+        with source.open() as f:
             magic = f.read(6)
             if magic[:4] == b"PK\x03\x04":
                 raise DiffPIRError(f"{what} {name}: is a zip (.npz) archive, not an .npy array")
@@ -184,7 +239,7 @@ def read_npy_array(
             if count == 0:
                 raise DiffPIRError(f"{what} {name}: the array is empty (shape {shape})")
             if count > max_elements:
-                raise DiffPIRError(f"{what} {name}: declares {count:,} values (shape {shape}); at most {max_elements:,} are read")
+                raise TooLargeError(f"{what} {name}: declares {count:,} values (shape {shape}); at most {max_elements:,} are read")
             if len(shape) not in ndim:
                 raise DiffPIRError(f"{what} {name}: expected {' or '.join(f'{n}-D' for n in ndim)}, got shape {shape}")
             size = count * dtype.itemsize
@@ -197,19 +252,22 @@ def read_npy_array(
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
-def read_npy(path: PathLike, what: str, ndim: Sequence[int] = (2, 3), max_elements: int = MAX_NPY_ELEMENTS) -> np.ndarray:
+def read_npy(
+    path: Union[PathLike, InputFile], what: str, ndim: Sequence[int] = (2, 3), max_elements: int = MAX_NPY_ELEMENTS
+) -> np.ndarray:
     """A numeric .npy array as float64 (see `read_npy_array` for what is refused).
 
     Integer arrays are scaled by their type's range (uint8 255 -> 1.0, uint16 65535 -> 1.0),
     as image files are; bool becomes 0/1. Floats must be finite and within float32's range
     (the engine computes in float32).
     """
-    array = read_npy_array(path, what, ndim, max_elements)
+    source = as_input(path, what)
+    array = read_npy_array(source, what, ndim, max_elements)
     if array.dtype.kind == "b":
         return array.astype(np.float64)
     if array.dtype.kind in "ui":
         return array.astype(np.float64) / float(np.iinfo(array.dtype).max)
-    return check_float_values(array, f"{what} {shown(path)}").astype(np.float64)
+    return check_float_values(array, f"{what} {source.name}").astype(np.float64)
 
 
 def check_float_values(array: np.ndarray, name: str) -> np.ndarray:
@@ -262,14 +320,14 @@ class OutputPlan:
         out = Path(text)
         if text.endswith(("/", os.sep)) or out.name in ("", ".", ".."):
             raise DiffPIRError(f"{what} {shown(text)}: names a folder; expected a file name")
+        info = _stat(out, what)
+        if info is not None and stat.S_ISDIR(info.st_mode):  # said first: a folder's "suffix" means nothing
+            raise DiffPIRError(f"{what} {shown(out)}: is a folder; expected a file name")
         if suffixes is not None and out.suffix.lower() not in suffixes:
             found = repr(out.suffix) if out.suffix else "none"
             raise DiffPIRError(f"{what} {shown(out)}: unsupported suffix {found}; expected one of {', '.join(suffixes)}")
-        info = _stat(out, what)
         if len(os.fsencode(out.name)) > NAME_MAX:
             raise DiffPIRError(f"{what} {shown(out)}: the file name is longer than the file system allows ({NAME_MAX} bytes)")
-        if info is not None and stat.S_ISDIR(info.st_mode):
-            raise DiffPIRError(f"{what} {shown(out)}: is a folder; expected a file name")
         if info is not None and not stat.S_ISREG(info.st_mode):
             raise DiffPIRError(f"{what} {shown(out)}: exists and is {_kind(info.st_mode)}; expected a regular file or a new name")
         folder = self._existing_folder(out, what)

@@ -56,17 +56,17 @@ def family_of(data: Optional[DataStep]) -> str:
 
 
 def check_applicable(method: Method, data: Optional[DataStep], name: str) -> None:
+    """Refuse a method on an operator family it cannot restore, or on a data step whose
+    required capability (engine.boundary's masked step: extended_boundary) it lacks."""
     family = family_of(data)
-    tasks = getattr(method, "tasks", ())
-    if family == "none" and tasks:
+    families = method.families
+    if family == "none" and families:
         raise DiffPIRError(f"method {name}: restores a measurement; use sample(), not generate()")
-    if family != "none" and family not in tasks:
-        applies = "no measurement (use generate())" if not tasks else " and ".join(
-            {"fourier": "deblurring/SR", "mask": "inpainting/denoising"}[t] for t in tasks
-        )
-        raise DiffPIRError(f"method {name}: applies to {applies}, not to this operator ({type(data).__name__})")
-    allowed = getattr(type(data), "methods", None)  # a data step that serves only some methods states them
-    if allowed is not None and name not in allowed:
+    if family != "none" and family not in families:
+        tasks = ", ".join(type(method.config).tasks) or "no measurement (use generate())"
+        raise DiffPIRError(f"method {name}: applies to {tasks}, not to this operator ({type(data).__name__})")
+    required = getattr(type(data), "requires", None)  # a data step only some methods can run on says which capability
+    if required is not None and not getattr(type(method.config).capabilities, required):
         raise DiffPIRError(data.refusal(name))
 
 

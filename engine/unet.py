@@ -1,4 +1,4 @@
-"""guided-diffusion's UNetModel, re-implemented as one plain module (docs/algorithm.md §11).
+"""guided-diffusion's UNetModel, re-implemented as one plain module (docs/algorithm.md §10).
 
 Module and attribute names follow guided-diffusion (GD) `unet.py`, so its
 checkpoints load with `strict=True` (tests/data/spec/unet-keys-*.tsv lists their keys).
@@ -32,7 +32,7 @@ NORM_EPS = 1e-5
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Constructor hyperparameters of a guided-diffusion UNet (docs/algorithm.md §11.1).
+    """Constructor hyperparameters of a guided-diffusion UNet (docs/algorithm.md §10).
 
     Attributes:
         image_size: training resolution; informational (the network runs at any
@@ -127,7 +127,7 @@ class UNetConfig:
 
 
 ARCH_PRESETS: dict[str, UNetConfig] = {
-    # DiffPIR's FFHQ model, ffhq_10m.pt (docs/algorithm.md §11.1, §11.4).
+    # DiffPIR's FFHQ model, ffhq_10m.pt (docs/algorithm.md §10).
     "ffhq_10m": UNetConfig(
         image_size=256,
         model_channels=128,
@@ -138,7 +138,7 @@ ARCH_PRESETS: dict[str, UNetConfig] = {
         num_head_channels=64,
         dropout=0.1,
     ),
-    # OpenAI's 256x256_diffusion_uncond.pt (docs/algorithm.md §11.1, §11.4).
+    # OpenAI's 256x256_diffusion_uncond.pt (docs/algorithm.md §10).
     "imagenet256_uncond": UNetConfig(
         image_size=256,
         model_channels=256,
@@ -149,7 +149,7 @@ ARCH_PRESETS: dict[str, UNetConfig] = {
         num_head_channels=64,
         dropout=0.1,
     ),
-    # The bundled prior (engine/weights/, trained by engine/train.py): 3.1 M params, 18 GFLOP
+    # The bundled prior (engine/weights/, trained by training/train.py): 3.1 M params, 18 GFLOP
     # per 256x256 call. mc 32 is GroupNorm32's minimum width; parameter-free resampling
     # (resblock_updown=False, conv_resample=False, both guided-diffusion options) keeps the
     # full-resolution levels cheap (resampling ResBlocks would cost 2.5x); five levels and
@@ -193,7 +193,7 @@ def resolve_arch(arch: str | UNetConfig) -> tuple[str | None, UNetConfig]:
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = max_period^(-k/half) (docs/algorithm.md §11.2).
+    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = max_period^(-k/half) (docs/algorithm.md §10).
 
     Cos first, raw integer t as float (no rescaling). Computed in float32 with
     GD's operation order, so results match bit for bit.
@@ -260,7 +260,7 @@ class Downsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block conditioned on the time embedding, optionally resampling (docs/algorithm.md §11.2).
+    """Residual block conditioned on the time embedding, optionally resampling (docs/algorithm.md §10).
 
     Args:
         channels: input channels.
@@ -433,7 +433,7 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """guided-diffusion's unconditional UNetModel (docs/algorithm.md §11), state-dict compatible.
+    """guided-diffusion's unconditional UNetModel (docs/algorithm.md §10), state-dict compatible.
 
     Build it with `build_unet`; `forward(x, timesteps)` returns the raw network
     output (eps and, with learn_sigma, the variance channels). Use

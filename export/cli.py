@@ -6,16 +6,20 @@ before a model is loaded; DiffPIRErrors become one line on stderr and exit 2.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import argparse
 import json
 from pathlib import Path
 
-from diffpir_rt.engine import DEFAULT_CHECKPOINT_ARCH, arch_names, argtypes
+from diffpir_rt.engine import DEFAULT_CHECKPOINT_ARCH, arch_names
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 
 EXAMPLES_ONNX = """examples:
   diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet.onnx
   diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet_fp16.onnx --fp16
+  diffpir export onnx --output unet_int8.onnx --int8 --calibration photos/   # bundled prior, int8 for CPUs
   diffpir export onnx --arch ffhq_10m --random-weights --output bench.onnx   # benchmarks only
 """
 EXAMPLES_TRT = """examples:
@@ -24,8 +28,9 @@ EXAMPLES_TRT = """examples:
 """
 
 
-def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_export_parser(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     from .onnx_export import DEFAULT_OPSET, OPSETS
+    from .quantize import CALIBRATION_METHODS
 
     export = subparsers.add_parser(
         "export",
@@ -43,20 +48,27 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES_ONNX,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--output", required=True, type=argtypes.output_path, help="the .onnx file to write")
+    p.add_argument("--output", required=True, type=cliargs.output_path, help="the .onnx file to write")
     p.add_argument("--checkpoint", type=Path, help="UNet weights (.pt/.safetensors); default: the bundled prior")
     p.add_argument("--arch", choices=arch_names(), default=None,
                    help=f"UNet preset of --checkpoint or --random-weights (default for those: {DEFAULT_CHECKPOINT_ARCH})")
     p.add_argument("--random-weights", action="store_true", help="export randomly initialised weights (benchmarks only)")
-    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of --random-weights (default: 0)")
+    p.add_argument("--seed", type=cliargs.seed, default=0, help="seed of --random-weights (default: 0)")
     p.add_argument("--opset", type=int, choices=list(OPSETS), default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="fp16 weights/activations; GroupNorm and softmax stay fp32, I/O fp32")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime static int8 (QDQ, per-channel weights) of the convolutions, calibrated over the whole "
+                   "timestep range; parity-checked against the fp32 graph")  # fmt: skip
+    p.add_argument("--calibration", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="--int8: calibration images or folders of them (default: images the model draws itself)")
+    p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="--int8: how activation ranges are chosen (default: minmax)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch (default: dynamic)")
     p.add_argument("--static-size", action="store_true",
                    help="fix H and W to --height x --width (default: dynamic, any multiple of the UNet's size multiple)")
-    p.add_argument("--batch", type=argtypes.positive_int, default=1, help="traced batch (the fixed one with --static-batch; default: 1)")
-    p.add_argument("--height", type=argtypes.positive_int, help="traced height (default: the arch's image_size)")
-    p.add_argument("--width", type=argtypes.positive_int, help="traced width (default: the arch's image_size)")
+    p.add_argument("--batch", type=cliargs.positive_int, default=1, help="traced batch (the fixed one with --static-batch; default: 1)")
+    p.add_argument("--height", type=cliargs.positive_int, help="traced height (default: the arch's image_size)")
+    p.add_argument("--width", type=cliargs.positive_int, help="traced width (default: the arch's image_size)")
     p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
                    help="weights in <output>.data beside the .onnx (auto: above ~1.8 GB, e.g. imagenet256_uncond)")
     p.set_defaults(handler=run_export_onnx)
@@ -71,7 +83,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--onnx", required=True, type=Path, help="graph from `diffpir export onnx`")
-    p.add_argument("--output", required=True, type=argtypes.output_path, help="the .plan file to write")
+    p.add_argument("--output", required=True, type=cliargs.output_path, help="the .plan file to write")
     p.add_argument("--fp16", action="store_true", help="fp16 engine (an fp16 ONNX is built fp16 regardless)")
     p.add_argument("--batch", help="batch range (default: the ONNX's fixed batch, else 1:1:4)")
     p.add_argument("--height", help="height range (default: the ONNX's fixed size, else opt/2:opt:2opt around the traced size)")
@@ -88,15 +100,31 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
     from diffpir_rt.engine.artifacts import read_sidecar
     from .onnx_export import OnnxExportConfig, export_onnx, iter_parity_lines
+    from .quantize import IMAGE_SUFFIXES, Int8Config, export_int8, iter_int8_lines
 
     from diffpir_rt.engine.paths import OutputPlan, check_input_file
 
     if args.checkpoint is not None and args.random_weights:
         raise DiffPIRError("--random-weights: conflicts with --checkpoint; pass one of them")
+    if args.int8 and args.fp16:
+        raise DiffPIRError("--int8: conflicts with --fp16; pass one of them")
+    if not args.int8 and (args.calibration is not None or args.calibration_method != "minmax"):
+        raise DiffPIRError("--calibration/--calibration-method: apply to --int8 only")
+    if args.int8 and args.external_data == "always":
+        raise DiffPIRError("--external-data always: an --int8 graph keeps its weights inline")
     if args.checkpoint is not None:
         check_input_file(args.checkpoint, "--checkpoint")
+    calibration = []
+    for given in args.calibration or ():
+        if given.is_dir():
+            calibration += sorted(p for p in given.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            check_input_file(given, "--calibration")
+            calibration.append(given)
+    if args.calibration is not None and not calibration:
+        raise DiffPIRError(f"--calibration {args.calibration[0]}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
     # Every file the export writes, checked before the model is loaded; removed again if it fails.
-    plan = OutputPlan([args.checkpoint])
+    plan = OutputPlan([args.checkpoint, *calibration])
     plan.add(args.output, "--output", suffixes=(".onnx",))
     plan.add(args.output.with_name(args.output.name + ".json"), "the sidecar")
     plan.add(args.output.with_name(args.output.name + ".data"), "the external data file")
@@ -113,8 +141,20 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         external_data={"auto": None, "always": True, "never": False}[args.external_data],
     )
     with plan.transaction():
-        path = export_onnx(args.checkpoint, args.output, config, arch=args.arch, random_weights=args.random_weights, seed=args.seed)
+        if args.int8:
+            int8 = Int8Config(method=args.calibration_method)
+            path = export_int8(args.checkpoint, args.output, config, int8, calibration, arch=args.arch,
+                               random_weights=args.random_weights, seed=args.seed)  # fmt: skip
+        else:
+            path = export_onnx(args.checkpoint, args.output, config, arch=args.arch, random_weights=args.random_weights,
+                               seed=args.seed)  # fmt: skip
     record = read_sidecar(path, "onnx")
+    if args.int8:
+        print(f"exported {record['arch']} (int8, from an fp32 export parity-checked against torch) -> {path}")
+        for line in iter_int8_lines(record):
+            print(line)
+        print(f"sidecar: {path.name}.json (onnx sha256 {record['onnx_sha256'][:16]}...)")
+        return 0
     print(f"exported {record['arch']} ({record['export']['precision']}, opset {record['export']['opset']}) -> {path}")
     for line in iter_parity_lines(record):
         print(line)

@@ -328,6 +328,9 @@ def export_onnx(
     """
     onnx = _onnx()
     config = config or OnnxExportConfig()
+    if config.precision is Precision.INT8:
+        raise DiffPIRError("precision int8: an int8 graph is quantised from an fp32 export; use export.export_int8 "
+                           "(`diffpir export onnx --int8`)")  # fmt: skip
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise DiffPIRError(f"--output {output}: expected a .onnx path")

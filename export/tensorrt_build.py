@@ -165,6 +165,9 @@ def resolve_build_precision(onnx_precision: str, fp16: bool, has_fp16_flag: bool
     per layer), which TensorRT 11 no longer has.
     """
     onnx_precision = Precision.parse(onnx_precision)
+    if onnx_precision is Precision.INT8:
+        raise DiffPIRError("--onnx: an int8 graph is quantised for ONNX Runtime's CPU kernels; build the engine "
+                           "from the fp32 or fp16 export")  # fmt: skip
     if onnx_precision is Precision.FP16:
         return Precision.FP16, True
     if not fp16:

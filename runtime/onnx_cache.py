@@ -2,8 +2,11 @@
 
 The CPU fast path runs the UNet in ONNX Runtime; the graph is exported (fp32, dynamic
 batch and size, parity-checked by the exporter) the first time a model is used and
-reused afterwards, keyed by the weights' SHA-256 and the arch. The folder is
-$DIFFPIR_RT_CACHE, else $XDG_CACHE_HOME/diffpir-rt, else ~/.cache/diffpir-rt.
+reused afterwards, keyed by the weights' SHA-256, the arch and the precision (int8:
+quantised from the fp32 export, export/quantize.py). Beside each export ONNX Runtime's
+optimised graph is kept for this machine (engine.backends.onnxruntime_backend), so a
+run only loads it. The folder is $DIFFPIR_RT_CACHE, else $XDG_CACHE_HOME/diffpir-rt,
+else ~/.cache/diffpir-rt.
 """
 
 from __future__ import annotations
@@ -28,29 +31,75 @@ def cache_dir() -> Path:
     return Path(base) / "diffpir-rt"
 
 
-def cached_onnx(source: ModelSource, notify=None, refresh: bool = False) -> Path:
-    """The cached fp32 dynamic-shape ONNX export of `source` (a bundled or checkpoint model).
+#: Precisions the cache exports ("int8": ONNX Runtime's static quantisation of the fp32 export).
+CACHED_PRECISIONS = ("fp32", "int8")
+
+
+def cached_onnx(source: ModelSource, notify=None, refresh: bool = False, precision: str = "fp32",
+                optimized: bool = True) -> Path:  # fmt: skip
+    """The cached dynamic-shape ONNX export of `source` (a bundled or checkpoint model).
 
     Args:
         notify: called with one line when an export is made (it takes seconds).
         refresh: export again even if the cache holds the graph (it proved unusable).
+        precision: "fp32", or "int8" (quantised from the cached fp32 export, calibrated on
+            images the model draws itself; export/quantize.py).
+        optimized: also keep ONNX Runtime's optimised graph of it for this machine (made
+            again when missing, stale or damaged), which the onnxruntime backend then loads.
 
     Raises:
         DiffPIRError: the source is not a torch model, the cache folder is not writable,
             or the export's parity check failed.
     """
-    from diffpir_rt.export import OnnxExportConfig, export_onnx
-
     if source.kind not in ("bundled", "checkpoint", "random"):
         raise DiffPIRError(f"model source {source.kind}: only a torch model is exported to ONNX")
-    key = f"{source.arch_name}-{source.sha256()[:16]}-fp32-dynamic"
+    if precision not in CACHED_PRECISIONS:
+        raise DiffPIRError(f"precision {precision!r}: the ONNX cache exports {', '.join(CACHED_PRECISIONS)}")
+    key = f"{source.arch_name}-{source.sha256()[:16]}-{precision}-dynamic"
     path = cache_dir() / "onnx" / f"{key}.onnx"
     sidecar = path.with_name(path.name + ".json")
     if refresh:
         for stale in (path, sidecar):
             stale.unlink(missing_ok=True)
-    if path.is_file() and sidecar.is_file():
-        return path
+        _drop_optimized(path)
+    if not (path.is_file() and sidecar.is_file()):
+        _export(source, path, precision, notify)
+    if optimized:
+        _keep_optimized(path)
+    return path
+
+
+def _drop_optimized(path: Path) -> None:
+    from diffpir_rt.engine.backends.onnxruntime_backend import drop_optimized_graph
+
+    drop_optimized_graph(path)
+
+
+def _keep_optimized(path: Path) -> None:
+    """ONNX Runtime's optimised graph beside the export, made when missing or made for another
+    export, onnxruntime or CPU. Not keeping it only costs start-up time, so a failure is a warning."""
+    from diffpir_rt.engine.backends.onnxruntime_backend import keep_optimized_graph, optimized_graph_matches
+
+    if optimized_graph_matches(path):
+        return
+    try:
+        keep_optimized_graph(path)
+    except DiffPIRError as e:
+        logger.warning("%s; ONNX Runtime will optimise the graph on every run", e)
+
+
+def _export(source: ModelSource, path: Path, precision: str, notify) -> None:
+    """Export `source` to `path` (fp32), or quantise its cached fp32 export (int8)."""
+    from diffpir_rt.export import OnnxExportConfig, export_onnx
+
+    if precision == "int8":
+        from diffpir_rt.export import quantize_onnx
+
+        fp32 = cached_onnx(source, notify=notify, optimized=False)
+        if notify is not None:
+            notify(f"quantising the model to int8 once (calibration over the whole timestep range; cached in {path.parent})")
+        quantize_onnx(fp32, path)
+        return
     source.load_torch()  # a broken checkpoint says so before anything is exported
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,4 +113,3 @@ def cached_onnx(source: ModelSource, notify=None, refresh: bool = False) -> Path
         arch=source.arch if source.kind != "bundled" else None,
         random_weights=source.kind == "random", seed=source.seed,
     )  # fmt: skip
-    return path

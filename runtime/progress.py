@@ -37,6 +37,7 @@ class Progress:
         self.done = 0
         self.start = time.monotonic()
         self._last_line = self.start
+        self._printed = -1  # `done` when the last plain line was printed: the final one is never printed twice
         self._bar: Any = None
         if enabled and self.stream.isatty():
             from tqdm.auto import tqdm
@@ -56,6 +57,7 @@ class Progress:
             self._line(now)
 
     def _line(self, now: float) -> None:
+        self._printed = self.done
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
@@ -67,11 +69,20 @@ class Progress:
         """A sampler callback: one step done."""
         self.update(1)
 
+    def write(self, line: str) -> None:
+        """A message line that does not break the bar (e.g. one per finished image)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled and self.done and time.monotonic() - self.start >= self.interval:
+        elif self.enabled and self.done and self.done != self._printed and time.monotonic() - self.start >= self.interval:
             self._line(time.monotonic())
 
     def __enter__(self) -> "Progress":

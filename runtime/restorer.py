@@ -27,23 +27,24 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.engine import (
-    METHODS,
-    DiffPIRConfig,
+    BACKENDS,
+    DEFAULT_METHOD,
+    Configured,
     ModelSource,
     Operator,
     build_method,
+    configure,
     generate,
+    get_task,
     make_denoiser_from,
-    onnxruntime_problem,
     resolve_device,
     sample,
 )
 from diffpir_rt.errors import DiffPIRError
 
-logger = logging.getLogger(__name__)
+from .options import PRECISIONS, RuntimeOptions, backend_choices
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+logger = logging.getLogger(__name__)
 #: Above this many bytes of pre-drawn noise a CUDA graph is not worth its memory (RePaint's
 #: default schedule draws ~7000 images of noise); such runs take the eager loop.
 MAX_GRAPH_NOISE_BYTES = 2 * 1024**3
@@ -75,17 +76,36 @@ class RuntimePath:
 
 
 def check_precision(precision: str, device: torch.device) -> str:
-    """The UNet precision to use: 'auto' is fp16 on CUDA and fp32 on CPU; fp16 on CPU is refused."""
+    """The UNet precision to use. 'auto': fp16 on CUDA; on a CPU, bf16 where it has native bf16
+    arithmetic (measured there 1.3-1.45x faster than the fp32 path with restorations within
+    0.002 dB, docs/runtime.md), fp32 elsewhere (emulated bf16 is slower). fp16 on CPU is refused."""
     if precision not in PRECISIONS:
         raise DiffPIRError(f"--dtype {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "fp16"
+        from diffpir_rt.engine import cpu_native_bf16
+
+        return "bf16" if cpu_native_bf16() else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise DiffPIRError("--dtype int8: the int8 graph runs on ONNX Runtime on the CPU; use --device cpu")
     if precision == "fp16" and device.type == "cpu":
         raise DiffPIRError(
             "--dtype fp16: CPUs have no fast fp16 arithmetic (about 100x slower than fp32 here); "
             "use --dtype bf16 or fp32 on the CPU"
         )
     return precision
+
+
+#: File kinds the runtime can make from torch weights for a backend that runs only files,
+#: each made once per weights and cached (engine.Backend.made_from_torch names one).
+def _make_onnx(source: ModelSource, notify: Callable[[str], None], refresh: bool = False, precision: str = "fp32") -> Any:
+    from .onnx_cache import cached_onnx
+
+    return cached_onnx(source, notify=notify, refresh=refresh, precision=precision)
+
+
+ARTIFACT_MAKERS: dict[str, Callable[..., Any]] = {"onnx": _make_onnx}
 
 
 class Restorer:
@@ -120,18 +140,18 @@ class Restorer:
         self.source = model if model is not None else ModelSource()
         if not isinstance(self.source, ModelSource):
             raise DiffPIRError(f"model: expected a ModelSource, got {type(self.source).__name__}")
-        if backend not in BACKENDS:
-            raise DiffPIRError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend not in backend_choices():
+            raise DiffPIRError(f"--backend {backend!r}: expected one of {', '.join(backend_choices())}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise DiffPIRError(f"--threads {threads!r}: expected a positive integer")
         self.device = resolve_device(str(device))
         self.reference = bool(reference)
         self.threads = threads
         self._notify = notify or (lambda line: print(f"[diffpir] {line}", file=sys.stderr))
-        if self.source.kind in ("onnx", "tensorrt") and precision != "auto":
+        if not self._torch_weights() and precision != "auto":
             raise DiffPIRError(
                 f"--dtype {precision}: applies to torch weights; a {self.source.kind} file runs at the precision "
-                "it was exported with (`diffpir export onnx --fp16`)"
+                "it was exported with (`diffpir export onnx --dtype fp16`)"
             )
         if reference and precision not in ("auto", "fp32"):
             raise DiffPIRError(f"--reference runs fp32; drop --dtype {precision}")
@@ -144,7 +164,20 @@ class Restorer:
         self.tiling = TilingPolicy(tile, overlap, self.denoiser_size())
         self.tiling.wrap(self.denoiser)  # a tile or overlap this model cannot take is refused here
         self._graphs: Any = None  # a GraphSampler, made on first CUDA restore
+        self._tuned: dict[tuple[str, str], dict[str, Any]] = {}
+        self._said: set[str] = set()  # notices already given (each is said once per Restorer)
+        self._torch_fallback: Any = None
+        self.last_path: Optional[RuntimePath] = None
         self.runs = 0
+
+    @classmethod
+    def from_options(cls, options: RuntimeOptions, notify: Optional[Callable[[str], None]] = None) -> "Restorer":
+        """The Restorer of typed options (what `diffpir restore`, the service and batch jobs build)."""
+        if not isinstance(options, RuntimeOptions):
+            raise DiffPIRError(f"options: expected a RuntimeOptions, got {type(options).__name__}")
+        return cls(options.model, backend=options.backend, device=options.device, precision=options.dtype,
+                   reference=options.reference, threads=options.threads, notify=notify, tile=options.tile,
+                   overlap=options.overlap)  # fmt: skip
 
     # ------------------------------------------------------------------ preparation
 
@@ -152,18 +185,35 @@ class Restorer:
         path.fallbacks.append(line)
         self._notify(line)
 
+    def _torch_weights(self) -> bool:
+        """Whether the source is torch weights (which any backend made from them can run)."""
+        from diffpir_rt.engine.backends import backend_for_kind
+
+        return "bundled" in backend_for_kind(self.source.kind).runs_kinds
+
     def _prepare(self, backend: str) -> tuple[RuntimePath, Any]:
-        device, source = self.device, self.source
-        if source.kind in ("onnx", "tensorrt"):
-            wanted = "onnxruntime" if source.kind == "onnx" else "tensorrt"
-            if backend not in ("auto", wanted):
-                raise DiffPIRError(f"--backend {backend}: a {source.kind} model runs on the {wanted} backend")
+        """The path and its denoiser, chosen from the backends' declarations (engine.backends).
+
+        A model file of a backend (an ONNX graph, a TensorRT plan) runs on that backend.
+        Torch weights run on the first backend that serves this device and precision, is
+        available here and can run them (directly, or from a file the runtime makes from them,
+        such as the cached ONNX export): the declared `auto_rank` order, or the one asked for.
+        """
+        from diffpir_rt.engine.backends import backend_for_kind, get_backend
+
+        device, source, dev = self.device, self.source, self.device.type
+        if backend != "auto":
+            get_backend(backend)
+        if not self._torch_weights():
+            owner = backend_for_kind(source.kind)
+            if backend not in ("auto", owner.name):
+                raise DiffPIRError(f"--backend {backend}: a {source.kind} model runs on the {owner.name} backend")
+            if dev not in owner.devices:
+                raise DiffPIRError(f"--device {dev}: the {owner.name} backend runs on {', '.join(owner.devices)}")
             denoiser = make_denoiser_from(source, device=device, threads=self.threads)
-            name = "onnxruntime" if wanted == "onnxruntime" else ("cuda-graph" if device.type == "cuda" else "tensorrt")
-            return RuntimePath(name, wanted, str(denoiser.describe().get("precision", "fp32")), str(device),
+            name = "cuda-graph" if dev == "cuda" and owner.graph_capture else owner.path_name
+            return RuntimePath(name, owner.name, str(denoiser.describe().get("precision", "fp32")), str(device),
                                reason=f"the model is a {source.kind} file"), denoiser  # fmt: skip
-        if backend == "tensorrt":
-            raise DiffPIRError("--backend tensorrt: needs a TensorRT plan (--engine) from `diffpir export trt`")
 
         if self.reference:
             if backend not in ("auto", "torch"):
@@ -171,43 +221,65 @@ class Restorer:
             model = make_denoiser_from(source, device=device)  # fp32, NCHW, the reference attention
             return RuntimePath("reference", "torch", "fp32", str(device), reason="--reference: the fp32 eager loop"), model
 
-        if device.type == "cuda":
-            if backend == "onnxruntime":
-                raise DiffPIRError("--backend onnxruntime: on CUDA the graph runtime is the fast path; use --device cpu for ONNX Runtime")
-            model = self._fast_torch(self.precision)
-            from diffpir_rt.kernels import cupy_problem
-
-            path = RuntimePath("cuda-graph", "torch", self.precision, str(device), kernels="cupy",
-                               reason="CUDA: the whole loop as one CUDA graph, fused kernels, reduced-precision UNet")  # fmt: skip
-            problem = cupy_problem()
+        if backend != "auto":
+            candidates = [get_backend(backend)]
+        else:
+            candidates = sorted((b for b in BACKENDS.values() if dev in b.auto_rank), key=lambda b: b.auto_rank[dev])
+        passed: list[str] = []
+        for candidate in candidates:
+            problem = self._problem(candidate, dev)
             if problem is not None:
-                path.kernels = "torch"
-                self._fallback(path, f"fused kernels unavailable ({problem}); the graph runs the engine's torch step")
-            return path, model
+                if backend != "auto":
+                    raise DiffPIRError(f"--backend {candidate.name}: {problem}")
+                passed.append(f"{candidate.name}: {problem}")
+                continue
+            return self._on(candidate, passed)
+        raise DiffPIRError(f"no backend serves {dev} at {self.precision} here ({'; '.join(passed)})")
 
-        # CPU
-        problem = onnxruntime_problem("cpu", export=True) if backend in ("auto", "onnxruntime") else "--backend torch"
-        if backend == "onnxruntime" and problem is not None:
-            raise DiffPIRError(f"--backend onnxruntime: {problem}")
-        if problem is None and self.precision == "fp32":
-            from .onnx_cache import cached_onnx
+    def _problem(self, candidate: Any, dev: str) -> Optional[str]:
+        """Why `candidate` cannot run these torch weights here, or None."""
+        if dev not in candidate.devices:
+            return f"runs on {', '.join(candidate.devices)}, not {dev}"
+        if self.precision not in candidate.precisions:
+            return f"runs {', '.join(candidate.precisions)}, not {self.precision}"
+        if "bundled" not in candidate.runs_kinds and candidate.made_from_torch not in ARTIFACT_MAKERS:
+            flag = candidate.file_flag or "its model file"
+            return f"needs {flag}; it cannot be made from torch weights here"
+        return candidate.problem(dev)
 
-            onnx_path = cached_onnx(source, notify=self._notify)
-            try:
-                denoiser = make_denoiser_from(ModelSource("onnx", onnx_path), device=device, threads=self.threads)
-            except DiffPIRError as e:  # a damaged cache file: make it again, once
-                self._notify(f"the cached ONNX graph is unusable ({e}); exporting it again")
-                onnx_path = cached_onnx(source, notify=self._notify, refresh=True)
-                denoiser = make_denoiser_from(ModelSource("onnx", onnx_path), device=device, threads=self.threads)
-            return RuntimePath("onnxruntime", "onnxruntime", "fp32", str(device),
-                               reason="CPU: ONNX Runtime is the fastest CPU UNet measured (docs/runtime.md)"), denoiser  # fmt: skip
-        model = self._fast_torch(self.precision)
-        reason = "CPU: torch channels-last + SDPA"
-        if backend == "auto" and problem is not None:
-            reason += f" (ONNX Runtime path unavailable: {problem})"
-        elif self.precision != "fp32":
-            reason += f" in {self.precision}"
-        return RuntimePath("torch-fast", "torch", self.precision, str(device), reason=reason), model
+    def _on(self, candidate: Any, passed: list[str]) -> tuple[RuntimePath, Any]:
+        """The path on a chosen backend for torch weights."""
+        device, dev = self.device, self.device.type
+        skipped = f" ({'; '.join(passed)})" if passed else ""
+        if "bundled" in candidate.runs_kinds:  # runs the torch weights themselves
+            model = self._fast_torch(self.precision)
+            if dev == "cuda" and candidate.graph_capture:
+                path = RuntimePath("cuda-graph", candidate.name, self.precision, str(device), kernels="cupy",
+                                   reason="CUDA: the whole loop as one CUDA graph, fused kernels, reduced-precision UNet")  # fmt: skip
+                from diffpir_rt.kernels import cupy_problem
+
+                problem = cupy_problem()
+                if problem is not None:
+                    path.kernels = "torch"
+                    self._fallback(path, f"fused kernels unavailable ({problem}); the graph runs the engine's torch step")
+                return path, model
+            reason = f"{dev.upper() if dev == 'cpu' else dev}: {candidate.description}"
+            if self.precision != "fp32":
+                reason += f" in {self.precision}"
+            return RuntimePath(candidate.path_name, candidate.name, self.precision, str(device), reason=reason + skipped), model
+        # a file the runtime makes from the torch weights, once per weights (e.g. the cached ONNX export)
+        make = ARTIFACT_MAKERS[candidate.made_from_torch]
+        path_file = make(self.source, notify=self._notify, precision=self.precision)
+        try:
+            denoiser = candidate.load(ModelSource(candidate.file_kind, path_file), device=device, precision=self.precision,
+                                      threads=self.threads)  # fmt: skip
+        except DiffPIRError as e:  # a damaged cache file: make it again, once
+            self._notify(f"the cached {candidate.made_from_torch} file is unusable ({e}); making it again")
+            path_file = make(self.source, notify=self._notify, refresh=True, precision=self.precision)
+            denoiser = candidate.load(ModelSource(candidate.file_kind, path_file), device=device, precision=self.precision,
+                                      threads=self.threads)  # fmt: skip
+        reason = f"{dev.upper() if dev == 'cpu' else dev}: {candidate.description} (docs/runtime.md)"
+        return RuntimePath(candidate.path_name, candidate.name, self.precision, str(device), reason=reason + skipped), denoiser
 
     def _fast_torch(self, precision: str) -> Any:
         """The torch model of the fast paths: channels-last convolutions and fused attention."""
@@ -215,31 +287,34 @@ class Restorer:
 
     # ------------------------------------------------------------------ configuration
 
-    def task_defaults(self, task: str):
-        """The task's default hyperparameters for this model (its card's tuned ones, or the official)."""
-        return self.source.task_defaults(task)
+    def tuned_defaults(self, method: str, task: str) -> dict[str, Any]:
+        """This model's tuned values for a method and task (its card's), resolved once per Restorer:
+        a checkpoint source decides whether its card applies by hashing the weights file."""
+        key = (method, task)
+        if key not in self._tuned:
+            self._tuned[key] = self.source.tuned_defaults(method, task)
+        return self._tuned[key]
 
-    def config(self, task: str, method: str = "diffpir", **overrides: Any) -> Any:
-        """The config of `method` for `task`: this model's defaults, then `overrides` (None = default)."""
-        if method not in METHODS:
-            raise DiffPIRError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        config_class = METHODS[method][0]
-        if method == "diffpir":
-            d = self.task_defaults(task)
-            base = {"lam": d.lam, "zeta": d.zeta, "sigma_n": d.sigma_n, "steps": d.steps}
-            unknown = sorted(set(overrides) - set(config_class.field_names()))
-            if unknown:
-                raise DiffPIRError(f"method diffpir: has no parameter {unknown[0]!r}")
-            return DiffPIRConfig(**{**base, **overrides})
-        sigma_n = overrides.get("sigma_n", self.task_defaults(task).sigma_n)
-        base = config_class.for_task(task, sigma_n)
-        unknown = sorted(set(overrides) - set(config_class.field_names()))
-        if unknown:
-            raise DiffPIRError(f"method {method}: has no parameter {unknown[0]!r} (it takes {', '.join(config_class.field_names())})")
-        from dataclasses import replace
+    def default_sigma_n(self, task: str) -> float:
+        """The noise level assumed when none is given: this model's tuned one for the task, else the task's."""
+        key = ("sigma_n", task)
+        if key not in self._tuned:
+            self._tuned[key] = {"sigma_n": self.source.default_sigma_n(task)}
+        return float(self._tuned[key]["sigma_n"])
 
-        return replace(base, **overrides)
+    def configure(self, task: str, method: Optional[str] = None, scale: Optional[int] = None, **overrides: Any) -> Configured:
+        """The config of `method` (default: engine.DEFAULT_METHOD) for `task`, with notes: the
+        method's per-task defaults, this model's tuned values, then `overrides` (None = default);
+        `steps` and `sigma_n` are accepted by every method (engine.configure)."""
+        method = method or DEFAULT_METHOD
+        get_task(task)
+        sigma_n = overrides.get("sigma_n")
+        sigma_n = self.default_sigma_n(task) if sigma_n is None else sigma_n
+        return configure(method, task, sigma_n=sigma_n, scale=scale, tuned=self.tuned_defaults(method, task), overrides=overrides)
+
+    def config(self, task: str, method: Optional[str] = None, **overrides: Any) -> Any:
+        """The config of `method` for `task`: this model's defaults, then `overrides` (see configure)."""
+        return self.configure(task, method, **overrides).config
 
     # ------------------------------------------------------------------ running
 
@@ -263,66 +338,98 @@ class Restorer:
         """Restore a batch. y: (B, C, h, w) or (C, h, w) in [0, 1]; returns the image(s) in [0, 1].
 
         seed: one integer for the batch, one per sample (a sample's result then does not
-        depend on its batch), or None. x_T / noise: as in engine.sample.
+        depend on its batch), or None. x_T / noise: as in engine.sample. `last_path` then
+        says which path ran this restoration (and `describe()` records it).
         """
         if not isinstance(y, Tensor):
             raise DiffPIRError(f"y: expected a torch.Tensor, got {type(y).__name__}")
         y = y.to(self.device, torch.float32)
         self.runs += 1
         method = build_method(config)
-        model = self._model_for(method)
-        out = self._restore(method, model, y, operator, config, seed, x_T, noise, callback)
+        model, path = self._model_for(method)
+        out = self._restore(method, model, path, y, operator, config, seed, x_T, noise, callback)
+        self.last_path = path
         # the loop's domain (an operator may restore on a larger one than its output, engine.boundary)
         self.tiling.note(self.tiling.wrap(model), operator.image_shape(y.shape if y.ndim == 4 else (1, *y.shape)))
         return out
 
-    def _restore(self, method, model, y, operator, config, seed, x_T, noise, callback) -> Tensor:
-        """The path's loop (restore's body): the graph runtime, or engine.sample; tiled per self.tiling."""
-        tiled = self.tiling.wrap(self.denoiser)
-        if model is not self.denoiser or method.needs_grad:
-            return sample(self.tiling.wrap(model), operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
-        if self.path.name == "cuda-graph" and callback is None:
-            image_bytes = 4 * operator.image_shape(y.shape if y.ndim == 4 else (1, *y.shape)).numel()
-            if sum(s.noise for s in method.steps()) * image_bytes > MAX_GRAPH_NOISE_BYTES:
-                return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed)
-            try:
-                return self._graph_sampler().sample(operator, y, config, x_T=x_T, noise=noise, seed=seed)
-            except DiffPIRError:
-                raise
-            except RuntimeError as e:  # a capture the driver refused: the same loop, eagerly
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                self.path.name = "cuda-eager"
-                self._fallback(self.path, f"CUDA graph capture failed ({first}); running the loop eagerly")
-        return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+    def _restore(self, method, model, path: RuntimePath, y, operator, config, seed, x_T, noise, callback) -> Tensor:
+        """The path's loop (restore's body): the graph runtime, or engine.sample; tiled per self.tiling.
+        Every way the loop leaves the prepared path is written into `path` (a copy for this run)."""
+        tiled = self.tiling.wrap(model)
+        if path.name != "cuda-graph":
+            return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+        if not type(config).capabilities.graph_capture or method.needs_grad:
+            self._eager(path, f"method {config.method} runs eagerly (its loop is not captured in a CUDA graph)")
+            return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+        image_bytes = 4 * operator.image_shape(y.shape if y.ndim == 4 else (1, *y.shape)).numel()
+        if sum(s.noise for s in method.steps()) * image_bytes > MAX_GRAPH_NOISE_BYTES:
+            self._eager(path, "the run's pre-drawn noise would not fit a CUDA graph's buffers; running the loop eagerly")
+            return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+        try:
+            out = self._graph_sampler().sample(operator, y, config, x_T=x_T, noise=noise, seed=seed)
+        except DiffPIRError:
+            raise
+        except RuntimeError as e:  # a capture the driver refused: the same loop, eagerly
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.path.name = "cuda-eager"
+            self._eager(path, f"CUDA graph capture failed ({first}); running the loop eagerly")
+            return sample(tiled, operator, y, config, x_T=x_T, noise=noise, seed=seed, callback=callback)
+        if callback is not None:  # one replay runs every step: report them done
+            for step in (s for s in method.steps() if s.t is not None):
+                callback({"i": step.index, "t": step.t})
+        return out
+
+    def path_for(self, config: Any) -> RuntimePath:
+        """The path a restoration with `config` takes here (its fallbacks included), before running it."""
+        return self._model_for(build_method(config))[1]
+
+    def _eager(self, path: RuntimePath, line: str) -> None:
+        path.name = "cuda-eager"
+        if line not in path.fallbacks:
+            path.fallbacks.append(line)
+        if line not in self._said:
+            self._said.add(line)
+            self._notify(line)
 
     def generate(self, shape: Sequence[int], config: Any, seed: Any = None, callback=None) -> Tensor:
         """Unconditional samples (DDIM, DDPM) of shape (B, C, H, W) in [0, 1]."""
-        model = self.tiling.wrap(self._model_for(build_method(config)))
+        model, self.last_path = self._model_for(build_method(config))
+        model = self.tiling.wrap(model)
         out = generate(model, shape, config, seed=seed, device=self.device, callback=callback)
         self.tiling.note(model, out.shape)
         return out
 
-    def _model_for(self, method: Any) -> Any:
-        """The denoiser that can serve `method`: the prepared one, unless the method needs the
-        learned variance or gradients that it cannot give (an ONNX/TensorRT graph outputs eps
-        only); then the same weights on torch, prepared once, with a notice."""
+    def _model_for(self, method: Any) -> tuple[Any, RuntimePath]:
+        """The denoiser that can serve `method`, and the path it runs on for this run: the prepared
+        one, unless the method needs the learned variance or gradients that it cannot give (an
+        ONNX/TensorRT graph outputs eps only); then the same weights on torch, prepared once,
+        with a notice (said once) and the fallback in this run's path."""
+        path = RuntimePath(**{**self.path.to_dict(), "fallbacks": list(self.path.fallbacks)})
         model = self.denoiser
         missing = None
         if method.needs_variance and not hasattr(model, "eps_and_variance"):
             missing = "the learned variance"
-        elif method.needs_grad and self.path.backend != "torch":
+        elif method.needs_grad and not BACKENDS[self.path.backend].gives_gradients:
             missing = "gradients through the model"
         if missing is None:
-            return model
-        if self.source.kind in ("onnx", "tensorrt"):
+            return model, path
+        if not self._torch_weights():
             raise DiffPIRError(
                 f"method {method.config.method}: needs {missing}, which a {self.source.kind} graph does not give; "
-                "use the torch weights (--checkpoint) or a fixed variance (--param variance=fixed_small)"
+                "use the torch weights (--checkpoint) or a fixed variance (--variance fixed_small)"
             )
+        precision = "fp32" if self.device.type == "cpu" else self.precision
         if getattr(self, "_torch_fallback", None) is None:
-            self._torch_fallback = self._fast_torch("fp32" if self.device.type == "cpu" else self.precision)
-            self._notify(f"method {method.config.method} needs {missing}: running it on torch instead of {self.path.backend}")
-        return self._torch_fallback
+            self._torch_fallback = self._fast_torch(precision)
+        line = f"method {method.config.method} needs {missing}: running it on torch instead of {self.path.backend}"
+        path.fallbacks.append(line)
+        path.name = "torch-fast" if self.device.type == "cpu" else "cuda-eager"
+        path.backend, path.precision = "torch", precision
+        if line not in self._said:
+            self._said.add(line)
+            self._notify(line)
+        return self._torch_fallback, path
 
     def denoiser_size(self) -> int:
         """The model's training image side: the natural size for unconditional samples."""
@@ -336,11 +443,14 @@ class Restorer:
     # ------------------------------------------------------------------ records
 
     def describe(self) -> dict[str, Any]:
-        """What runs, for run records: the path and why, the model, the backend's own description."""
+        """What runs, for run records: the path that ran the last restoration (or the prepared one)
+        and why, with every fallback, the model, the backend's own description."""
+        path = self.last_path if self.last_path is not None else self.path
+        model = self._torch_fallback if path.backend == "torch" and self.path.backend != "torch" else self.denoiser
         return {
-            "path": self.path.to_dict(),
+            "path": path.to_dict(),
             "model": self.source.to_dict(),
-            "backend": self.denoiser.describe(),
+            "backend": model.describe(),
             "tiling": self.tiling.describe(),
             "torch": torch.__version__,
         }

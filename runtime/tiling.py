@@ -41,19 +41,6 @@ def parse_tile(value: Union[None, str, int]) -> Union[None, str, int]:
     return value
 
 
-def tile_argument(text: str) -> Union[None, str, int]:
-    """argparse type of --tile: auto, off or a positive tile side."""
-    import argparse
-
-    try:
-        return parse_tile(text.strip().lower())
-    except DiffPIRError:
-        raise argparse.ArgumentTypeError(f"expected auto, off or a tile side in pixels, got {text!r}") from None
-
-
-tile_argument.__name__ = "tile"
-
-
 class TilingPolicy:
     """What `Restorer(tile=, overlap=)` asked for, the tiled models it made, and the last run's plan.
 

@@ -106,14 +106,9 @@ class BatchRestorer:
     """A Ray Data actor: one Restorer; a batch of rows in, a row per input out."""
 
     def __init__(self, model: dict[str, Any], task: dict[str, Any]) -> None:
-        from diffpir_rt.runtime import make_restorer
+        from diffpir_rt.runtime import Restorer, RuntimeOptions
 
-        from .settings import model_namespace
-
-        self.restorer = make_restorer(model_namespace(model))  # exactly as `diffpir restore` makes it
-        from .forms import memoise_task_defaults
-
-        memoise_task_defaults(self.restorer)
+        self.restorer = Restorer.from_options(RuntimeOptions.from_dict(model))  # exactly as `diffpir restore` makes it
         self.task = task
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -138,26 +133,21 @@ class BatchRestorer:
         return {key: [r[key] for r in ordered] for key in ("index", "status", "reason", "image", "record")}
 
     def _request(self, row: dict[str, Any]) -> Any:
-        from diffpir_rt.engine import operator_from_files
-        from diffpir_rt.engine import paths
-        from diffpir_rt.runtime import read_measurement
-        from diffpir_rt.runtime import RestoreRequest
+        """The row's RestoreRequest, built as `diffpir restore` builds it (runtime.build_request);
+        a list file's second column is the task's per-image input (a kernel or a mask)."""
+        from diffpir_rt.engine import InputFile, TaskInputs
+        from diffpir_rt.runtime import RequestOptions, build_request, per_image_input
 
         t = self.task
-        path = paths.check_input_file(Path(str(row["input"])), "input")
-        aux = str(row["aux"]) if row["aux"] else None
-        kernel = Path(aux) if aux and t["task"] in ("deblur", "sr") else (Path(t["kernel"]) if t["kernel"] else None)
-        mask = Path(aux) if aux and t["task"] == "inpaint" else (Path(t["mask"]) if t["mask"] else None)
-        for what, p in (("kernel", kernel), ("mask", mask)):
-            if p is not None:
-                paths.check_input_file(p, what)
-        operator = operator_from_files(t["task"], kernel, t["kernel_index"], mask, t["scale"])
-        photo = read_measurement(path)
-        y, depth = photo.rgb, photo.bit_depth
-        operator.data_step(y[None])  # size checks before the batch runs, as diffpir restore
-        request = RestoreRequest(t["task"], y, operator, t["method"], dict(t["overrides"]), t["seed"], depth,
-                                 sources={"input": str(path), "kernel": str(kernel) if kernel else None,
-                                          "mask": str(mask) if mask else None}, photo=photo)  # fmt: skip
+        files = {name: Path(t[name]) if t.get(name) else None for name in ("kernel", "mask")}
+        aux_name = per_image_input(t["task"])
+        if row["aux"] and aux_name is not None:
+            files[aux_name] = Path(str(row["aux"]))
+        opened = {name: InputFile.from_path(path, name) if path is not None else None for name, path in files.items()}
+        inputs = TaskInputs(kernel=opened["kernel"], kernel_index=t["kernel_index"], mask=opened["mask"], scale=t["scale"])
+        image = InputFile.from_path(Path(str(row["input"])), "input")
+        request = build_request(t["task"], image, inputs, t["method"], dict(t["overrides"]),
+                                RequestOptions(seed=t["seed"], boundary=t.get("boundary", "auto")))  # fmt: skip
         request.config(self.restorer)  # a bad hyperparameter fails this row here
         return request
 
@@ -227,7 +217,7 @@ def run_batch_job(
     say=print,
 ) -> dict[str, Any]:
     """Run the jobs not done yet; returns the summary (also what the command prints)."""
-    from .server import descendants, end_processes, import_ray
+    from .server import quiet_console
 
     todo = [job for job in jobs if not job.done()]
     skipped = len(jobs) - len(todo)
@@ -235,6 +225,21 @@ def run_batch_job(
                                "restore_seconds": 0.0, "images_per_s": 0.0}  # fmt: skip
     if not todo:
         return summary
+    with quiet_console():
+        _run_todo(todo, summary, model, task, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                  gpus_per_worker=gpus_per_worker, batch_size=batch_size, num_cpus=num_cpus, progress=progress)
+    # images/s of the job itself (actors starting, reading, restoring, writing), without Ray's own start
+    if summary["restore_seconds"]:
+        summary["images_per_s"] = round(summary["restored"] / summary["restore_seconds"], 3)
+    return summary
+
+
+def _run_todo(todo: list[Job], summary: dict[str, Any], model: dict[str, Any], task: dict[str, Any], *, address: Optional[str],
+              workers: int, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, num_cpus: Optional[int],
+              progress: bool) -> None:  # fmt: skip
+    """Ray up, the jobs through Ray Data, each result written as it arrives; Ray down (whatever happens)."""
+    from .server import descendants, end_processes, import_ray
+
     ray = import_ray("diffpir batch")
     by_index = {job.index: job for job in todo}
     init: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
@@ -262,23 +267,31 @@ def run_batch_job(
             concurrency=workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, batch_format="numpy",
         )  # fmt: skip
         running = time.perf_counter()
+        seen: set[int] = set()
         with Progress(len(todo), "diffpir batch", unit="image", enabled=progress, interval=5.0) as bar:
-            for row in results.iter_rows():
-                job = by_index[int(row["index"])]
-                if row["status"] == "done":
-                    write_atomic(job.output, bytes(row["image"]))
-                    write_atomic(job.record, str(row["record"]).encode("utf-8"))  # the record last: it marks done
-                    summary["restored"] += 1
-                else:
-                    summary["failed"].append({"input": str(job.input), "reason": str(row["reason"])})
-                bar.update(1)
+            try:
+                for row in results.iter_rows():
+                    index = int(row["index"])
+                    if index in seen:  # a block computed twice (a retried task): its first copy counted
+                        continue
+                    seen.add(index)
+                    job = by_index[index]
+                    if row["status"] == "done":
+                        write_atomic(job.output, bytes(row["image"]))
+                        write_atomic(job.record, str(row["record"]).encode("utf-8"))  # the record last: it marks done
+                        summary["restored"] += 1
+                    else:
+                        summary["failed"].append({"input": str(job.input), "reason": str(row["reason"])})
+                    bar.update(1)
+            except ray.exceptions.RayError as e:
+                # Ray Data restarts lost actors and retries their tasks; what still fails (the driver's own
+                # node lost, every node gone) stops here, with what is written kept for the rerun.
+                text = str(e).strip().splitlines()
+                raise DiffPIRError(f"the job stopped ({type(e).__name__}: {text[0][:160] if text else ''}); {summary['restored']} of "
+                                   f"{len(todo)} outputs were written: run the same command again to finish the rest") from None  # fmt: skip
         summary["restore_seconds"] = round(time.perf_counter() - running, 3)
     finally:
         summary["seconds"] = round(time.perf_counter() - start, 3)
         ray.shutdown()
         if address is None:  # whatever Ray left of the instance this job started (never the caller's own children)
             end_processes([pid for pid in descendants(os.getpid()) if pid not in before])
-    # images/s of the job itself (actors starting, reading, restoring, writing), without Ray's own start
-    if summary["restore_seconds"]:
-        summary["images_per_s"] = round(summary["restored"] / summary["restore_seconds"], 3)
-    return summary

@@ -6,14 +6,16 @@ work without it; `diffpir serve`/`batch` without it say which extra to install.
 
 from __future__ import annotations
 
+
 import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from diffpir_rt.engine import METHODS, TASKS, argtypes
+from diffpir_rt.engine import DEFAULT_METHOD
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 
 EXAMPLES_SERVE = """examples:
@@ -61,32 +63,24 @@ def replicas_range(text: str) -> tuple[int, int]:
     return pair
 
 
-non_negative_float = argtypes.in_range(float, 0.0, float("inf"))
+non_negative_float = cliargs.in_range(float, 0.0, float("inf"))
 
 
-def _hyperparameters(p: argparse.ArgumentParser) -> None:
-    """The restore command's task and hyperparameter flags."""
-    p.add_argument("--task", required=True, choices=TASKS, help="degradation to invert")
-    p.add_argument("--kernel-index", type=argtypes.non_negative_int, default=None, help="which kernel of a .mat cell array")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="SR factor (default: 4)")
-    p.add_argument("--method", choices=tuple(METHODS), default=None, help="restoration method (default: diffpir)")
-    h = p.add_argument_group("hyperparameters (unset: the model's default for the task)")
-    h.add_argument("--sigma-n", type=argtypes.unit_float, help="measurement noise std in [0,1] units")
-    h.add_argument("--steps", type=argtypes.num_steps, help="number of timesteps")
-    h.add_argument("--lam", type=argtypes.positive_float, help="diffpir: lambda, the data-term weight")
-    h.add_argument("--zeta", type=argtypes.unit_float, help="diffpir: fresh-noise share of each step")
-    h.add_argument("--skip", choices=("quad", "uniform"), default=None, help="diffpir: step spacing")
-    h.add_argument("--t-start", type=argtypes.timestep, default=None, help="diffpir: start timestep")
-    h.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any other parameter of the method's config")
-    p.add_argument("--seed", type=argtypes.seed, default=None, help="random seed (default: 0)")
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="output bit depth (default: the input's)")
+def _restore_flags(p: argparse.ArgumentParser) -> None:
+    """The restore command's task, method, hyperparameter and request flags (generated from the
+    declarations, as `diffpir restore` and the service's form fields)."""
+    from diffpir_rt.runtime import add_method_flags, add_request_flags, add_task_flags
+
+    add_task_flags(p)
+    add_method_flags(p)
+    add_request_flags(p.add_argument_group("request"))
 
 
 # ----------------------------------------------------------------------------- serve
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
-    from diffpir_rt.runtime import add_model_arguments
+    from diffpir_rt.runtime import add_runtime_flags
 
     from .settings import ServeSettings
 
@@ -95,51 +89,54 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run the restoration service (Ray Serve: HTTP API, dynamic batching, replicas)",
         description="Serve restorations over HTTP with Ray Serve: POST /v1/restore (multipart form: image, task, "
-        "kernel, mask, scale, method, steps, lam, zeta, sigma_n, seed), GET /v1/info, GET /healthz. Requests that "
+        "kernel, mask, scale, method, seed and each method's parameters, as the flags of `diffpir restore`), GET /v1/info "
+        "(tasks, methods, parameters and defaults), GET /healthz. Requests that "
         "can share a batch are batched; replicas spread over GPUs and machines. Needs the serve extra "
         '(pip install "diffpir-rt[serve]"). docs/service.md has the API and the multi-node recipe.',
         epilog=EXAMPLES_SERVE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(p)
+    add_runtime_flags(p)
     n = p.add_argument_group("network and cluster")
     n.add_argument("--host", default=d.host, help="address to listen on (default: %(default)s, this machine only)")
-    n.add_argument("--port", type=argtypes.in_range(int, 1, 65535), default=d.port, help="HTTP port (default: %(default)s)")
+    n.add_argument("--port", type=cliargs.in_range(int, 1, 65535), default=d.port, help="HTTP port (default: %(default)s)")
     n.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto, or HOST:6379); default: start a local Ray of its own")
-    n.add_argument("--num-cpus", type=argtypes.positive_int, default=None, help="CPUs of the local Ray instance (default: all)")
-    n.add_argument("--metrics-port", type=argtypes.in_range(int, 1, 65535), default=None,
+    n.add_argument("--num-cpus", type=cliargs.positive_int, default=None, help="CPUs of the local Ray instance (default: all)")
+    n.add_argument("--metrics-port", type=cliargs.in_range(int, 1, 65535), default=None,
                    help="Prometheus metrics port of the local Ray instance (default: none; on a cluster, Ray's own)")
     n.add_argument("--token-file", type=Path, default=None,
                    help="require 'Authorization: Bearer <token>' with the token in this file (or $DIFFPIR_SERVE_TOKEN)")
     s = p.add_argument_group("scale")
-    s.add_argument("--replicas", type=argtypes.positive_int, default=d.replicas, help="restorer replicas (default: %(default)s)")
+    s.add_argument("--replicas", type=cliargs.positive_int, default=d.replicas, help="restorer replicas (default: %(default)s)")
     s.add_argument("--autoscale", type=replicas_range, default=None, metavar="MIN:MAX",
                    help="autoscale restorer replicas between MIN and MAX on queue length (instead of --replicas)")
-    s.add_argument("--target-queue", type=argtypes.positive_float, default=d.target_queue,
+    s.add_argument("--target-queue", type=cliargs.positive_float, default=d.target_queue,
                    help="autoscaling: requests per replica to aim for (default: %(default)s)")
     s.add_argument("--gpus-per-replica", type=non_negative_float, default=None,
                    help="GPUs per restorer replica (default: 1 with --device cuda or a local GPU, else 0)")
-    s.add_argument("--cpus-per-replica", type=argtypes.positive_float, default=None,
+    s.add_argument("--cpus-per-replica", type=cliargs.positive_float, default=None,
                    help="CPUs reserved per restorer replica (default: 1 with GPUs, else this machine's CPUs / replicas)")
-    s.add_argument("--ingress-replicas", type=argtypes.positive_int, default=d.ingress_replicas,
+    s.add_argument("--ingress-replicas", type=cliargs.positive_int, default=d.ingress_replicas,
                    help="HTTP ingress replicas (parsing, no model; default: %(default)s)")
     b = p.add_argument_group("batching")
-    b.add_argument("--max-batch-size", type=argtypes.positive_int, default=d.max_batch_size,
+    b.add_argument("--max-batch-size", type=cliargs.positive_int, default=d.max_batch_size,
                    help="most requests per batch (default: %(default)s)")
     b.add_argument("--batch-wait-ms", type=non_negative_float, default=d.batch_wait_ms,
                    help="how long a batch waits to fill (default: %(default)s ms)")
     b.add_argument("--pad-batches", choices=("auto", "on", "off"), default=d.pad_batches,
                    help="pad batches to the captured CUDA-graph sizes 1, 2, 4, ... (auto: on CUDA; default: %(default)s)")
     lim = p.add_argument_group("limits (per request)")
-    lim.add_argument("--max-pixels", type=argtypes.positive_int, default=d.max_pixels,
+    lim.add_argument("--max-pixels", type=cliargs.positive_int, default=d.max_pixels,
                      help="largest restored image in pixels (default: %(default)s)")
     lim.add_argument("--max-body-bytes", type=byte_size, default=d.max_body_bytes,
                      help="largest request body, e.g. 32M (default: %(default)s)")
-    lim.add_argument("--max-steps", type=argtypes.num_steps, default=d.max_steps, help="most steps a request may ask (default: %(default)s)")
-    lim.add_argument("--max-queued", type=argtypes.positive_int, default=d.max_queued,
+    lim.add_argument("--max-steps", type=cliargs.num_steps, default=d.max_steps, help="most steps a request may ask (default: %(default)s)")
+    lim.add_argument("--max-queued", type=cliargs.positive_int, default=d.max_queued,
                      help="requests queued per replica before 429 (default: %(default)s)")
-    lim.add_argument("--request-timeout", type=argtypes.positive_float, default=d.request_timeout_s,
+    lim.add_argument("--request-timeout", type=cliargs.positive_float, default=d.request_timeout_s,
                      help="seconds a request may take before 504 (default: %(default)s)")
+    lim.add_argument("--read-timeout", type=cliargs.positive_float, default=d.read_timeout_s,
+                     help="seconds a request's body may take to arrive before 408 (default: %(default)s)")
     lim.add_argument("--drain-timeout", type=non_negative_float, default=d.drain_timeout_s,
                      help="seconds in-flight requests get to finish on SIGINT/SIGTERM (default: %(default)s)")
     p.add_argument("--print-config", action="store_true",
@@ -149,14 +146,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """ServeSettings from `diffpir serve` flags, with the cheap checks of `diffpir restore`."""
-    from diffpir_rt.engine import ModelSource
-    from diffpir_rt.runtime import check_inputs_exist
+    from diffpir_rt.runtime import runtime_options
 
-    from .settings import ServeSettings, hash_token, model_arguments, read_token
+    from .settings import ServeSettings, hash_token, options_dict, read_token
 
-    check_inputs_exist(args, ("checkpoint", "onnx", "engine"))
-    ModelSource.from_arguments(args.checkpoint, args.arch, args.onnx, args.engine)  # one source, a known arch
-    device = args.device
+    runtime = runtime_options(args)  # the model files checked, one source, a known arch
+    device = runtime.device
     gpus = args.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if device.startswith("cuda") or (device == "auto" and _local_gpu()) else 0.0
@@ -168,7 +163,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     cpus = args.cpus_per_replica
     if cpus is None:
         cpus = 1.0 if gpus > 0 else max(0.5, (args.num_cpus or os.cpu_count() or 1) // most or 0.5)
-    model = model_arguments(args)
+    model = options_dict(runtime)
     if model.get("threads") is None and gpus == 0 and most > 1 and args.address is None:
         from diffpir_rt.engine import physical_cores
 
@@ -178,6 +173,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         model=model,
         max_pixels=args.max_pixels, max_body_bytes=args.max_body_bytes, max_steps=args.max_steps,
         max_queued=max(args.max_queued, args.max_batch_size), request_timeout_s=args.request_timeout,
+        read_timeout_s=args.read_timeout,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, pad_batches=args.pad_batches,
         replicas=args.replicas, autoscale_min=args.autoscale[0] if args.autoscale else None,
         autoscale_max=args.autoscale[1] if args.autoscale else None, target_queue=args.target_queue,
@@ -235,30 +231,20 @@ def add_request_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--url", default=None, help="the server (default: $DIFFPIR_SERVER, else http://127.0.0.1:8000)")
     p.add_argument("--token-file", type=Path, default=None, help="bearer token file (default: $DIFFPIR_SERVE_TOKEN)")
-    p.add_argument("--timeout", type=argtypes.positive_float, default=600.0, help="seconds to wait (default: %(default)s)")
-    p.add_argument("--retries", type=argtypes.non_negative_int, default=3,
+    p.add_argument("--timeout", type=cliargs.positive_float, default=600.0, help="seconds to wait (default: %(default)s)")
+    p.add_argument("--retries", type=cliargs.non_negative_int, default=3,
                    help="retries on 429/503 or a dropped connection, with backoff (default: %(default)s)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--info", action="store_true", help="print GET /v1/info and exit")
     mode.add_argument("--health", action="store_true", help="print GET /healthz and exit")
-    p.add_argument("--task", choices=TASKS, default=None, help="degradation to invert")
-    p.add_argument("--input", type=Path, default=None, help="measurement y (PNG/JPEG/TIFF or .npy)")
+    p.add_argument("--input", type=Path, default=None, help="measurement y (PNG/JPEG/TIFF/WebP or .npy)")
     p.add_argument("--output", type=Path, default=None, help="restored image (.png); <output>.json records the run")
-    p.add_argument("--kernel", type=Path, help="blur kernel (.npy, .png, .mat)")
-    p.add_argument("--mask", type=Path, help="inpainting mask image, nonzero = observed")
-    h = p.add_argument_group("task and hyperparameters (unset: the server model's defaults)")
-    h.add_argument("--kernel-index", type=argtypes.non_negative_int, default=None)
-    h.add_argument("--scale", type=int, choices=(2, 3, 4), default=None)
-    h.add_argument("--method", choices=tuple(METHODS), default=None)
-    h.add_argument("--sigma-n", type=argtypes.unit_float)
-    h.add_argument("--steps", type=argtypes.num_steps)
-    h.add_argument("--lam", type=argtypes.positive_float)
-    h.add_argument("--zeta", type=argtypes.unit_float)
-    h.add_argument("--skip", choices=("quad", "uniform"), default=None)
-    h.add_argument("--t-start", type=argtypes.timestep, default=None)
-    h.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    h.add_argument("--seed", type=argtypes.seed, default=None)
-    h.add_argument("--bit-depth", type=int, choices=(8, 16), default=None)
+    from diffpir_rt.runtime import add_method_flags, add_request_flags, add_task_flags
+
+    add_task_flags(p, required=False)  # --task: not needed with --info / --health (checked in run_request)
+    add_method_flags(p)
+    add_request_flags(p.add_argument_group("request"))
+    p.add_argument("--quiet", action="store_true", help="no progress while waiting")
     p.set_defaults(handler=run_request)
 
 
@@ -271,9 +257,10 @@ def _token(token_file: Optional[Path]) -> Optional[str]:
 
 
 def run_request(args: argparse.Namespace) -> int:
-    from diffpir_rt.client import Client
+    from diffpir_rt.client import Client, wait_printer
 
-    client = Client(args.url, token=_token(args.token_file), timeout=args.timeout, retries=args.retries)
+    client = Client(args.url, token=_token(args.token_file), timeout=args.timeout, retries=args.retries,
+                    on_wait=None if args.quiet else wait_printer(sys.stderr))  # fmt: skip
     if args.info or args.health:
         print(json.dumps(client.info() if args.info else client.health(), indent=2))
         return 0
@@ -281,16 +268,16 @@ def run_request(args: argparse.Namespace) -> int:
     if missing:
         raise DiffPIRError(f"{', '.join(missing)}: required to restore (or use --info / --health)")
     from diffpir_rt.engine import paths
-    from diffpir_rt.runtime import check_inputs_exist, parse_params
+    from diffpir_rt.runtime import check_paths, method_overrides, request_options, task_values
 
-    check_inputs_exist(args, ("input", "kernel", "mask"))
+    check_paths({"--input": args.input, "--kernel": args.kernel, "--mask": args.mask})
     plan = paths.OutputPlan([args.input, args.kernel, args.mask])
     plan.add(args.output, "--output", suffixes=(".png",))
     record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
-    params = parse_params(args.param)
-    fields = {name: getattr(args, name) for name in ("scale", "method", "steps", "lam", "zeta", "sigma_n", "skip",
-                                                     "t_start", "seed", "kernel_index", "bit_depth")}  # fmt: skip
-    result = client.restore(args.input, args.task, kernel=args.kernel, mask=args.mask, params=params, **fields)
+    # the form's fields are the flags' names (generated from the same declarations)
+    values = {k: v for k, v in task_values(args).items() if k not in ("kernel", "mask")}
+    fields = {**values, "method": args.method, **method_overrides(args), **cliargs.given(args, ("seed", "boundary", "bit_depth"))}
+    result = client.restore(args.input, args.task, kernel=args.kernel, mask=args.mask, **fields)
     from diffpir_rt.engine import write_text
 
     from .batch import write_atomic
@@ -308,7 +295,7 @@ def run_request(args: argparse.Namespace) -> int:
 
 
 def add_batch_parser(subparsers: argparse._SubParsersAction) -> None:
-    from diffpir_rt.runtime import add_model_arguments
+    from diffpir_rt.runtime import add_runtime_flags
 
     p = subparsers.add_parser(
         "batch",
@@ -322,19 +309,17 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--input", required=True, type=Path, help="a folder, or a list file (one 'image[<TAB>kernel-or-mask]' per line)")
     p.add_argument("--output", required=True, type=Path, help="output folder")
-    p.add_argument("--kernel", type=Path, help="blur kernel for every image (deblur; sr: default bicubic)")
-    p.add_argument("--mask", type=Path, help="inpainting mask for every image")
-    _hyperparameters(p)
+    _restore_flags(p)  # --kernel / --mask: one file for every image (a list file pairs its own per image)
     p.add_argument("--format", choices=tuple(OUTPUT_FORMATS_CHOICES), default="png", help="output format (default: %(default)s)")
-    add_model_arguments(p)
+    add_runtime_flags(p)
     r = p.add_argument_group("Ray")
     r.add_argument("--address", default=None, help="an existing Ray cluster (auto, or HOST:6379); default: a local Ray for this job")
-    r.add_argument("--workers", type=argtypes.positive_int, default=None,
+    r.add_argument("--workers", type=cliargs.positive_int, default=None,
                    help="Restorer actors (default: one per GPU, else 1)")
     r.add_argument("--gpus-per-worker", type=non_negative_float, default=None, help="default: 1 with GPUs, else 0")
-    r.add_argument("--cpus-per-worker", type=argtypes.positive_float, default=1.0, help="default: %(default)s")
-    r.add_argument("--batch-size", type=argtypes.positive_int, default=8, help="images per map_batches call (default: %(default)s)")
-    r.add_argument("--num-cpus", type=argtypes.positive_int, default=None, help="CPUs of the local Ray instance (default: all)")
+    r.add_argument("--cpus-per-worker", type=cliargs.positive_float, default=1.0, help="default: %(default)s")
+    r.add_argument("--batch-size", type=cliargs.positive_int, default=8, help="images per map_batches call (default: %(default)s)")
+    r.add_argument("--num-cpus", type=cliargs.positive_int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     p.set_defaults(handler=run_batch)
 
@@ -343,35 +328,32 @@ OUTPUT_FORMATS_CHOICES = ("png", "tif", "jpg")
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from diffpir_rt.engine import check_inputs
-    from diffpir_rt.runtime import check_inputs_exist, parse_params
+    from diffpir_rt.runtime import check_paths, method_overrides, request_options, resolve_boundary, runtime_options
 
     from .batch import SUMMARY_NAME, list_jobs, run_batch_job, write_atomic
-    from .settings import model_arguments
+    from .settings import options_dict
 
-    check_inputs_exist(args, ("kernel", "mask", "checkpoint", "onnx", "engine"))
-    check_inputs(args.task, kernel=args.kernel, mask=args.mask, scale=args.scale)
-    from diffpir_rt.engine import ModelSource
-
-    ModelSource.from_arguments(args.checkpoint, args.arch, args.onnx, args.engine)
+    check_paths({"--kernel": args.kernel, "--mask": args.mask})
+    runtime = runtime_options(args)
+    options = request_options(args)
+    resolve_boundary(args.task, options.boundary, args.method or DEFAULT_METHOD)
     if args.format == "jpg" and args.bit_depth == 16:
         raise DiffPIRError("--bit-depth 16: JPEG holds 8 bits; use --format png or tif")
     jobs = list_jobs(args.input, args.output, args.format)
     gpus = args.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if args.device.startswith("cuda") or (args.device == "auto" and _local_gpu()) else 0.0
+        gpus = 1.0 if runtime.device.startswith("cuda") or (runtime.device == "auto" and _local_gpu()) else 0.0
     workers = args.workers
     if workers is None:
         workers = max(1, _gpu_count()) if gpus > 0 else 1
-    model = model_arguments(args)
-    if gpus > 0 and args.device == "auto":
+    model = options_dict(runtime)
+    if gpus > 0 and runtime.device == "auto":
         model["device"] = "cuda"
-    overrides = {"lam": args.lam, "zeta": args.zeta, "sigma_n": args.sigma_n, "steps": args.steps, "skip": args.skip,
-                 "t_start": args.t_start, **parse_params(args.param)}  # fmt: skip
-    task = {"task": args.task, "method": args.method or "diffpir", "overrides": overrides, "seed": args.seed or 0,
+    task = {"task": args.task, "method": args.method or DEFAULT_METHOD, "overrides": method_overrides(args),
+            "seed": options.seed, "boundary": options.boundary,
             "kernel": str(args.kernel.resolve()) if args.kernel else None, "kernel_index": args.kernel_index,
             "mask": str(args.mask.resolve()) if args.mask else None, "scale": args.scale,
-            "bit_depth": args.bit_depth, "format": args.format}  # fmt: skip
+            "bit_depth": options.bit_depth, "format": args.format}  # fmt: skip
     summary = run_batch_job(jobs, model, task, address=args.address, workers=workers, cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=gpus, batch_size=args.batch_size, num_cpus=args.num_cpus,
                             progress=not args.quiet)  # fmt: skip
@@ -399,7 +381,7 @@ def _gpu_count() -> int:
 # ----------------------------------------------------------------------------- registration
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     """Register `serve`, `request` and `batch` (called by diffpir_rt.cli)."""
     add_serve_parser(subparsers)
     add_request_parser(subparsers)

@@ -14,14 +14,17 @@ Lifecycle:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, TextIO
 
 from diffpir_rt.errors import DiffPIRError
 
@@ -42,6 +45,95 @@ def import_ray(what: str = "diffpir serve") -> Any:
     except ImportError as e:
         raise DiffPIRError(f'{what} needs Ray ({e.name} is not installed): pip install "diffpir-rt[serve]"') from None
     return ray
+
+
+#: Colour and cursor codes, which a log file or a pipe should not get.
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: Lines of Ray and Serve that alarm without meaning anything for `diffpir serve` / `diffpir batch`.
+NOISE = (
+    # serve.run after our own serve.start: it is our Serve instance, started a moment before
+    "Connecting to existing Serve app",
+    # serve.shutdown: the controller ends itself, so the call that asked it to cannot finish
+    "ServeController.graceful_shutdown failed",
+)
+
+
+class _PlainLines(io.TextIOBase):
+    """A text stream in front of stdout/stderr: drops NOISE lines and, off a terminal, ANSI codes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.strip = not _isatty(stream)
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._pending += text
+            while "\n" in self._pending:
+                line, self._pending = self._pending.split("\n", 1)
+                self._emit(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._emit(self._pending)
+                self._pending = ""
+        self.stream.flush()
+
+    def _emit(self, text: str) -> None:
+        if any(noise in text for noise in NOISE):
+            return
+        self.stream.write(ANSI_CODES.sub("", text) if self.strip else text)
+
+    def isatty(self) -> bool:
+        return _isatty(self.stream)
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(noise in str(record.msg) for noise in NOISE)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def quiet_console() -> Iterator[None]:
+    """While Ray runs in this process: its lines without colour codes when piped, and without NOISE.
+
+    Ray prints its workers' lines (replica logs, raylet messages) to sys.stdout/sys.stderr
+    with ANSI colours; Serve logs through the "ray.serve" logger.
+    """
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PlainLines(sys.stdout), _PlainLines(sys.stderr)
+    drop = _DropNoise()
+    serve_logger = logging.getLogger("ray.serve")
+    serve_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for wrapper in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                wrapper.flush()
+        sys.stdout, sys.stderr = streams
+        serve_logger.removeFilter(drop)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -133,6 +225,10 @@ class Server:
             self._force_stop()
 
     def run(self) -> int:
+        with quiet_console():
+            return self._run()
+
+    def _run(self) -> int:
         s = self.settings
         ray = import_ray()
         from ray import serve

@@ -8,6 +8,7 @@ writes (its `args` are these settings). Nothing here imports Ray.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,14 +33,14 @@ METRIC_PREFIX = "diffpir_"
 class ServeSettings:
     """Everything a server needs, as plain values.
 
-    Model and runtime: the values of `diffpir restore`'s model flags (checkpoint, arch, onnx,
-    engine, device, backend, dtype, threads, reference, ..., whatever add_model_arguments
-    defines), so a replica makes its Restorer exactly as that command does. Limits: per request. Batching: the
+    Model and runtime: `runtime.RuntimeOptions.to_dict()` (the model source with its path made
+    absolute, backend, device, dtype, threads, ...), so a replica makes its Restorer exactly as
+    `diffpir restore` does (`Restorer.from_options`). Limits: per request. Batching: the
     `@serve.batch` size and wait, and padding to captured CUDA-graph batch sizes. Scale:
     replicas (or autoscaling between min and max on queue length), resources per replica.
     """
 
-    # model and runtime: the values of `diffpir restore`'s model flags (runtime.add_model_arguments)
+    # model and runtime: runtime.RuntimeOptions as a dict
     model: dict[str, Any] = field(default_factory=dict)
     # limits
     max_pixels: int = Limits.max_pixels
@@ -47,6 +48,7 @@ class ServeSettings:
     max_steps: int = Limits.max_steps
     max_queued: int = 64
     request_timeout_s: float = 300.0
+    read_timeout_s: float = 30.0  # the whole body must arrive within this (slow or stalled clients: 408)
     # batching
     max_batch_size: int = 8
     batch_wait_ms: float = 10.0
@@ -74,6 +76,8 @@ class ServeSettings:
             raise DiffPIRError(f"--autoscale {self.autoscale_min}:{self.autoscale_max}: expected 0 <= MIN <= MAX, MAX >= 1")
         if self.autoscale_max is not None and self.autoscale_max < 1:
             raise DiffPIRError("--autoscale: MAX must be at least 1")
+        if self.read_timeout_s <= 0 or self.request_timeout_s <= 0:
+            raise DiffPIRError("--read-timeout / --request-timeout: must be positive")
         if self.max_queued < self.max_batch_size:
             raise DiffPIRError(f"--max-queued {self.max_queued}: must be at least --max-batch-size ({self.max_batch_size})")
 
@@ -87,6 +91,15 @@ class ServeSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def digest(self) -> str:
+        """The configuration's name: 12 hex digits of the SHA-256 of these settings (records, /healthz, /v1/info).
+
+        Two deployments with equal settings have equal digests; a rolling update to changed
+        settings (other weights, defaults, limits) changes it.
+        """
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, data: Optional[dict[str, Any]]) -> "ServeSettings":
@@ -102,39 +115,28 @@ class ServeSettings:
         out = self.to_dict()
         out.pop("token_sha256")
         out["auth"] = self.token_sha256 is not None
-        out["model"] = {k: (Path(v).name if k in ("checkpoint", "onnx", "engine") and v else v) for k, v in self.model.items()}
+        model = dict(self.model)
+        if isinstance(model.get("model"), dict) and model["model"].get("path"):
+            model["model"] = {**model["model"], "path": Path(model["model"]["path"]).name}
+        out["model"] = model
         return out
 
+    def runtime_options(self, device: Optional[str] = None) -> Any:
+        """The replica's RuntimeOptions (its device overridden where Ray gave it a GPU)."""
+        from diffpir_rt.runtime import RuntimeOptions
 
-def model_arguments(args: Any) -> dict[str, Any]:
-    """The model flags of a parsed command line (every flag runtime.add_model_arguments defines), as plain values."""
-    import argparse
-
-    from diffpir_rt.runtime import add_model_arguments
-
-    probe = argparse.ArgumentParser(add_help=False)
-    add_model_arguments(probe)
-    out: dict[str, Any] = {}
-    for action in probe._actions:
-        value = getattr(args, action.dest, action.default)
-        out[action.dest] = str(Path(value).resolve()) if isinstance(value, Path) else value
-    return out
+        data = dict(self.model)
+        if device is not None:
+            data["device"] = device
+        return RuntimeOptions.from_dict(data)
 
 
-def model_namespace(model: dict[str, Any]) -> Any:
-    """An argparse namespace for runtime.make_restorer: the flags' defaults, then `model`."""
-    import argparse
-
-    from diffpir_rt.runtime import add_model_arguments
-
-    probe = argparse.ArgumentParser(add_help=False)
-    add_model_arguments(probe)
-    namespace = probe.parse_args([])
-    for key, value in model.items():
-        if key in ("checkpoint", "onnx", "engine") and value is not None:
-            value = Path(value)
-        setattr(namespace, key, value)
-    return namespace
+def options_dict(options: Any) -> dict[str, Any]:
+    """RuntimeOptions as settings: plain values, the model file's path absolute (replicas may run elsewhere)."""
+    data = options.to_dict()
+    if data["model"].get("path"):
+        data["model"]["path"] = str(Path(data["model"]["path"]).resolve())
+    return data
 
 
 def hash_token(token: str) -> str:

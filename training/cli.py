@@ -7,13 +7,15 @@ checkpoints on held-out crops (training/curve.py).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import argparse
 
-from diffpir_rt.engine import argtypes
+from diffpir_rt import cliargs
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    argtypes.add_passthrough_parser(
+def add_parsers(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
+    cliargs.add_passthrough_parser(
         subparsers, "train",
         "train the bundled prior (resumable; `diffpir train --help`), `train export` its weights, "
         "`train curve` measure them, `train tune` their defaults",

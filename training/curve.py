@@ -28,12 +28,13 @@ from diffpir_rt.engine import (
     DiffPIRConfig,
     ModelSource,
     OutputPlan,
-    argtypes,
     check_input_file,
+    get_task,
     make_measurement,
     read_image,
     write_text,
 )
+from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.runtime import Restorer
 
@@ -83,6 +84,7 @@ def weights_of(checkpoint: Path, folder: Path) -> tuple[ModelSource, dict[str, A
     path = folder / f"{checkpoint.stem}.safetensors"
     save_file({k: v.float().contiguous() for k, v in state["ema"].items()}, str(path))
     info = {"step": int(state["step"]), "train_hours": float(state["train_seconds"]) / 3600.0,
+            "cpu_hours": float(state.get("cpu_seconds", state["train_seconds"])) / 3600.0,
             "devices": sorted({s.get("device", "?") for s in state.get("stages", [])})}  # fmt: skip
     return ModelSource("checkpoint", path, recipe.arch), info
 
@@ -97,10 +99,34 @@ def task_psnr(restorer: Restorer, crops: Sequence[tuple[int, np.ndarray]], task:
                              mask_seed=index, **options)  # fmt: skip
         y = torch.from_numpy(np.ascontiguousarray(m.y.transpose(2, 0, 1), dtype=np.float32))[None]
         out = restorer.restore(y, m.operator, config, seed=index)[0].permute(1, 2, 0).double().numpy()
-        shave = 4 if task == "sr" else 0
+        shave = get_task(task).shave(m.operator)
         scores.append(psnr_uint8(out[shave : out.shape[0] - shave, shave : out.shape[1] - shave],
                                  x[shave : x.shape[0] - shave, shave : x.shape[1] - shave]))  # fmt: skip
     return float(np.mean(scores))
+
+
+#: The validation loss's timesteps: evenly spaced over the chain, so every noise level counts alike.
+VAL_TIMESTEPS = tuple(range(25, 1000, 50))
+
+
+@torch.no_grad()
+def validation_loss(source: ModelSource, crops: Sequence[tuple[int, np.ndarray]], device: str = "cpu") -> float:
+    """Mean eps-MSE of the weights on the held-out crops at fixed timesteps and fixed noise (seeded by the
+    crop's index and t): the training objective on images never trained on. Unlike restoration PSNR it
+    is nearly free of sampling noise, so small differences between checkpoints show."""
+    from diffpir_rt.engine import linear_schedule
+
+    model = source.load_torch(device=device)
+    alpha_bar = linear_schedule().alpha_bar
+    losses = []
+    for index, x in crops:
+        x0 = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))[None].to(device) * 2 - 1
+        generator = torch.Generator().manual_seed(index)
+        for t in VAL_TIMESTEPS:
+            eps = torch.randn(x0.shape, generator=generator).to(device)
+            x_t = float(np.sqrt(alpha_bar[t])) * x0 + float(np.sqrt(1 - alpha_bar[t])) * eps
+            losses.append(float(torch.mean((model(x_t, torch.tensor([t], device=device)) - eps) ** 2)))
+    return float(np.mean(losses))
 
 
 def evaluate(source: ModelSource, crops: Sequence[tuple[int, np.ndarray]], task: str = "deblur", device: str = "cpu") -> float:
@@ -110,10 +136,10 @@ def evaluate(source: ModelSource, crops: Sequence[tuple[int, np.ndarray]], task:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argtypes.OneLineParser(prog="diffpir train curve", description=__doc__.split("\n\n")[0])
+    parser = cliargs.OneLineParser(prog="diffpir train curve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="the CBSD68 folder (held-out images)")
     parser.add_argument("--checkpoints", nargs="+", required=True, type=Path, help="training checkpoints or .safetensors")
-    parser.add_argument("--out", required=True, type=argtypes.output_path, help="JSON file of the curve's points")
+    parser.add_argument("--out", required=True, type=cliargs.output_path, help="JSON file of the curve's points")
     parser.add_argument("--device", default="cpu", help="device (default: %(default)s)")
     parser.add_argument("--tasks", nargs="+", default=["deblur"], choices=tuple(TASK_PROTOCOL),
                         help="tasks to measure (default: deblur, the curve's)")
@@ -128,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in args.checkpoints:
             source, info = weights_of(path, Path(folder))
             scores = {f"{task}_psnr": round(evaluate(source, crops, task, args.device), 3) for task in args.tasks}
+            scores["val_loss"] = round(validation_loss(source, crops, args.device), 6)
             points.append({"checkpoint": str(path), **info, **scores})
             print(json.dumps(points[-1]), flush=True)
     protocol = {"images": f"sorted {args.data.name}[{FIRST_IMAGE}:{FIRST_IMAGE + NUM_IMAGES}]", "crop": CROP,

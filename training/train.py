@@ -44,7 +44,9 @@ from diffpir_rt.engine import (
     BETA_END,
     BETA_START,
     NUM_TRAIN_TIMESTEPS,
-    OFFICIAL_DEFAULTS,
+    DEFAULT_METHOD,
+    TASKS,
+    config_class,
     AttentionBlock,
     ResBlock,
     UNetModel,
@@ -63,6 +65,8 @@ CHECKPOINT_FORMAT = "diffpir-rt-train/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: final_loss = mean eps-MSE over this many most recent steps.
 LOSS_WINDOW = 500
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+LR_SCHEDULES = ("constant", "cosine")
 BSDS_NOTE = (
     "Berkeley Segmentation Dataset images (BSDS500 minus the 68 CBSD68 test images, 'BSD432'); "
     "BSDS terms: non-commercial research and educational use. Weights trained on it inherit that note."
@@ -80,13 +84,22 @@ class Recipe:
         arch: a name in `ARCH_PRESETS`.
         crop: square training crop side (pixels); a multiple of the arch's size_multiple.
         batch_size: crops per step.
-        lr: AdamW peak learning rate, reached after `warmup_steps` (linear warmup), then constant.
+        lr: AdamW peak learning rate, reached after `warmup_steps` (linear warmup), then
+            constant or, with lr_schedule "cosine", a cosine from lr to lr * lr_min_ratio over
+            lr_cycle_steps, restarting at lr every cycle (warm restarts).
         weight_decay: AdamW decoupled weight decay.
         grad_clip: max global gradient L2 norm.
         ema_decay: EMA decay; the effective decay is min(ema_decay, (1 + n) / (10 + n)).
         var_loss_weight: weight of the zero-target MSE on the variance channels.
         rot90: also rotate crops by multiples of 90 degrees (flips are always on).
         seed: seeds the init and the one generator that draws crops, t and eps.
+        loss_weighting: "uniform" (every t weighs 1 in the eps-MSE) or "min_snr"
+            (weight min(SNR_t, gamma) / SNR_t: the min-SNR-gamma weighting of Hang et al. 2023
+            for eps-prediction, which stops the nearly noise-free timesteps from dominating).
+        min_snr_gamma: gamma of the min-SNR weighting.
+        lr_schedule: "constant" or "cosine" (see lr).
+        lr_cycle_steps: length of one cosine cycle in steps (after warmup).
+        lr_min_ratio: the cosine's floor as a fraction of lr.
     """
 
     arch: str = "compact_fast"
@@ -100,8 +113,23 @@ class Recipe:
     var_loss_weight: float = 1e-3
     rot90: bool = True
     seed: int = 0
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+    lr_schedule: str = "constant"
+    lr_cycle_steps: int = 4000
+    lr_min_ratio: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise DiffPIRError(f"loss_weighting: expected one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DiffPIRError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_cycle_steps < 1:
+            raise DiffPIRError(f"lr_cycle_steps: expected >= 1, got {self.lr_cycle_steps}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise DiffPIRError(f"lr_min_ratio: expected 0 <= lr_min_ratio <= 1, got {self.lr_min_ratio}")
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise DiffPIRError(f"min_snr_gamma: expected a finite number > 0, got {self.min_snr_gamma}")
         _, config = resolve_arch(self.arch)
         if self.crop < 1 or self.crop % config.size_multiple:
             raise DiffPIRError(
@@ -137,6 +165,9 @@ class Stage:
         threads: torch intra-op threads (None: torch's default).
         max_steps: stop when the total step count reaches this (None: no limit).
         max_minutes: stop after this much wall time in this stage (None: no limit).
+        max_cpu_minutes: stop when the run's total CPU time (all stages, this process's user +
+            system time) reaches this; unlike wall time it does not grow when other work
+            shares the cores, so arms of a recipe study get equal compute.
         checkpoint_minutes: checkpoint period in wall minutes.
         log_every: steps per row of loss.csv.
         resume: continue from <out>/checkpoint.pt.
@@ -151,6 +182,7 @@ class Stage:
     threads: Optional[int] = None
     max_steps: Optional[int] = None
     max_minutes: Optional[float] = None
+    max_cpu_minutes: Optional[float] = None
     checkpoint_minutes: float = 10.0
     log_every: int = 10
     resume: bool = False
@@ -162,8 +194,10 @@ class Stage:
             raise DiffPIRError(f"threads: expected >= 1, got {self.threads}")
         if self.max_steps is not None and self.max_steps < 0:
             raise DiffPIRError(f"max_steps: expected >= 0, got {self.max_steps}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise DiffPIRError(f"max_minutes: expected > 0, got {self.max_minutes}")
+        for name in ("max_minutes", "max_cpu_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise DiffPIRError(f"{name}: expected > 0, got {value}")
         if not self.checkpoint_minutes > 0:
             raise DiffPIRError(f"checkpoint_minutes: expected > 0, got {self.checkpoint_minutes}")
         if self.log_every < 1:
@@ -280,6 +314,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.step = 0
         self.train_seconds = 0.0
+        self.cpu_seconds = 0.0
         self.stages: list[dict[str, Any]] = []
         self.recent_losses: deque[float] = deque(maxlen=LOSS_WINDOW)
         schedule = linear_schedule()
@@ -287,11 +322,26 @@ class Trainer:
         self.sqrt_one_minus_alpha_bar = torch.tensor(
             np.sqrt(1.0 - schedule.alpha_bar), dtype=torch.float32, device=self.device
         )
+        self.snr = torch.tensor(schedule.alpha_bar / (1.0 - schedule.alpha_bar), dtype=torch.float32, device=self.device)
 
     def lr_at(self, step: int) -> float:
-        """Linear warmup over warmup_steps, then constant."""
-        warmup = self.recipe.warmup_steps
-        return self.recipe.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        """Linear warmup over warmup_steps, then constant or cosine cycles with warm restarts."""
+        recipe = self.recipe
+        warmup = recipe.warmup_steps
+        if step < warmup:
+            return recipe.lr * (step + 1) / warmup
+        if recipe.lr_schedule == "constant":
+            return recipe.lr
+        phase = ((step - warmup) % recipe.lr_cycle_steps) / recipe.lr_cycle_steps
+        floor = recipe.lr * recipe.lr_min_ratio
+        return floor + 0.5 * (recipe.lr - floor) * (1.0 + math.cos(math.pi * phase))
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Per-sample weight of the eps-MSE at timesteps t, shape (B,)."""
+        if self.recipe.loss_weighting == "uniform":
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        snr = self.snr[t]
+        return torch.clamp(snr, max=self.recipe.min_snr_gamma) / snr
 
     def ema_decay_at(self, step: int) -> float:
         """EMA warmup: a short average early on, recipe.ema_decay later (step = updates so far)."""
@@ -312,8 +362,9 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         out = self.model(x_t, t)
         channels = self.model.config.in_channels
-        loss_eps = torch.mean((out[:, :channels] - eps) ** 2)
-        loss = loss_eps
+        per_sample = torch.mean((out[:, :channels] - eps) ** 2, dim=(1, 2, 3))
+        loss_eps = per_sample.mean()  # logged unweighted, so arms of different weightings compare
+        loss = loss_eps if recipe.loss_weighting == "uniform" else torch.mean(self.loss_weights(t) * per_sample)
         loss_var = out.new_zeros(())
         if out.shape[1] > channels:
             loss_var = torch.mean(out[:, channels:] ** 2)
@@ -342,8 +393,6 @@ class Trainer:
     @torch.no_grad()
     def init_from_weights(self, path: str | os.PathLike[str]) -> None:
         """Copy exported (e.g. fp16 safetensors) weights into the model and the EMA."""
-        from .denoiser import load_unet
-
         source = load_unet(path, self.recipe.arch, device="cpu", dtype=torch.float32).unet.state_dict()
         self.model.load_state_dict(source, strict=True)
         for key, value in source.items():
@@ -362,6 +411,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "train_seconds": self.train_seconds,
+            "cpu_seconds": self.cpu_seconds,
             "stages": self.stages,
             "recent_losses": list(self.recent_losses),
         }
@@ -374,6 +424,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
+        self.cpu_seconds = float(state.get("cpu_seconds", state["train_seconds"]))
         self.stages = list(state["stages"])
         self.recent_losses = deque((float(x) for x in state["recent_losses"]), maxlen=LOSS_WINDOW)
 
@@ -403,7 +454,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- logs
 
 
-LOSS_COLUMNS = ("step", "loss_eps", "loss_var", "grad_norm", "lr", "train_seconds")
+LOSS_COLUMNS = ("step", "loss_eps", "loss_var", "grad_norm", "lr", "train_seconds", "cpu_seconds")
 
 
 def _truncate_csv(path: Path, last_step: int) -> None:
@@ -478,6 +529,7 @@ def train_log(trainer: Trainer, data: str, num_images: int) -> dict[str, Any]:
         "steps": trainer.step,
         "crops_seen": trainer.step * trainer.recipe.batch_size,
         "train_hours": trainer.train_seconds / 3600.0,
+        "cpu_hours": trainer.cpu_seconds / 3600.0,
         "devices": sorted({s["device"] for s in trainer.stages}),
         "final_loss": trainer.final_loss,
         "final_loss_note": f"mean eps-MSE of the online model over the last <= {LOSS_WINDOW} steps",
@@ -489,6 +541,104 @@ def train_log(trainer: Trainer, data: str, num_images: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- train
+
+
+def _recipe_and_state(recipe: Optional[Recipe], stage: Stage) -> tuple[Recipe, Optional[dict[str, Any]]]:
+    """The run's recipe and, on resume, its checkpoint (a resumed run keeps its recipe)."""
+    out = Path(stage.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if not stage.resume:
+        if ckpt_path.exists():
+            raise DiffPIRError(f"out {out}: already holds {CHECKPOINT_NAME}; pass --resume or choose another --out")
+        if recipe is None:
+            raise DiffPIRError("recipe: required for a new run")
+        return recipe, None
+    state = read_checkpoint(ckpt_path)
+    stored = Recipe(**state["recipe"])
+    if recipe is not None and recipe != stored:
+        diff = {f.name: (getattr(recipe, f.name), getattr(stored, f.name)) for f in fields(Recipe)
+                if getattr(recipe, f.name) != getattr(stored, f.name)}  # fmt: skip
+        raise DiffPIRError(f"resume {ckpt_path}: recipe differs from the checkpoint's (given, stored): {diff}")
+    return stored, state
+
+
+def _open_trainer(recipe: Recipe, state: Optional[dict[str, Any]], stage: Stage) -> Trainer:
+    """The trainer on its device: the checkpoint's state, or a new run (from init weights if given)."""
+    if stage.threads is not None:
+        torch.set_num_threads(stage.threads)
+    device = torch.device(stage.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffPIRError(f"device: {stage.device!r} requested but CUDA is not available")
+    images = load_images(stage.data, min_side=recipe.crop)
+    Path(stage.out).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(recipe, images, device)
+    if state is not None:
+        trainer.load_state_dict(state)
+        logger.info("resumed %s at step %d", Path(stage.out) / CHECKPOINT_NAME, trainer.step)
+    elif stage.init_weights is not None:
+        trainer.init_from_weights(stage.init_weights)
+        logger.info("new run initialised from %s", stage.init_weights)
+    return trainer
+
+
+def _stage_record(trainer: Trainer, stage: Stage, resumed: bool) -> dict[str, Any]:
+    """This stage's entry of the run's history (train_log.json, the model card)."""
+    return {
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "device": _device_name(trainer.device),
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "data": str(stage.data),
+        "images": len(trainer.images),
+        "from_step": trainer.step,
+        **({"init_weights": str(stage.init_weights)} if not resumed and stage.init_weights else {}),
+        "to_step": trainer.step,
+        "seconds": 0.0,
+    }
+
+
+class _LossLog:
+    """loss.csv: one row per `every` steps, the means of the steps since the last row."""
+
+    def __init__(self, path: Path, every: int, step: int) -> None:
+        self.path, self.every = path, every
+        _truncate_csv(path, step)  # rows after the checkpoint being resumed will be logged again
+        if not path.is_file():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(LOSS_COLUMNS)
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, trainer: Trainer, values: dict[str, float]) -> Optional[float]:
+        """Accumulate a step; returns the row's mean eps loss when a row was written."""
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+        if trainer.step % self.every:
+            return None
+        row = {k: self.sums[k] / self.count for k in ("loss_eps", "loss_var", "grad_norm")}
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=LOSS_COLUMNS).writerow(
+                {"step": trainer.step, **{k: f"{v:.6g}" for k, v in row.items()},
+                 "lr": f"{trainer.lr_at(trainer.step - 1):.6g}", "train_seconds": f"{trainer.train_seconds:.1f}",
+                 "cpu_seconds": f"{trainer.cpu_seconds:.1f}"}  # fmt: skip
+            )
+        self.sums, self.count = {}, 0
+        return row["loss_eps"]
+
+
+def _stage_over(trainer: Trainer, stage: Stage, started: float, stop: Optional[Callable[[], bool]]) -> bool:
+    """Whether the stage ends before the next step: a step, wall-time or CPU-time budget, or a stop request."""
+    if stage.max_steps is not None and trainer.step >= stage.max_steps:
+        return True
+    if stage.max_minutes is not None and time.monotonic() - started >= 60.0 * stage.max_minutes:
+        return True
+    if stage.max_cpu_minutes is not None and trainer.cpu_seconds >= 60.0 * stage.max_cpu_minutes:
+        return True
+    if stop is not None and stop():
+        logger.warning("stop requested at step %d; checkpointing", trainer.step)
+        return True
+    return False
 
 
 def train(recipe: Optional[Recipe], stage: Stage, stop: Optional[Callable[[], bool]] = None) -> Trainer:
@@ -504,106 +654,40 @@ def train(recipe: Optional[Recipe], stage: Stage, stop: Optional[Callable[[], bo
         DiffPIRError: bad data, a missing checkpoint on resume, an existing one
             without resume, or a recipe that differs from the checkpoint's.
     """
+    recipe, state = _recipe_and_state(recipe, stage)
+    trainer = _open_trainer(recipe, state, stage)
     out = Path(stage.out)
-    ckpt_path = out / CHECKPOINT_NAME
-    state = None
-    if stage.resume:
-        state = read_checkpoint(ckpt_path)
-        stored = Recipe(**state["recipe"])
-        if recipe is not None and recipe != stored:
-            diff = {f.name: (getattr(recipe, f.name), getattr(stored, f.name)) for f in fields(Recipe)
-                    if getattr(recipe, f.name) != getattr(stored, f.name)}
-            raise DiffPIRError(f"resume {ckpt_path}: recipe differs from the checkpoint's (given, stored): {diff}")
-        recipe = stored
-    else:
-        if ckpt_path.exists():
-            raise DiffPIRError(f"out {out}: already holds {CHECKPOINT_NAME}; pass --resume or choose another --out")
-        if recipe is None:
-            raise DiffPIRError("recipe: required for a new run")
-    if stage.threads is not None:
-        torch.set_num_threads(stage.threads)
-    device = torch.device(stage.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffPIRError(f"device: {stage.device!r} requested but CUDA is not available")
-
-    images = load_images(stage.data, min_side=recipe.crop)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(recipe, images, device)
-    if state is not None:
-        trainer.load_state_dict(state)
-        logger.info("resumed %s at step %d", ckpt_path, trainer.step)
-    elif stage.init_weights is not None:
-        trainer.init_from_weights(stage.init_weights)
-        logger.info("new run initialised from %s", stage.init_weights)
-    csv_path = out / "loss.csv"
-    _truncate_csv(csv_path, trainer.step)
-    if not csv_path.is_file():
-        with open(csv_path, "w", newline="") as f:
-            csv.writer(f).writerow(LOSS_COLUMNS)
-
-    stage_record = {
-        "started": _dt.datetime.now().isoformat(timespec="seconds"),
-        "device": _device_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__),
-        "data": str(stage.data),
-        "images": len(images),
-        "from_step": trainer.step,
-        **({"init_weights": str(stage.init_weights)} if state is None and stage.init_weights else {}),
-        "to_step": trainer.step,
-        "seconds": 0.0,
-    }
-    trainer.stages.append(stage_record)
+    log = _LossLog(out / "loss.csv", stage.log_every, trainer.step)
+    record = _stage_record(trainer, stage, resumed=state is not None)
+    trainer.stages.append(record)
 
     def checkpoint() -> None:
-        stage_record["to_step"] = trainer.step
-        stage_record["ended"] = _dt.datetime.now().isoformat(timespec="seconds")
-        trainer.save(ckpt_path)
-        _write_json(out / "train_log.json", train_log(trainer, stage.data, len(images)))
-        plot_losses(csv_path, out / "loss.png")
+        record["to_step"] = trainer.step
+        record["ended"] = _dt.datetime.now().isoformat(timespec="seconds")
+        trainer.save(out / CHECKPOINT_NAME)
+        _write_json(out / "train_log.json", train_log(trainer, stage.data, len(trainer.images)))
+        plot_losses(log.path, out / "loss.png")
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=stage.max_steps,
-        initial=trainer.step,
-        unit="step",
-        disable=not stage.progress,
-        mininterval=1.0 if sys.stderr.isatty() else 60.0,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=stage.max_steps, initial=trainer.step, unit="step", disable=not stage.progress,
+               mininterval=1.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)  # fmt: skip
     started = last_tick = last_ckpt = time.monotonic()
-    sums: dict[str, float] = {}
-    count = 0
+    last_cpu = time.process_time()
     try:  # a failure mid-step leaves the last periodic checkpoint as it was
-        while True:
-            if stage.max_steps is not None and trainer.step >= stage.max_steps:
-                break
-            if stage.max_minutes is not None and time.monotonic() - started >= 60.0 * stage.max_minutes:
-                break
-            if stop is not None and stop():
-                logger.warning("stop requested at step %d; checkpointing", trainer.step)
-                break
+        while not _stage_over(trainer, stage, started, stop):
             values = trainer.train_step()
             if not math.isfinite(values["loss_eps"]):
                 raise FloatingPointError(f"loss is {values['loss_eps']} at step {trainer.step}; not checkpointed")
-            now = time.monotonic()
+            now, cpu_now = time.monotonic(), time.process_time()
             trainer.train_seconds += now - last_tick
-            stage_record["seconds"] += now - last_tick
-            last_tick = now
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value
-            count += 1
+            trainer.cpu_seconds += cpu_now - last_cpu  # CPU time: unaffected by other work sharing the cores
+            record["seconds"] += now - last_tick
+            last_tick, last_cpu = now, cpu_now
             bar.update(1)
-            if trainer.step % stage.log_every == 0:
-                row = {k: sums[k] / count for k in ("loss_eps", "loss_var", "grad_norm")}
-                with open(csv_path, "a", newline="") as f:
-                    csv.DictWriter(f, fieldnames=LOSS_COLUMNS).writerow(
-                        {"step": trainer.step, **{k: f"{v:.6g}" for k, v in row.items()},
-                         "lr": f"{trainer.lr_at(trainer.step - 1):.6g}", "train_seconds": f"{trainer.train_seconds:.1f}"}
-                    )
-                bar.set_postfix(loss=f"{row['loss_eps']:.4f}", refresh=False)
-                sums, count = {}, 0
+            loss = log.add(trainer, values)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if now - last_ckpt >= 60.0 * stage.checkpoint_minutes:
                 checkpoint()
                 last_ckpt = time.monotonic()
@@ -678,14 +762,14 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Task defaults",
         "",
-        "Used by `diffpir restore` with this prior when --lam/--zeta/--steps are not given "
-        "(each row's source says how it was chosen):",
+        f"Used by `diffpir restore --method {card.get('defaults_method', DEFAULT_METHOD)}` with this prior for the "
+        "parameters not given (each row's source says how it was chosen):",
         "",
-        "| task | lam | zeta | steps | sigma_n | source |",
-        "|---|---|---|---|---|---|",
     ]
+    columns = [k for k in next(iter(card["task_defaults"].values()), {}) if k != "source"]
+    lines += ["| task | " + " | ".join(columns) + " | source |", "|---|" + "---|" * (len(columns) + 1)]
     for task, d in card["task_defaults"].items():
-        lines.append(f"| {task} | {d['lam']} | {d['zeta']} | {d['steps']} | {d['sigma_n']} | {d['source']} |")
+        lines.append(f"| {task} | " + " | ".join(str(d.get(c, "")) for c in columns) + f" | {d['source']} |")
     if card.get("quality"):
         lines += ["", "## Measured quality", "", card["quality"]]
     if card.get("curve"):
@@ -717,6 +801,59 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _write_fp16_weights(ema: dict[str, Tensor], path: Path, arch: str, step: int) -> None:
+    """The EMA weights as fp16 safetensors, atomically, readable by everyone (the file ships)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    # One metadata key: safetensors writes several in random order, which would change the hash.
+    save_file({k: v.half().contiguous() for k, v in ema.items()}, str(tmp),
+              metadata={"diffpir_rt": json.dumps({"arch": arch, "step": step, "dtype": "float16"})})  # fmt: skip
+    os.chmod(tmp, 0o644)  # safetensors writes 0600
+    os.replace(tmp, path)
+
+
+def _placeholder_defaults() -> dict[str, dict[str, Any]]:
+    """The default method's official per-task values, marked as not tuned for this prior."""
+    method = config_class(DEFAULT_METHOD)
+    return {
+        task.name: {**method.for_task(task.name, task.default_sigma_n).field_values(),
+                    "source": f"placeholder, not tuned for this prior: {method.defaults_source}"}
+        for task in TASKS.values() if task.name in method.tasks
+    }  # fmt: skip
+
+
+def _training_section(state: dict[str, Any], recipe: Recipe, previous: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The card's account of the training: recipe, steps, hours, devices, data, stages, and the
+    previous prior's training when this run continued it (counted in total_train_hours)."""
+    stages = state["stages"]
+    recent = [float(x) for x in state["recent_losses"]]
+    data_path = stages[-1].get("data") if stages else None
+    section: dict[str, Any] = {
+        "program": "diffpir train (training/train.py)",
+        "objective": f"DDPM eps-MSE over t in 0..999 ({recipe.loss_weighting} weighting); variance channels: "
+        f"zero-target MSE x {recipe.var_loss_weight} (DiffPIR reads only eps)",
+        "recipe": recipe.to_dict(),
+        "steps": int(state["step"]),
+        "crops_seen": int(state["step"]) * recipe.batch_size,
+        "train_hours": float(state["train_seconds"]) / 3600.0,
+        "cpu_hours": float(state.get("cpu_seconds", state["train_seconds"])) / 3600.0,
+        "devices": sorted({s["device"] for s in stages}),
+        "threads": sorted({s["threads"] for s in stages}),
+        "final_loss": float(np.mean(recent)) if recent else None,
+        "data": {"path": data_path or "trainsets/BSDS432", "images": stages[-1].get("images") if stages else None},
+        "stages": stages,
+    }
+    if stages and stages[0].get("init_weights") and previous is not None:
+        # A run started from the previous prior's weights continues its training: say so, and count it.
+        before = previous.get("training", {})
+        hours = before.get("total_train_hours", before.get("train_hours"))
+        section["continued_from"] = {"weights": previous.get("weights"), "sha256": previous.get("sha256"),
+                                     "steps": before.get("steps"), "train_hours": hours, "devices": before.get("devices")}  # fmt: skip
+        section["total_train_hours"] = section["train_hours"] + float(hours or 0)
+    return section
+
+
 def export_prior(
     checkpoint: str | os.PathLike[str],
     name: str,
@@ -734,21 +871,17 @@ def export_prior(
         checkpoint: a training checkpoint (`<out>/checkpoint.pt`).
         name: weights file stem.
         weights_dir: destination folder (engine/weights of a source checkout ships them).
-        task_defaults: per-task {lam, zeta, steps, sigma_n, source}; default: the
-            previous card's, else OFFICIAL_DEFAULTS as placeholders.
+        task_defaults: per-task values of the default method (with a "source" each); default:
+            the previous card's, else the method's official values as placeholders.
         curve: `diffpir train curve` output (quality against training time), for the card.
         quality: a markdown section of measured quality, for the card.
 
     Returns:
         The model card.
     """
-    from safetensors.torch import save_file
-
-
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise DiffPIRError(f"name: expected a plain file stem, got {name!r}")
-    checkpoint = Path(checkpoint)
-    state = read_checkpoint(checkpoint)
+    state = read_checkpoint(Path(checkpoint))
     recipe = Recipe(**state["recipe"])
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -757,28 +890,9 @@ def export_prior(
 
     ema = {k: v.float().contiguous() for k, v in state["ema"].items()}
     weights_path = weights_dir / f"{name}.safetensors"
-    tmp = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(
-        {k: v.half().contiguous() for k, v in ema.items()},
-        str(tmp),
-        # One metadata key: safetensors writes several in random order, which would change the hash.
-        metadata={"diffpir_rt": json.dumps({"arch": recipe.arch, "step": int(state["step"]), "dtype": "float16"})},
-    )
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; the file ships in the package
-    os.replace(tmp, weights_path)
-    fp16_check = fp16_roundtrip_error(recipe.arch, ema, weights_path)
-
-    stages = state["stages"]
-    recent = [float(x) for x in state["recent_losses"]]
+    _write_fp16_weights(ema, weights_path, recipe.arch, int(state["step"]))
     if task_defaults is None:
-        if previous is not None and "task_defaults" in previous:
-            task_defaults = previous["task_defaults"]
-        else:
-            task_defaults = {
-                task: {**d.to_dict(), "source": f"placeholder, not tuned for this prior: {d.source}"}
-                for task, d in OFFICIAL_DEFAULTS.items()
-            }
-    data_path = stages[-1].get("data") if stages else None
+        task_defaults = previous["task_defaults"] if previous is not None and "task_defaults" in previous else _placeholder_defaults()
     card = {
         "name": name,
         "weights": weights_path.name,
@@ -788,44 +902,18 @@ def export_prior(
         "dtype": "float16",
         "bytes": weights_path.stat().st_size,
         "sha256": sha256_file(weights_path),
-        "schedule": {
-            "type": "linear",
-            "num_timesteps": NUM_TRAIN_TIMESTEPS,
-            "beta_start": BETA_START,
-            "beta_end": BETA_END,
-            "doc": "docs/algorithm.md §2.1",
-        },
-        "training": {
-            "program": "diffpir train (training/train.py)",
-            "objective": "DDPM eps-MSE, uniform t in 0..999; variance channels: zero-target MSE "
-            f"x {recipe.var_loss_weight} (DiffPIR reads only eps)",
-            "recipe": recipe.to_dict(),
-            "steps": int(state["step"]),
-            "crops_seen": int(state["step"]) * recipe.batch_size,
-            "train_hours": float(state["train_seconds"]) / 3600.0,
-            "devices": sorted({s["device"] for s in stages}),
-            "threads": sorted({s["threads"] for s in stages}),
-            "final_loss": float(np.mean(recent)) if recent else None,
-            "data": {"path": data_path or "trainsets/BSDS432", "images": stages[-1].get("images") if stages else None},
-            "stages": stages,
-        },
+        "schedule": {"type": "linear", "num_timesteps": NUM_TRAIN_TIMESTEPS, "beta_start": BETA_START,
+                     "beta_end": BETA_END, "doc": "docs/algorithm.md §2.1"},  # fmt: skip
+        "training": _training_section(state, recipe, previous),
         "licence_note": BSDS_NOTE,
-        "fp16_check": fp16_check,
+        "fp16_check": fp16_roundtrip_error(recipe.arch, ema, weights_path),
         "checkpoint_step": int(state["step"]),
         "exported": _dt.datetime.now().isoformat(timespec="seconds"),
         "task_defaults": task_defaults,
+        "defaults_method": DEFAULT_METHOD,
+        **({"curve": curve} if curve is not None else {}),
+        **({"quality": quality} if quality is not None else {}),
     }
-    if stages and stages[0].get("init_weights") and previous is not None:
-        # A run started from the previous prior's weights continues its training: say so, and count it.
-        before = previous.get("training", {})
-        card["training"]["continued_from"] = {"weights": previous.get("weights"), "sha256": previous.get("sha256"),
-                                              "steps": before.get("steps"), "train_hours": before.get("total_train_hours", before.get("train_hours")),
-                                              "devices": before.get("devices")}  # fmt: skip
-        card["training"]["total_train_hours"] = card["training"]["train_hours"] + float(card["training"]["continued_from"]["train_hours"] or 0)
-    if curve is not None:
-        card["curve"] = curve
-    if quality is not None:
-        card["quality"] = quality
     card = json.loads(json.dumps(card))  # what readers of the JSON see (tuples -> lists)
     _write_json(card_path, card)
     (weights_dir / "MODEL_CARD.md").write_text(_model_card_markdown(card))
@@ -885,6 +973,8 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--max-minutes", type=_positive_float, default=None, help="wall-time limit of this stage")
+    parser.add_argument("--max-cpu-minutes", type=_positive_float, default=None,
+                        help="stop when the run's total CPU time reaches this (equal budgets for recipe arms)")
     parser.add_argument("--max-steps", type=_positive_int, default=None, help="stop at this total step count")
     parser.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0, help="checkpoint period (default: 10)")
     parser.add_argument("--log-every", type=_positive_int, default=10, help="steps per loss.csv row (default: 10)")
@@ -904,6 +994,16 @@ def _train_parser() -> argparse.ArgumentParser:
                         help=f"weight of the variance channels' zero-target MSE (default: {defaults.var_loss_weight})")
     recipe.add_argument("--no-rot90", dest="rot90", action="store_false", default=None, help="no 90-degree rotations")
     recipe.add_argument("--seed", type=int, default=None, help=f"init and data/noise seed (default: {defaults.seed})")
+    recipe.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None,
+                        help=f"eps-MSE weight over timesteps (default: {defaults.loss_weighting})")
+    recipe.add_argument("--min-snr-gamma", type=_positive_float, default=None,
+                        help=f"gamma of --loss-weighting min_snr (default: {defaults.min_snr_gamma})")
+    recipe.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                        help=f"after warmup: constant, or cosine cycles with warm restarts (default: {defaults.lr_schedule})")
+    recipe.add_argument("--lr-cycle-steps", type=_positive_int, default=None,
+                        help=f"steps per cosine cycle (default: {defaults.lr_cycle_steps})")
+    recipe.add_argument("--lr-min-ratio", type=_nonneg_float, default=None,
+                        help=f"cosine floor as a fraction of --lr (default: {defaults.lr_min_ratio})")
     return parser
 
 
@@ -947,7 +1047,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         given = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
         stage = Stage(
             data=args.data, out=args.out, device=args.device, threads=args.threads, max_steps=args.max_steps,
-            max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
+            max_minutes=args.max_minutes, max_cpu_minutes=args.max_cpu_minutes, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
             resume=args.resume, progress=not args.quiet, init_weights=args.init_weights,
         )
         if args.resume:

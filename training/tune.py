@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
-from diffpir_rt.engine import DiffPIRConfig, ModelSource, OutputPlan, argtypes, check_input_file, write_text
+from diffpir_rt.engine import DiffPIRConfig, ModelSource, OutputPlan, check_input_file, write_text
+from diffpir_rt import cliargs
 from diffpir_rt.runtime import Restorer
 
 from .curve import CROP, held_out_crops, task_psnr
@@ -53,11 +54,11 @@ def tune(weights: Path, folder: Path, arch: str = "compact_fast", progress=print
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argtypes.OneLineParser(prog="diffpir train tune", description=__doc__.split("\n\n")[0])
+    parser = cliargs.OneLineParser(prog="diffpir train tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="the CBSD68 folder (held-out images)")
     parser.add_argument("--weights", required=True, type=Path, help="the prior's weights (.safetensors)")
     parser.add_argument("--arch", default="compact_fast", help="its arch (default: %(default)s)")
-    parser.add_argument("--out", required=True, type=argtypes.output_path, help="JSON file of the per-task defaults")
+    parser.add_argument("--out", required=True, type=cliargs.output_path, help="JSON file of the per-task defaults")
     args = parser.parse_args(argv)
     check_input_file(args.weights, "--weights")
     plan = OutputPlan([args.weights])

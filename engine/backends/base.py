@@ -8,7 +8,8 @@ precision states.
 from __future__ import annotations
 
 import operator
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -66,3 +67,59 @@ def check_image_input(x_t: Tensor, channels: int) -> None:
         raise DiffPIRError(f"x_t: expected shape (B, {channels}, H, W), got {tuple(x_t.shape)}")
     if not x_t.is_floating_point():
         raise DiffPIRError(f"x_t: expected a floating-point tensor, got dtype {x_t.dtype}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a backend declares: the model files it runs, where, at which precisions, how close
+    to the reference, and how to load it. Model-source resolution, the command lines' model
+    flags and the runtime's path choice read these declarations, so a new backend is its module
+    (ending in `BACKEND = Backend(...)`) plus one line in engine/backends/__init__.py.
+
+    Attributes:
+        name: its name on every surface (--backend NAME, run records).
+        description: one line.
+        file_kind: the kind of model file it owns (a ModelSource kind: "checkpoint", "onnx", ...).
+        file_flag: the command-line flag that names such a file (--checkpoint, --onnx, --engine).
+        file_help: that flag's help.
+        runs_kinds: the ModelSource kinds it loads directly (torch: bundled, checkpoint, random).
+        made_from_torch: the file kind the runtime can make from torch weights for it (an ONNX
+            export, cached), or None: then it runs only its own files.
+        devices: device types it runs on ("cpu", "cuda").
+        precisions: UNet precisions it computes in.
+        auto_rank: device type -> its place in the automatic choice (lower first); absent: never
+            chosen automatically there.
+        path_name: the runtime path's name when it runs the loop eagerly on it.
+        tolerance: its tested tolerance against the fp32 reference (docs/runtime.md).
+        gives_variance: it returns the UNet's learned variance (eps_and_variance).
+        gives_gradients: autograd flows through it (gradient methods).
+        graph_capture: on CUDA the whole loop around it can be one CUDA graph.
+        load: (source, device, precision, threads, **options) -> Denoiser.
+        problem: (device) -> why it cannot run there (not installed, a CPU build on CUDA), or None.
+    """
+
+    name: str
+    description: str
+    file_kind: Optional[str]
+    file_flag: Optional[str]
+    file_help: str
+    runs_kinds: tuple[str, ...]
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    tolerance: str
+    load: Callable[..., Any]
+    made_from_torch: Optional[str] = None
+    auto_rank: Mapping[str, int] = field(default_factory=dict)
+    path_name: str = ""
+    gives_variance: bool = False
+    gives_gradients: bool = False
+    graph_capture: bool = False
+    problem: Callable[[str], Optional[str]] = lambda device: None
+
+    def serves(self, device: str, precision: str) -> bool:
+        return device in self.devices and precision in self.precisions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "file_kind": self.file_kind,
+                "devices": list(self.devices), "precisions": list(self.precisions), "tolerance": self.tolerance,
+                "gives_variance": self.gives_variance, "gives_gradients": self.gives_gradients}  # fmt: skip

@@ -39,6 +39,8 @@ class Precision(str, enum.Enum):
 
     FP32 = "fp32"
     FP16 = "fp16"
+    #: ONNX only: static QDQ int8 convolutions, everything else fp32 (export/quantize.py).
+    INT8 = "int8"
 
     @classmethod
     def parse(cls, value: "str | Precision") -> "Precision":

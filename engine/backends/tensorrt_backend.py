@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from typing import Mapping
 from diffpir_rt.errors import DiffPIRError
 
 from ..artifacts import read_sidecar, sha256_files
-from .base import batch_timesteps, check_image_input
+from .base import Backend, batch_timesteps, check_image_input
 from .contract import contract_from_dict, contract_from_dims, parse_metadata
 
 logger = logging.getLogger(__name__)
@@ -222,3 +222,34 @@ class TensorRTDenoiser:
             "checkpoint_sha256": self.metadata["checkpoint_sha256"],
             "tensorrt": self.record["key"]["tensorrt_version"],
         }
+
+
+def _problem(device: str) -> Optional[str]:
+    try:
+        import_tensorrt()
+    except DiffPIRError as e:
+        return str(e)
+    return None
+
+
+def load(source: Any, device: Any = "cuda", precision: str = "fp16", threads: Optional[int] = None, **_: Any) -> TensorRTDenoiser:
+    """A TensorRT plan from `diffpir export trt` (checked against this GPU and TensorRT)."""
+    return TensorRTDenoiser(source.path, device=device)
+
+
+BACKEND = Backend(
+    name="tensorrt",
+    description="a TensorRT engine plan built from the ONNX graph (NVIDIA GPUs)",
+    file_kind="tensorrt",
+    file_flag="--engine",
+    file_help="a TensorRT plan from `diffpir export trt`",
+    runs_kinds=("tensorrt",),
+    devices=("cuda",),
+    precisions=("fp16", "fp32"),
+    tolerance="fp16 plan: PSNR against the fp32 path recorded by the GPU suite (not yet measured on a GPU)",
+    load=load,
+    path_name="tensorrt",
+    graph_capture=True,
+    problem=_problem,
+)
+

@@ -15,6 +15,7 @@ from torch import Tensor
 from diffpir_rt.errors import DiffPIRError
 
 from ..denoiser import UNetDenoiser
+from .base import Backend
 from ..fast_unet import DTYPES, prepare_unet
 
 
@@ -80,3 +81,29 @@ class TorchDenoiser:
             "weights": self.source,
             "torch": torch.__version__,
         }
+
+
+def load(source: Any, device: Any = "cpu", precision: str = "fp32", threads: Optional[int] = None,
+         channels_last: bool = False, attention: str = "legacy", **_: Any) -> TorchDenoiser:  # fmt: skip
+    """The torch UNet of a bundled, checkpoint or random source, prepared in `precision`."""
+    return TorchDenoiser(source.load_torch(device=device), dtype=precision, channels_last=channels_last,
+                         attention=attention, source=source.label())  # fmt: skip
+
+
+BACKEND = Backend(
+    name="torch",
+    description="the PyTorch UNet (fp32 reference; channels-last and fused attention on the fast paths)",
+    file_kind="checkpoint",
+    file_flag="--checkpoint",
+    file_help="guided-diffusion UNet weights (.pt/.safetensors); default: the bundled prior",
+    runs_kinds=("bundled", "checkpoint", "random"),
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "fp16", "bf16"),
+    tolerance="fp32: 1e-4 on the restored image (channels-last + SDPA vs the plain UNet); bf16/fp16: see docs/runtime.md",
+    load=load,
+    auto_rank={"cuda": 0, "cpu": 1},
+    path_name="torch-fast",
+    gives_variance=True,
+    gives_gradients=True,
+    graph_capture=True,
+)

@@ -21,8 +21,38 @@ from typing import Any, ClassVar, Mapping, Optional, Protocol
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import Param, check_fields, declared
 
 from ..operators import DataStep, Operator
+from ..tasks import get_task
+
+#: The two parameters every method takes on every surface, whatever it calls them: the
+#: iteration budget (each config maps it to its own field, `MethodConfig.budget`) and the
+#: measurement's noise level (a property of the measurement; a method without a noise model
+#: records that it did not use it).
+STEPS = Param("iteration budget: the method's number of steps (see --help --method NAME for what it counts)", int, 1, 1000)
+SIGMA_N = Param("measurement noise std in [0, 1] image units (0.05 = 12.75/255)", float, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method needs from the runtime, and what it can run on.
+
+    Attributes:
+        gradients: its update differentiates through the UNet (torch backends only).
+        extended_boundary: it runs on the extended-domain (masked) data step of a real photo,
+            i.e. it uses only the data step's prox, or A and A^T (engine/boundary.py).
+        graph_capture: its loop can be recorded as one CUDA graph (static shapes, no host sync).
+        per_sample_operators: a batch may carry one kernel or mask per sample.
+    """
+
+    gradients: bool = False
+    extended_boundary: bool = False
+    graph_capture: bool = True
+    per_sample_operators: bool = True
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -51,13 +81,41 @@ class Step:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Base of every method's hyperparameters: frozen, checked, recorded as a dict."""
+    """Base of every method's hyperparameters: frozen, checked, recorded as a dict, and
+    self-describing, so no code outside engine/methods/ names a method.
 
-    #: The method's name in the registry and on the command line.
+    A config's fields are its user parameters, each declared with `diffpir_rt.params.param`
+    (help, kind, range): the command line's flags, the service's form fields and eval's and
+    batch jobs' options are generated from them, and `__post_init__` checks them.
+    """
+
+    #: The method's name in the registry and on every surface.
     method: ClassVar[str] = ""
+    #: One line: what it computes (help, /v1/info, the web page, eval's notes).
+    description: ClassVar[str] = ""
+    #: The tasks it restores (engine.tasks names); () for a generation method.
+    tasks: ClassVar[tuple[str, ...]] = ()
+    #: Whether eval's comparison family includes it.
+    family: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: The field the user's --steps sets, and what it counts for this method.
+    budget: ClassVar[str] = "steps"
+    budget_note: ClassVar[str] = "timesteps (one UNet call each)"
+    #: Below this budget the method gives little with a small prior: one warning line.
+    min_useful_steps: ClassVar[int] = 1
+    #: Where the defaults of `for_task` come from (run records, --help).
+    defaults_source: ClassVar[str] = "the official defaults"
+    #: Named settings a user can ask for by name (eval's --method-preset METHOD=NAME).
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **asdict(self)}
+
+    def field_values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def _check_finite(self, *names: str) -> None:
         for name in names:
@@ -80,13 +138,79 @@ class MethodConfig:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
+    @classmethod
+    def params(cls) -> dict[str, Param]:
+        """The user parameters of this method (its declared fields)."""
+        return declared(cls)
+
+    @classmethod
+    def uses_sigma_n(cls) -> bool:
+        return "sigma_n" in cls.field_names()
+
+    # ------------------------------------------------------------------ per-task defaults
+
+    @classmethod
+    def check_task(cls, task: str) -> None:
+        """Refuse a task this method does not restore, saying which it does."""
+        get_task(task)  # an unknown name says so first
+        if task not in cls.tasks:
+            serves = f"it restores {', '.join(cls.tasks)}" if cls.tasks else "it generates images; use generate()"
+            raise DiffPIRError(f"method {cls.method}: does not apply to task {task} ({serves})")
+
+    @classmethod
+    def task_defaults(cls, task: str, sigma_n: float, scale: Optional[int]) -> dict[str, Any]:
+        """The fields this method sets per task (besides sigma_n); {} = its dataclass defaults."""
+        return {}
+
+    @classmethod
+    def for_task(cls, task: str, sigma_n: float, scale: Optional[int] = None) -> "MethodConfig":
+        """The method's defaults for `task` with the measurement's noise level (and SR scale)."""
+        cls.check_task(task)
+        values = dict(cls.task_defaults(task, sigma_n, scale))
+        if cls.uses_sigma_n():
+            values["sigma_n"] = sigma_n
+        return cls(**values)
+
+    # ------------------------------------------------------------------ what it needs
+
+    @property
+    def needs_variance(self) -> bool:
+        """Whether the update reads the UNet's learned variance (only some configs do)."""
+        return False
+
+    def model_calls(self) -> int:
+        """UNet calls of this config's loop (NFE)."""
+        from . import build_method
+
+        return sum(1 for step in build_method(self).steps() if step.t is not None)
+
+
+class MethodBase:
+    """What every method object shares: its config, and what it needs, read from the config's
+    declarations (the loop, the graph runtime and the Restorer ask these)."""
+
+    config: MethodConfig
+
+    @property
+    def needs_grad(self) -> bool:
+        return type(self.config).capabilities.gradients
+
+    @property
+    def needs_variance(self) -> bool:
+        return self.config.needs_variance
+
+    @property
+    def families(self) -> frozenset[str]:
+        """The operator families ("fourier", "mask") of the tasks it restores."""
+        return frozenset(get_task(task).family for task in type(self.config).tasks)
+
 
 class Method(Protocol):
     """A restoration or generation method, built from its config for one run.
 
     Attributes:
         config: its hyperparameters.
-        tasks: the operator families it applies to ("fourier", "mask"), or () for a
+        families: the operator families it applies to ("fourier", "mask"), empty for a
             generation method that takes no measurement.
         needs_grad: whether `update` differentiates through the denoiser (DPS).
         needs_variance: whether `update` wants the model's learned variance too.
@@ -95,6 +219,7 @@ class Method(Protocol):
     config: MethodConfig
     needs_grad: bool
     needs_variance: bool
+    families: frozenset[str]
 
     def steps(self) -> tuple[Step, ...]:
         """The loop's steps, in order."""

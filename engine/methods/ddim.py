@@ -21,10 +21,11 @@ from typing import Any, ClassVar, Optional
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..operators import DataStep, Operator
-from .base import MethodConfig, Step, check_config
-from .ddpm import check_steps, finish_image, noise_state, schedule_of, timesteps_of
+from .base import MethodBase, MethodConfig, Step, check_config
+from .ddpm import check_steps, clip_param, steps_param, finish_image, noise_state, schedule_of, timesteps_of
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,16 @@ class DDIMConfig(MethodConfig):
     """
 
     method: ClassVar[str] = "ddim"
+    description: ClassVar[str] = "DDIM (Song et al. 2021): unconditional sampling, deterministic at eta 0"
+    defaults_source: ClassVar[str] = "guided-diffusion README (--timestep_respacing ddim25 --use_ddim True)"
 
-    steps: int = 25
-    eta: float = 0.0
-    clip_denoised: bool = True
+    steps: int = steps_param(25)
+    eta: float = param(0.0, help="DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior's variance", low=0.0, high=1.0)
+    clip_denoised: bool = clip_param()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_steps(self, spacing_field=None)
-        self._check_range("eta", 0.0, 1.0)
-        if not isinstance(self.clip_denoised, bool):
-            raise DiffPIRError(f"clip_denoised: expected a bool, got {self.clip_denoised!r}")
         # check_steps validated "even" spacing; DDIM needs "ddimN" to exist.
         try:
             schedule_of(self.steps, "ddim")
@@ -67,17 +68,9 @@ class DDIMConfig(MethodConfig):
     def num_model_calls(self) -> int:
         return len(self.timesteps())
 
-    @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "DDIMConfig":
-        raise DiffPIRError(f"method {cls.method}: does not apply to task {task} (it generates; use generate())")
 
-
-class DDIM:
+class DDIM(MethodBase):
     """Unconditional DDIM generation: x_T ~ N(0, I), then N DDIM steps."""
-
-    tasks: tuple[str, ...] = ()
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: DDIMConfig, impl: str = "torch") -> None:
         check_config(config, DDIMConfig)

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import from_model
 from ..operators import RCOND, DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, linear_schedule
-from .base import MethodConfig, Step, check_config
-from .ddrm import TASKS, alpha_bar_at, check_rcond, check_task, model_measurement
+from .base import SIGMA_N, STEPS, MethodBase, MethodConfig, Step, check_config
+from .ddrm import alpha_bar_at, model_measurement, rcond_param
 from .repaint import schedule_counts, schedule_jump
 
 
@@ -61,30 +62,25 @@ class DDNMConfig(MethodConfig):
     """
 
     method: ClassVar[str] = "ddnm"
+    description: ClassVar[str] = (
+        "DDNM (Wang et al. 2023): range-null-space x0 <- x0 - A^+(A x0 - y), eta 0.85; DDNM+ (noise-aware) for sigma_n > 0"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
+    family: ClassVar[bool] = True
+    budget_note: ClassVar[str] = "DDNM's T_sampling: timesteps i * (1000 // steps), one UNet call each (more with time travel)"
+    min_useful_steps: ClassVar[int] = 20
+    defaults_source: ClassVar[str] = "official DDNM: main.py (--eta 0.85), configs/*.yml (T_sampling 100)"
 
-    sigma_n: float
-    steps: int = 100
-    eta: float = 0.85
-    travel_length: int = 1
-    travel_repeat: int = 1
-    noise_aware: bool = True
-    rcond: float = RCOND
-
-    def __post_init__(self) -> None:
-        self._check_range("sigma_n", 0.0, 1.0)
-        self._check_int("steps", 1, NUM_TRAIN_TIMESTEPS)
-        self._check_range("eta", 0.0, 1.0)
-        self._check_int("travel_length", 1, NUM_TRAIN_TIMESTEPS)
-        self._check_int("travel_repeat", 1, NUM_TRAIN_TIMESTEPS)
-        if not isinstance(self.noise_aware, bool):
-            raise DiffPIRError(f"noise_aware: expected a bool, got {self.noise_aware!r}")
-        check_rcond(self)
-
-    @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "DDNMConfig":
-        """The official defaults (DDNM for sigma_n = 0, DDNM+ otherwise) for every task."""
-        check_task(cls.method, task, TASKS)
-        return cls(sigma_n=sigma_n)
+    sigma_n: float = param(like=SIGMA_N)
+    steps: int = param(100, like=STEPS)
+    eta: float = param(0.85, help="DDRM-style share of fresh noise (not DDIM's eta)", low=0.0, high=1.0)
+    travel_length: int = param(1, help="time travel: steps jumped back (1 = none)", kind=int, low=1,
+                               high=NUM_TRAIN_TIMESTEPS, group="advanced")  # fmt: skip
+    travel_repeat: int = param(1, help="time travel: passes over each jump point (1 = none)", kind=int, low=1,
+                               high=NUM_TRAIN_TIMESTEPS, group="advanced")  # fmt: skip
+    noise_aware: bool = param(True, help="DDNM+ (noise-aware scaling per singular value) when sigma_n > 0", kind=bool,
+                              group="advanced")  # fmt: skip
+    rcond: float = rcond_param()
 
     def timestep_pairs(self) -> list[tuple[int, int]]:
         return ddnm_timestep_pairs(self.steps, self.travel_length, self.travel_repeat)
@@ -99,12 +95,8 @@ class DDNMConfig(MethodConfig):
         return len(self.timestep_pairs())
 
 
-class DDNM:
+class DDNM(MethodBase):
     """The DDNM / DDNM+ loop for one config: reverse steps and time-travel steps."""
-
-    tasks = ("fourier", "mask")
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: DDNMConfig, impl: str = "torch") -> None:
         check_config(config, DDNMConfig)

@@ -20,11 +20,12 @@ import numpy as np
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import from_model
 from ..operators import DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, linear_schedule
-from .base import MethodConfig, Step, check_config
+from .base import STEPS, MethodBase, MethodConfig, Step, check_config
 
 #: The variance of the DDPM step: guided-diffusion's FIXED_SMALL (the clipped posterior
 #: variance), FIXED_LARGE (beta, first entry the posterior variance) and LEARNED_RANGE
@@ -159,11 +160,8 @@ def respacing(steps: int, spacing: str) -> str:
 
 
 def check_steps(config: MethodConfig, steps_field: str = "steps", spacing_field: Optional[str] = "spacing") -> None:
-    """Check a config's step count (and spacing): 2..1000 steps that the spacing can realise."""
-    config._check_int(steps_field, 2, NUM_TRAIN_TIMESTEPS)
+    """Check that the config's spacing can realise its step count (the ranges are the fields' declarations)."""
     spacing = "even" if spacing_field is None else getattr(config, spacing_field)
-    if spacing not in SPACINGS:
-        raise DiffPIRError(f"{spacing_field}: expected one of {SPACINGS}, got {spacing!r}")
     steps = getattr(config, steps_field)
     try:
         space_timesteps(NUM_TRAIN_TIMESTEPS, respacing(steps, spacing))
@@ -174,12 +172,23 @@ def check_steps(config: MethodConfig, steps_field: str = "steps", spacing_field:
         ) from None
 
 
-def check_variance(config: MethodConfig) -> None:
-    variance = getattr(config, "variance")
-    if variance not in VARIANCES:
-        raise DiffPIRError(f"variance: expected one of {VARIANCES}, got {variance!r}")
-    if not isinstance(getattr(config, "clip_denoised"), bool):
-        raise DiffPIRError(f"clip_denoised: expected a bool, got {getattr(config, 'clip_denoised')!r}")
+def steps_param(default: int) -> Any:
+    """`steps` of a respaced chain: kept timesteps, one UNet call each (2..1000)."""
+    return param(default, like=STEPS, low=2)
+
+
+def variance_param(default: str) -> Any:
+    return param(default, help="DDPM variance: learned (the UNet's learned range; needs torch weights), fixed_small "
+                 "or fixed_large", kind=str, choices=VARIANCES, group="advanced")  # fmt: skip
+
+
+def clip_param() -> Any:
+    return param(True, help="clamp x0 to [-1, 1] in each step", kind=bool, group="advanced")
+
+
+def spacing_param() -> Any:
+    return param("even", help="respacing of the chain: even (guided-diffusion 'N') or ddim ('ddimN')", kind=str,
+                 choices=SPACINGS, group="advanced")  # fmt: skip
 
 
 def schedule_of(steps: int, spacing: str) -> SpacedSchedule:
@@ -284,10 +293,18 @@ def finish_image(x: Tensor) -> Tensor:
 
 
 class RespacedSchedule:
-    """Config mixin of the ancestral family: fields `steps` and `spacing` pick the respaced chain."""
+    """Config mixin of the ancestral family: fields `steps` and `spacing` pick the respaced chain,
+    `variance` whether the update reads the UNet's learned variance."""
 
     steps: int
     spacing: str
+    variance: str
+
+    budget_note: ClassVar[str] = "kept timesteps of the respaced 1000-step chain, one UNet call each"
+
+    @property
+    def needs_variance(self) -> bool:
+        return self.variance == "learned"
 
     def timesteps(self) -> list[int]:
         return timesteps_of(self.steps, self.spacing)
@@ -297,23 +314,19 @@ class RespacedSchedule:
         return len(self.timesteps())
 
 
-class AncestralMethod:
+class AncestralMethod(MethodBase):
     """What DDPM, DPS, DMPS and ILVR share: x_T ~ N(0, I), DDPM steps on the respaced chain
     (their `update` adds each method's own term), the final clamp to [0, 1].
 
-    Subclasses set `config_class` and `tasks`, and override `update` (and `steps` when
-    their steps carry extra values or noise).
+    Subclasses set `config_class`, and override `update` (and `steps` when their steps
+    carry extra values or noise).
     """
 
     config_class: ClassVar[type] = MethodConfig
-    tasks: tuple[str, ...] = ()
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: Any, impl: str = "torch") -> None:
         check_config(config, self.config_class)
         self.config = config
-        self.needs_variance = config.variance == "learned"
         self.schedule = schedule_of(config.steps, config.spacing)
 
     def steps(self) -> tuple[Step, ...]:
@@ -348,19 +361,17 @@ class DDPMConfig(RespacedSchedule, MethodConfig):
     """
 
     method: ClassVar[str] = "ddpm"
+    description: ClassVar[str] = "DDPM (Ho et al. 2020): unconditional ancestral sampling from the prior"
+    defaults_source: ClassVar[str] = "guided-diffusion's p_sample_loop"
 
-    steps: int = NUM_TRAIN_TIMESTEPS
-    variance: str = "fixed_large"
-    clip_denoised: bool = True
-    spacing: str = "even"
+    steps: int = steps_param(NUM_TRAIN_TIMESTEPS)
+    variance: str = variance_param("fixed_large")
+    clip_denoised: bool = clip_param()
+    spacing: str = spacing_param()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_steps(self)
-        check_variance(self)
-
-    @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "DDPMConfig":
-        raise DiffPIRError(f"method {cls.method}: does not apply to task {task} (it generates; use generate())")
 
 
 class DDPM(AncestralMethod):

@@ -23,13 +23,12 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import from_model
 from ..operators import RCOND, DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, Schedule, linear_schedule
-from ..tasks import TASKS
-from ..tasks import check_task as check_task_name
-from .base import MethodConfig, Step, check_config
+from .base import SIGMA_N, STEPS, MethodBase, MethodConfig, Step, check_config
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -49,17 +48,10 @@ def model_measurement(data: DataStep, like: Tensor) -> Tensor:
     return 2.0 * data.measurement() - data.forward(torch.ones_like(like))
 
 
-def check_task(method: str, task: str, supported: tuple[str, ...], why: str = "") -> None:
-    """A known task name that `method` applies to, else DiffPIRError saying why not."""
-    check_task_name(task)
-    if task not in supported:
-        raise DiffPIRError(f"method {method}: does not apply to task {task}" + (f" ({why})" if why else ""))
-
-
-def check_rcond(config: MethodConfig) -> None:
-    config._check_finite("rcond")
-    if not 0.0 < config.rcond < 1.0:  # type: ignore[attr-defined]
-        raise DiffPIRError(f"rcond: expected a value in (0, 1), got {config.rcond}")  # type: ignore[attr-defined]
+def rcond_param() -> Any:
+    """The pseudo-inverse's cut-off, a field of every spectral method's config."""
+    return param(RCOND, help="singular values <= rcond count as zero (the null space)", low=0.0, high=0.999,
+                 low_open=True, group="advanced")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- DDRM
@@ -90,25 +82,21 @@ class DDRMConfig(MethodConfig):
     """
 
     method: ClassVar[str] = "ddrm"
+    description: ClassVar[str] = (
+        "DDRM (Kawar et al. 2022): per-coordinate updates in the operator's spectral basis (eta 0.85, eta_b 1)"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
+    family: ClassVar[bool] = True
+    budget_note: ClassVar[str] = "DDRM's --timesteps: UNet calls = len(range(0, 1000, 1000 // steps))"
+    min_useful_steps: ClassVar[int] = 10
+    defaults_source: ClassVar[str] = "official DDRM: main.py (--eta 0.85 --etaB 1), README (--timesteps 20)"
 
-    sigma_n: float
-    steps: int = 20
-    eta: float = 0.85
-    eta_b: float = 1.0
-    rcond: float = RCOND
-
-    def __post_init__(self) -> None:
-        self._check_range("sigma_n", 0.0, 1.0)
-        self._check_int("steps", 1, NUM_TRAIN_TIMESTEPS)
-        self._check_range("eta", 0.0, 1.0)
-        self._check_range("eta_b", 0.0, 1.0)
-        check_rcond(self)
-
-    @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "DDRMConfig":
-        """The official settings, the same for every task DDRM's paper covers."""
-        check_task(cls.method, task, TASKS)
-        return cls(sigma_n=sigma_n)
+    sigma_n: float = param(like=SIGMA_N)
+    steps: int = param(20, like=STEPS)
+    eta: float = param(0.85, help="share of fresh noise (the paper's eta = etaA = etaC)", low=0.0, high=1.0)
+    eta_b: float = param(1.0, help="how much of A^+ y replaces x0 where the measurement is less noisy (eta_b)",
+                         low=0.0, high=1.0, group="advanced")  # fmt: skip
+    rcond: float = rcond_param()
 
     def timestep_pairs(self) -> list[tuple[int, int]]:
         return ddrm_timestep_pairs(self.steps)
@@ -127,12 +115,8 @@ def _where(condition: Tensor, value: Any, other: Tensor) -> Tensor:
     return torch.where(condition, value, other)
 
 
-class DDRM:
+class DDRM(MethodBase):
     """The DDRM loop for one config: the official init, then one model call per pair."""
-
-    tasks = ("fourier", "mask")
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: DDRMConfig, impl: str = "torch") -> None:
         check_config(config, DDRMConfig)

@@ -16,13 +16,14 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from .. import fused
 from ..imageio import from_model, to_model
 from ..operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, SKIP_TYPES, Schedule, linear_schedule, timesteps
 from ..step import StepCoefficients, diffpir_update
-from .base import MethodConfig, Step, check_config
+from .base import SIGMA_N, STEPS, Capabilities, MethodBase, MethodConfig, Step, check_config
 
 
 @dataclass(frozen=True)
@@ -40,25 +41,42 @@ class DiffPIRConfig(MethodConfig):
     """
 
     method: ClassVar[str] = "diffpir"
+    description: ClassVar[str] = (
+        "DiffPIR (Zhu et al. 2023): half-quadratic splitting with the diffusion UNet as the prior; "
+        "a closed-form data step each step"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
+    family: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(extended_boundary=True)
+    budget_note: ClassVar[str] = "timesteps N of the schedule (N - 1 UNet calls with quad spacing)"
+    min_useful_steps: ClassVar[int] = 10
+    defaults_source: ClassVar[str] = "official DiffPIR: main_ddpir_*.py / configs/*.yaml"
+    #: The official values per task (docs/algorithm.md). The official SR script sweeps lambda
+    #: over 2..12 with zeta 0.25 (7, the sweep's centre); denoising is not in the official
+    #: code: deblurring's lambda and zeta with the engine's usual 20 steps.
+    OFFICIAL: ClassVar[dict[str, dict[str, Any]]] = {
+        "deblur": {"lam": 7.0, "zeta": 0.3, "steps": 100},
+        "sr": {"lam": 7.0, "zeta": 0.25, "steps": 100},
+        "inpaint": {"lam": 1.0, "zeta": 1.0, "steps": 20},
+        "denoise": {"lam": 7.0, "zeta": 0.3, "steps": 20},
+    }
 
-    lam: float
-    zeta: float
-    sigma_n: float
-    steps: int
-    skip: str = "quad"
-    t_start: int = NUM_TRAIN_TIMESTEPS - 1
+    lam: float = param(help="lambda, the data-term weight (rho_t = lam sigma_n^2 / sigma_bar_t^2)", low=0.0, low_open=True)
+    zeta: float = param(help="share of fresh noise in each step's re-noising: 0 deterministic, 1 all fresh", low=0.0, high=1.0)
+    sigma_n: float = param(like=SIGMA_N)
+    steps: int = param(like=STEPS, low=2)
+    skip: str = param("quad", help="step spacing: quad (dense near t = 0) or uniform", kind=str, choices=SKIP_TYPES, group="advanced")
+    t_start: int = param(NUM_TRAIN_TIMESTEPS - 1, help="start timestep; schedule entries above it are skipped", kind=int,
+                         low=0, high=NUM_TRAIN_TIMESTEPS - 1, group="advanced")  # fmt: skip
 
     def __post_init__(self) -> None:
-        self._check_finite("lam", "zeta", "sigma_n")
-        if self.lam <= 0:
-            raise DiffPIRError(f"lam: expected > 0, got {self.lam}")
-        self._check_range("zeta", 0.0, 1.0)
-        self._check_range("sigma_n", 0.0, 1.0)
-        if self.skip not in SKIP_TYPES:
-            raise DiffPIRError(f"skip: expected one of {SKIP_TYPES}, got {self.skip!r}")
-        self._check_int("t_start", 0, NUM_TRAIN_TIMESTEPS - 1)
+        super().__post_init__()
         if len(self.timesteps()) < 2:
             raise DiffPIRError(f"t_start: {self.t_start} leaves fewer than 2 of the {self.steps} timesteps")
+
+    @classmethod
+    def task_defaults(cls, task: str, sigma_n: float, scale: Optional[int]) -> dict[str, Any]:
+        return dict(cls.OFFICIAL[task])
 
     def timesteps(self) -> list[int]:
         """Model-call timesteps at or below t_start, high noise first, ending at 0."""
@@ -84,12 +102,8 @@ def initial_state(operator: Operator, y: Tensor, config: DiffPIRConfig, z: Tenso
     return signal * to_model(operator.init_estimate(y)) + noise_std * z
 
 
-class DiffPIR:
+class DiffPIR(MethodBase):
     """The DiffPIR loop for one config; `impl` picks the fused kernels or the torch math."""
-
-    tasks = ("fourier", "mask")
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: DiffPIRConfig, impl: fused.Impl = "torch") -> None:
         check_config(config, DiffPIRConfig)

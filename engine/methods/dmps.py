@@ -24,12 +24,13 @@ import numpy as np
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import from_model
 from ..operators import RCOND, DataStep
 from ..schedule import NUM_TRAIN_TIMESTEPS
-from .base import MethodConfig, Step
-from .ddpm import AncestralMethod, RespacedSchedule, check_steps, check_variance, ddpm_step, ddpm_steps
+from .base import SIGMA_N, MethodConfig, Step
+from .ddpm import AncestralMethod, RespacedSchedule, check_steps, clip_param, ddpm_step, ddpm_steps, spacing_param, steps_param, variance_param
 
 #: The official clip of alpha and abar in the likelihood step.
 ALPHA_CLIP = 1e-16
@@ -53,36 +54,28 @@ class DMPSConfig(RespacedSchedule, MethodConfig):
     """
 
     method: ClassVar[str] = "dmps"
+    description: ClassVar[str] = "DMPS (Meng & Kabashima 2022): DDPM step plus the closed-form noise-aware likelihood step"
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
+    family: ClassVar[bool] = True
+    min_useful_steps: ClassVar[int] = 100
+    defaults_source: ClassVar[str] = "official DMPS: configs/*_config.yaml (scale 1.75, 1000 steps)"
 
-    sigma_n: float
-    lam: float = DMPS_LAMBDA
-    steps: int = NUM_TRAIN_TIMESTEPS
-    variance: str = "learned"
-    clip_denoised: bool = True
-    spacing: str = "even"
+    sigma_n: float = param(like=SIGMA_N)
+    lam: float = param(DMPS_LAMBDA, help="lambda, the likelihood step's scale", low=0.0, low_open=True)
+    steps: int = steps_param(NUM_TRAIN_TIMESTEPS)
+    variance: str = variance_param("learned")
+    clip_denoised: bool = clip_param()
+    spacing: str = spacing_param()
 
     def __post_init__(self) -> None:
-        self._check_range("sigma_n", 0.0, 1.0)
-        self._check_finite("lam")
-        if self.lam <= 0:
-            raise DiffPIRError(f"lam: expected > 0, got {self.lam}")
+        super().__post_init__()
         check_steps(self)
-        check_variance(self)
-
-
-    @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "DMPSConfig":
-        """lambda = 1.75 for every task (the official configs)."""
-        if task not in ("deblur", "sr", "inpaint", "denoise"):
-            raise DiffPIRError(f"method {cls.method}: does not apply to task {task}")
-        return cls(sigma_n=sigma_n)
 
 
 class DMPS(AncestralMethod):
     """DMPS: the DDPM step, then the closed-form noise-aware likelihood step."""
 
     config_class = DMPSConfig
-    tasks = ("fourier", "mask")
 
     def _likelihood_values(self, i: int) -> dict[str, float]:
         s = self.schedule

@@ -28,12 +28,12 @@ import numpy as np
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import from_model, to_model
 from ..operators import DataStep, Operator
 from ..schedule import linear_schedule
-from .base import MethodConfig, Step, check_config
-from .ddrm import check_task
+from .base import SIGMA_N, STEPS, Capabilities, MethodBase, MethodConfig, Step, check_config
 
 #: get_rho_sigma's floor on the noise level ([0, 1] units) and its rho constant.
 SIGMA_FLOOR = 0.255 / 255.0
@@ -46,6 +46,28 @@ def dpir_sigmas_rhos(sigma_n: float, iter_num: int, model_sigma1: float, model_s
     rho_k = 0.23 max(0.255/255, sigma_n)^2 / sigma_k^2."""
     sigmas = np.logspace(np.log10(model_sigma1), np.log10(model_sigma2), iter_num) / 255.0
     return sigmas, RHO_SCALE * max(SIGMA_FLOOR, sigma_n) ** 2 / sigmas**2
+
+
+def _deblur_defaults(sigma_n: float, scale: int) -> dict[str, Any]:
+    """deblur: K = 8, levels 49 -> sigma_n * 255 (needs sigma_n > 0)."""
+    return {"iter_num": 8}
+
+
+def _sr_defaults(sigma_n: float, scale: int) -> dict[str, Any]:
+    """sr: K = 24, levels 49 -> max(scale, sigma_n * 255)."""
+    return {"iter_num": 24, "model_sigma2": max(float(scale), sigma_n * 255.0)}
+
+
+def _denoise_defaults(sigma_n: float, scale: int) -> dict[str, Any]:
+    """denoise: one denoiser call at sigma_n (`main_dpir_denoising.py`: the denoiser applied to y;
+    the HQS data step with A = I and x = y leaves y unchanged)."""
+    if sigma_n <= 0:
+        raise DiffPIRError("sigma_n: DPIR denoising needs sigma_n > 0, got 0")
+    return {"iter_num": 1, "model_sigma1": sigma_n * 255.0, "model_sigma2": sigma_n * 255.0}
+
+
+#: The official settings per task (the official DPIR has no inpainting).
+DPIR_TASK_DEFAULTS = {"deblur": _deblur_defaults, "sr": _sr_defaults, "denoise": _denoise_defaults}
 
 
 @dataclass(frozen=True)
@@ -64,44 +86,36 @@ class DPIRConfig(MethodConfig):
     """
 
     method: ClassVar[str] = "dpir"
+    description: ClassVar[str] = (
+        "DPIR (Zhang et al. 2021): HQS plug-and-play with the diffusion UNet as the Gaussian denoiser, "
+        "levels log-spaced 49/255 -> sigma_n"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "denoise")
+    family: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(extended_boundary=True)
+    budget: ClassVar[str] = "iter_num"
+    budget_note: ClassVar[str] = "K, the HQS iterations (one UNet call each)"
+    min_useful_steps: ClassVar[int] = 1
+    defaults_source: ClassVar[str] = "official DPIR: main_dpir_deblur.py (K 8), main_dpir_sisr.py (K 24), main_dpir_denoising.py"
 
-    sigma_n: float
-    iter_num: int = 8
-    model_sigma1: float = 49.0
-    model_sigma2: Optional[float] = None
+    sigma_n: float = param(like=SIGMA_N)
+    iter_num: int = param(8, like=STEPS, help="K, the HQS iterations (one UNet call each)")
+    model_sigma1: float = param(49.0, help="the first denoiser level, on the 0..255 scale", low=1e-3, high=255.0, group="advanced")
+    model_sigma2: Optional[float] = param(None, help="the last denoiser level on the 0..255 scale (none: sigma_n * 255)",
+                                          low=1e-3, high=255.0, optional=True, group="advanced")  # fmt: skip
 
     def __post_init__(self) -> None:
-        self._check_range("sigma_n", 0.0, 1.0)
-        self._check_int("iter_num", 1, 1000)
-        self._check_range("model_sigma1", 1e-3, 255.0)
-        if self.model_sigma2 is None:
-            if self.sigma_n <= 0:
-                raise DiffPIRError(
-                    "model_sigma2: the default sigma_n * 255 needs sigma_n > 0 (the official deblurring "
-                    "script takes log10 of it); give model_sigma2 for a noiseless measurement"
-                )
-        else:
-            self._check_range("model_sigma2", 1e-3, 255.0)
+        super().__post_init__()
+        if self.model_sigma2 is None and self.sigma_n <= 0:
+            raise DiffPIRError(
+                "model_sigma2: the default sigma_n * 255 needs sigma_n > 0 (the official deblurring "
+                "script takes log10 of it); give model_sigma2 for a noiseless measurement"
+            )
 
     @classmethod
-    def for_task(cls, task: str, sigma_n: float, *, scale: int = 4) -> "DPIRConfig":
-        """The official per-task settings.
-
-        deblur: K = 8, levels 49 -> sigma_n * 255 (needs sigma_n > 0).
-        sr: K = 24, levels 49 -> max(scale, sigma_n * 255) (`scale`: the SR factor, 4 as in
-            the comparison table).
-        denoise: one denoiser call at sigma_n (`main_dpir_denoising.py`: the denoiser applied
-            to y; the HQS data step with A = I and x = y leaves y unchanged).
-        inpaint: not a DPIR task (the official repository has none).
-        """
-        check_task(cls.method, task, ("deblur", "sr", "denoise"), "the official DPIR has no inpainting")
-        if task == "deblur":
-            return cls(sigma_n=sigma_n, iter_num=8)
-        if task == "sr":
-            return cls(sigma_n=sigma_n, iter_num=24, model_sigma2=max(float(scale), sigma_n * 255.0))
-        if sigma_n <= 0:
-            raise DiffPIRError("sigma_n: DPIR denoising needs sigma_n > 0, got 0")
-        return cls(sigma_n=sigma_n, iter_num=1, model_sigma1=sigma_n * 255.0, model_sigma2=sigma_n * 255.0)
+    def task_defaults(cls, task: str, sigma_n: float, scale: Optional[int]) -> dict[str, Any]:
+        """The official per-task settings (DPIR_TASK_DEFAULTS)."""
+        return DPIR_TASK_DEFAULTS[task](sigma_n, 4 if scale is None else scale)
 
     def sigmas_rhos(self) -> tuple[np.ndarray, np.ndarray]:
         sigma2 = self.sigma_n * 255.0 if self.model_sigma2 is None else self.model_sigma2
@@ -116,12 +130,8 @@ class DPIRConfig(MethodConfig):
         return 0
 
 
-class DPIR:
+class DPIR(MethodBase):
     """The HQS loop for one config (blur, SR, and denoising through the mask family)."""
-
-    tasks = ("fourier", "mask")
-    needs_grad = False
-    needs_variance = False
 
     def __init__(self, config: DPIRConfig, impl: str = "torch") -> None:
         check_config(config, DPIRConfig)

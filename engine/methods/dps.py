@@ -22,16 +22,20 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import from_model
 from ..operators import DataStep
 from ..schedule import NUM_TRAIN_TIMESTEPS
-from .base import MethodConfig, Step
+from .base import Capabilities, MethodConfig, Step
 from .ddpm import (
     AncestralMethod,
     RespacedSchedule,
     check_steps,
-    check_variance,
+    clip_param,
+    spacing_param,
+    steps_param,
+    variance_param,
     ddpm_from_x0,
     predict_x0,
     split_output,
@@ -60,35 +64,35 @@ class DPSConfig(RespacedSchedule, MethodConfig):
     """
 
     method: ClassVar[str] = "dps"
+    description: ClassVar[str] = (
+        "DPS (Chung et al. 2023): DDPM step minus zeta times the gradient of ||y - A x0|| through the UNet (torch only)"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
+    family: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(gradients=True, extended_boundary=True, graph_capture=False)
+    min_useful_steps: ClassVar[int] = 250
+    defaults_source: ClassVar[str] = "official DPS: configs/diffusion_config.yaml and the task configs"
 
-    zeta: float = 0.3
-    steps: int = NUM_TRAIN_TIMESTEPS
-    variance: str = "learned"
-    clip_denoised: bool = True
-    spacing: str = "even"
+    zeta: float = param(0.3, help="step size on the gradient of the residual norm (DPS's scale)", low=0.0, low_open=True)
+    steps: int = steps_param(NUM_TRAIN_TIMESTEPS)
+    variance: str = variance_param("learned")
+    clip_denoised: bool = clip_param()
+    spacing: str = spacing_param()
 
     def __post_init__(self) -> None:
-        self._check_finite("zeta")
-        if self.zeta <= 0:
-            raise DiffPIRError(f"zeta: expected > 0, got {self.zeta}")
+        super().__post_init__()
         check_steps(self)
-        check_variance(self)
-
 
     @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "DPSConfig":
+    def task_defaults(cls, task: str, sigma_n: float, scale: Optional[int]) -> dict[str, Any]:
         """The official scale for the task; DPS never uses sigma_n (it enters only through y)."""
-        if task not in DPS_ZETA:
-            raise DiffPIRError(f"method {cls.method}: does not apply to task {task}")
-        return cls(zeta=DPS_ZETA[task])
+        return {"zeta": DPS_ZETA[task]}
 
 
 class DPS(AncestralMethod):
     """DPS on the torch backend: each step differentiates the residual norm through the UNet."""
 
     config_class = DPSConfig
-    tasks = ("fourier", "mask")
-    needs_grad = True
 
     def update(self, x: Tensor, eps: Any, step: Step, data: Optional[DataStep], z: Optional[Tensor]) -> Tensor:
         eps, v = split_output(eps, self.config.variance)

@@ -35,13 +35,15 @@ import torch
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..imageio import to_model
+from ..schedule import NUM_TRAIN_TIMESTEPS
 from ..operators import DataStep, ElementwiseDataStep, FourierDataStep
 from .base import MethodConfig, Step
-from .ddpm import AncestralMethod, RespacedSchedule, check_steps, check_variance, ddpm_step, ddpm_steps
+from .ddpm import AncestralMethod, RespacedSchedule, check_steps, clip_param, ddpm_step, ddpm_steps, spacing_param, steps_param, variance_param
 
-#: Low-pass factor N per task when `factor` is None: SR uses its scale.
+#: Low-pass factor N per task when `factor` is None (our choices); SR uses its scale.
 ILVR_FACTOR = {"deblur": 8, "denoise": 4}
 #: Keys cubic's support (the Resizer's kernel width for "cubic").
 CUBIC_WIDTH = 4.0
@@ -147,37 +149,38 @@ class ILVRConfig(RespacedSchedule, MethodConfig):
     """
 
     method: ClassVar[str] = "ilvr"
+    description: ClassVar[str] = (
+        "ILVR (Choi et al. 2021): DDPM steps whose low frequencies phi_N = up(down(.)) follow the measurement's"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "denoise")
+    family: ClassVar[bool] = True
+    min_useful_steps: ClassVar[int] = 50
+    defaults_source: ClassVar[str] = "official ILVR: README (--timestep_respacing 100, range_t 20); N per task: ours"
 
-    factor: Optional[int] = None
-    range_t: int = 20
-    steps: int = 100
-    variance: str = "learned"
-    clip_denoised: bool = True
-    spacing: str = "even"
+    factor: Optional[int] = param(None, help="low-pass factor N of phi_N (none: the SR scale, 8 for deblurring, 4 for "
+                                  "denoising)", kind=int, low=1, high=1024, optional=True, group="advanced")  # fmt: skip
+    range_t: int = param(20, help="refine while the respaced step index is above range_t", kind=int, low=0,
+                         high=NUM_TRAIN_TIMESTEPS, group="advanced")  # fmt: skip
+    steps: int = steps_param(100)
+    variance: str = variance_param("learned")
+    clip_denoised: bool = clip_param()
+    spacing: str = spacing_param()
 
     def __post_init__(self) -> None:
-        if self.factor is not None:
-            self._check_int("factor", 1, 1024)
+        super().__post_init__()
         check_steps(self)
         self._check_int("range_t", 0, self.steps - 1)
-        check_variance(self)
-
 
     @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "ILVRConfig":
-        """SR: N = the scale; deblur 8, denoise 4; not inpainting. ILVR has no noise model."""
-        if task == "sr":
-            return cls()
-        if task in ILVR_FACTOR:
-            return cls(factor=ILVR_FACTOR[task])
-        raise DiffPIRError(f"method {cls.method}: does not apply to task {task}")
+    def task_defaults(cls, task: str, sigma_n: float, scale: Optional[int]) -> dict[str, Any]:
+        """N per task (ILVR_FACTOR); SR leaves it None, which follows the scale. ILVR has no noise model."""
+        return {"factor": ILVR_FACTOR[task]} if task in ILVR_FACTOR else {}
 
 
 class ILVR(AncestralMethod):
     """ILVR: DDPM steps whose low frequencies (phi_N) are replaced by the noised reference's."""
 
     config_class = ILVRConfig
-    tasks = ("fourier", "mask")
 
     def __init__(self, config: ILVRConfig, impl: str = "torch") -> None:
         super().__init__(config, impl)

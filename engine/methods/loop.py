@@ -207,7 +207,14 @@ def run_steps(
     callback: Optional[Callback] = None,
 ) -> Tensor:
     """The reverse loop: for each step, eps at step.t, then method.update. Returns the
-    final state mapped to [0, 1] by the method (not yet checked for NaN: see check_output)."""
+    final state mapped to [0, 1] by the method (not yet checked for NaN: see check_output).
+
+    A data step that carries solver state from step to step (engine.boundary's warm start)
+    has `begin_loop`; it runs first, inside the loop, so a recorded graph resets it on every
+    replay and a restoration never starts from another's state."""
+    begin_loop = getattr(data, "begin_loop", None)
+    if begin_loop is not None:
+        begin_loop()
     for step in steps:
         z = inputs.noise(step)
         if method.needs_grad:

@@ -21,12 +21,13 @@ from typing import Any, ClassVar, Optional
 from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import param
 
 from ..operators import DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS
-from .base import MethodConfig, Step, check_config
-from .ddpm import VARIANCES, ddpm_step, ddpm_values, finish_image, space_timesteps, spaced_schedule
-from .ddrm import check_task, model_measurement
+from .base import STEPS, MethodBase, MethodConfig, Step, check_config
+from .ddpm import ddpm_step, ddpm_values, finish_image, space_timesteps, spaced_schedule, variance_param
+from .ddrm import model_measurement
 
 
 # --------------------------------------------------------------------------- schedules
@@ -81,33 +82,41 @@ class RePaintConfig(MethodConfig):
     """
 
     method: ClassVar[str] = "repaint"
+    description: ClassVar[str] = (
+        "RePaint (Lugmayr et al. 2022): known-region injection with the jump schedule (t_T 250, j 10, r 10: 2410 UNet calls)"
+    )
+    tasks: ClassVar[tuple[str, ...]] = ("inpaint",)
+    family: ClassVar[bool] = True
+    budget: ClassVar[str] = "t_T"
+    budget_note: ClassVar[str] = "t_T, the respaced chain's length; UNet calls grow with the resampling (250 -> 2410)"
+    min_useful_steps: ClassVar[int] = 50
+    defaults_source: ClassVar[str] = "official RePaint: confs/*.yml (t_T 250, jump_length 10, jump_n_sample 10)"
     #: The official configs' values.
     OFFICIAL: ClassVar[dict[str, int]] = {"t_T": 250, "jump_length": 10, "jump_n_sample": 10}
     #: The fast preset: 100 respaced steps, half the resamplings: 460 model calls.
     FAST: ClassVar[dict[str, int]] = {"t_T": 100, "jump_length": 10, "jump_n_sample": 5}
+    #: Named settings a user can ask for (eval's --method-preset repaint=fast).
+    PRESETS: ClassVar[dict[str, dict[str, int]]] = {"official": OFFICIAL, "fast": FAST}
 
-    t_T: int = 250
-    jump_length: int = 10
-    jump_n_sample: int = 10
-    variance: str = "learned"
+    t_T: int = param(250, like=STEPS, low=2, help="t_T, the respaced chain's length, where the jump schedule starts")
+    jump_length: int = param(10, help="j, respaced steps each resampling goes back up", kind=int, low=1,
+                             high=NUM_TRAIN_TIMESTEPS, group="advanced")  # fmt: skip
+    jump_n_sample: int = param(10, help="r, how many times each jump point is passed", kind=int, low=1,
+                               high=NUM_TRAIN_TIMESTEPS, group="advanced")  # fmt: skip
+    variance: str = variance_param("learned")
 
     def __post_init__(self) -> None:
-        self._check_int("t_T", 2, NUM_TRAIN_TIMESTEPS)
+        super().__post_init__()
         self._check_int("jump_length", 1, self.t_T - 1)
-        self._check_int("jump_n_sample", 1, NUM_TRAIN_TIMESTEPS)
-        if self.variance not in VARIANCES:
-            raise DiffPIRError(f"variance: expected one of {VARIANCES}, got {self.variance!r}")
+
+    @property
+    def needs_variance(self) -> bool:
+        return self.variance == "learned"
 
     @classmethod
     def fast(cls, variance: str = "learned") -> "RePaintConfig":
         """The fast preset (ours, not official): t_T 100, j 10, r 5 -> 460 model calls."""
         return cls(**cls.FAST, variance=variance)
-
-    @classmethod
-    def for_task(cls, task: str, sigma_n: float) -> "RePaintConfig":
-        """The official defaults for inpainting; RePaint applies to no other task."""
-        check_task(cls.method, task, ("inpaint",), "RePaint is an inpainting method")
-        return cls()
 
     def times(self) -> list[int]:
         return schedule_jump(self.t_T, self.jump_length, self.jump_n_sample)
@@ -130,17 +139,12 @@ class RePaintConfig(MethodConfig):
 # --------------------------------------------------------------------------- method
 
 
-class RePaint:
+class RePaint(MethodBase):
     """The RePaint loop for one config (mask operators: inpainting)."""
-
-    tasks = ("mask",)
-    needs_grad = False
-    needs_variance = True
 
     def __init__(self, config: RePaintConfig, impl: str = "torch") -> None:
         check_config(config, RePaintConfig)
         self.config = config
-        self.needs_variance = config.variance == "learned"
         # timestep_respacing = str(t_T), as in every official config ("250": 0, 4, ..., 995, 999)
         self.chain = spaced_schedule(frozenset(space_timesteps(NUM_TRAIN_TIMESTEPS, str(config.t_T))))
         # FRAMEWORK WORKAROUND: the official code draws a reverse step's sample noise BEFORE

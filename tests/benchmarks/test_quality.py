@@ -31,7 +31,7 @@ SMALL = {"kernel_size": 9, "box": 8, "box_margin": 4}
 SMALL_ARGS = ["--kernel-size", "9", "--box", "8", "--box-margin", "4"]
 # Every family method at a few steps (RePaint: 5 respaced steps, jumps of 2: 21 UNet calls).
 FEW_STEPS = ["--method-steps", "diffpir=3", "ddrm=3", "ddnm=3", "dps=3", "dmps=3", "ilvr=3", "repaint=5",
-             "--method-param", "ilvr.range_t=1", "--method-param", "repaint.jump_length=2", "--repaint-preset", "fast"]  # fmt: skip
+             "--method-param", "ilvr.range_t=1", "--method-param", "repaint.jump_length=2", "--method-preset", "repaint=fast"]  # fmt: skip
 TINY = ["--random-weights", "--backend", "torch"]
 
 
@@ -136,7 +136,7 @@ def test_measurements_follow_the_official_protocol(images64: list[TestImage]) ->
 def test_scenarios_are_variants_of_the_registry_tasks() -> None:
     spec = Scenario.named("deblur/motion", 0.05)
     assert (spec.task, spec.variant, spec.label, spec.key) == ("deblur", "motion", "deblur/motion", "deblur/motion@0.05")
-    assert Scenario.named("sr/x2", 0.0).scale == 2 and Scenario.named("sr/x2", 0.0).border == 2
+    assert Scenario.named("sr/x2", 0.0).scale == 2 and Scenario.named("deblur", 0.0).variant == "gaussian"
     assert Scenario.named("denoise", 0.1).slug == "denoise_sigma0.1"
     with pytest.raises(DiffPIRError, match="expected one of deblur/gaussian"):
         Scenario.named("gaussian_deblur", 0.0)  # the old labels are gone: one vocabulary
@@ -192,7 +192,7 @@ def test_baselines_beat_the_raw_measurement(
 
 def test_sr_baselines_are_sane(images64: list[TestImage], tiny_restorer: Restorer) -> None:
     task = Scenario.named("sr/x4", 0.0)
-    names, skipped = quality.plan_methods(task, quality.DEFAULT_METHODS[:-1])
+    names, skipped = quality.plan_methods(task, quality.default_methods()[:-1])
     assert names == ["bicubic", "datastep"] and skipped == []  # no same-size measurement to score
     results = quality.evaluate(None, task, images64, {"datastep": _datastep_config(tiny_restorer, task)}, methods=names,
                                keep_outputs=True)  # fmt: skip
@@ -218,21 +218,21 @@ def test_final_rho_is_the_samplers_last_data_step() -> None:
 
 
 def test_methods_that_do_not_apply_are_skipped_with_the_reason() -> None:
-    names, skipped = quality.plan_methods(Scenario.named("inpaint/box", 0.05), [*quality.FAMILY, "wiener", "biharmonic"])
+    names, skipped = quality.plan_methods(Scenario.named("inpaint/box", 0.05), [*quality.family_names(), "wiener", "biharmonic"])
     assert names == ["biharmonic", "diffpir", "ddrm", "ddnm", "dps", "dmps", "repaint"]
     assert {s["method"] for s in skipped} == {"dpir", "ilvr"}
     assert all(s["key"] == "inpaint/box@0.05" and "does not apply" in s["reason"] for s in skipped)
-    names, skipped = quality.plan_methods(Scenario.named("deblur/gaussian", 0.05), quality.FAMILY)
+    names, skipped = quality.plan_methods(Scenario.named("deblur/gaussian", 0.05), quality.family_names())
     assert "repaint" not in names and [s["method"] for s in skipped] == ["repaint"]
-    assert "inpainting" in skipped[0]["reason"]
+    assert "it restores inpaint" in skipped[0]["reason"]
 
 
 def test_configs_come_from_the_restorer_with_the_measurements_noise() -> None:
     restorer = Restorer(ModelSource(), backend="torch", device="cpu", notify=lambda line: None)  # the bundled prior
-    card = restorer.task_defaults("inpaint")
+    card = restorer.tuned_defaults("diffpir", "inpaint")
     config = quality.method_config(restorer, Scenario.named("inpaint/box", 0.05), "diffpir")
-    assert (config.lam, config.zeta, config.steps) == (card.lam, card.zeta, card.steps)  # the model card's tuned values
-    assert config.sigma_n == 0.05 != card.sigma_n  # sigma_n: always the measurement's
+    assert (config.lam, config.zeta, config.steps) == (card["lam"], card["zeta"], card["steps"])  # the model card's tuned values
+    assert config.sigma_n == 0.05 != card["sigma_n"]  # sigma_n: always the measurement's
     config = quality.method_config(restorer, Scenario.named("sr/x4", 0.05), "diffpir", {"steps": 7, "lam": 2.0})
     assert (config.steps, config.lam, config.sigma_n) == (7, 2.0, 0.05)
     dps = quality.method_config(restorer, Scenario.named("inpaint/random", 0.0), "dps", {"steps": 200})
@@ -330,7 +330,7 @@ def test_method_table_runs_the_family_through_the_restorer(small_set: Path, tmp_
             ("inpaint/random@0"): ["diffpir", "ddrm", "ddnm", "dps", "dmps", "repaint"],
             ("denoise@0.05"): ["diffpir", "ddrm", "ddnm", "dps", "dmps", "dpir", "ilvr"]}  # fmt: skip
     assert calls == [m for methods in runs.values() for m in methods]  # one image: one restore per (task, method)
-    assert record["methods"] == ["wiener", *quality.FAMILY]
+    assert record["methods"] == ["wiener", *quality.family_names()]
     assert {(s["method"], s["key"]) for s in record["skipped"]} == {
         ("repaint", "deblur/gaussian@0.05"), ("repaint", "denoise@0.05"), ("dpir", "inpaint/random@0"), ("ilvr", "inpaint/random@0")}
     runtime = record["config"]["runtime"]
@@ -340,7 +340,7 @@ def test_method_table_runs_the_family_through_the_restorer(small_set: Path, tmp_
     assert info["repaint"]["nfe"] == {"inpaint/random@0": 21} and info["dps"]["nfe"]["denoise@0.05"] == 3
     assert info["dps"]["configs"]["inpaint/random@0"]["zeta"] == 0.5
     assert "dps: steps 3 instead of the default 1000, by --method-steps" in record["deviations"]
-    assert "repaint: jump_n_sample 5 instead of the default 10, by --repaint-preset fast" in record["deviations"]
+    assert "repaint: jump_n_sample 5 instead of the default 10, by --method-preset repaint=fast" in record["deviations"]
     assert record["notes"] == ["a test run"]
 
     summary = (out / "summary.md").read_text()
@@ -406,19 +406,19 @@ def test_ablation_mode_writes_tables_and_plot(small_set: Path, tmp_path: Path) -
         (["--tasks", "denoise@x"], "expected NAME@SIGMA"),
         (["--methods", "wiener,magic"], "unknown method 'magic'"),
         (["--methods", "ddim"], "generates images unconditionally"),
-        (["--methods", "ddrm", "--method-steps", "ddrm=0"], "--method-steps 'ddrm=0'"),
+        (["--methods", "ddrm", "--method-steps", "ddrm=0"], "--method-steps ddrm=0: expected an integer in [1, 1000]"),
         (["--methods", "ddrm", "--method-steps", "dps=10"], "dps is not among the methods"),
-        (["--methods", "wiener", "--steps", "5"], "--steps: diffpir is not among the methods"),
+        (["--methods", "wiener", "--steps", "5"], "--steps: no method of this run takes it"),
         (["--methods", "dps", "--method-param", "dps.lam=2"], "method dps has no parameter 'lam'"),
         (["--methods", "ddrm", "--method-param", "ddrm.sigma_n=0.1"], "sigma_n is always the measurement's"),
         (["--methods", "repaint", "--tasks", "deblur/gaussian"], "no requested method applies"),
-        (["--tasks", "deblur/motion"], "motion kernels are 61x61"),
-        (["--tasks", "deblur/gaussian", "--kernel-size", "33"], "use a larger --crop or a smaller --kernel-size"),
+        (["--tasks", "deblur/motion"], "kernel: 61x61 is larger than the 32x32 image; use a larger --crop"),
+        (["--tasks", "deblur/gaussian", "--kernel-size", "33"], "use a larger --crop, or a smaller --kernel-size"),
         (["--lpips-weights", "{missing}"], "no such file"),
         (["--checkpoint", "{missing}", "--random-weights"], "name one model source"),
-        (["--arch", "tiny", "--methods", "diffpir"], "--arch applies to --checkpoint"),
-        (["--ablation", "--methods", "wiener"], "sweeps DiffPIR only"),
-        (["--methods", "ddrm", "--tasks", "denoise", "--random-weights", "--method-param", "ddrm.eta=5"], "method ddrm, task denoise@"),
+        (["--arch", "tiny", "--methods", "diffpir"], "--arch applies to torch weights (--checkpoint)"),
+        (["--ablation", "--methods", "wiener"], "sweeps diffpir only"),
+        (["--methods", "ddrm", "--tasks", "denoise", "--random-weights", "--method-param", "ddrm.eta=5"], "--method-param ddrm.eta=5: expected a number in [0, 1]"),
     ],
 )
 def test_eval_cli_user_errors_exit_2_with_one_line(args: list[str], message: str, small_set: Path, tmp_path: Path, capsys) -> None:

@@ -64,7 +64,7 @@ def reference_sample(
     sf: int = 1,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One image (C, H, W). Returns the [0, 1] output of docs/algorithm.md §4.4."""
+    """One image (C, H, W). Returns the [0, 1] output of docs/algorithm.md §4."""
     a = np.asarray(alphas_cumprod())
     sigma_bar = np.sqrt(1 - a) / np.sqrt(a)
     rhos = lam * max(0.001, sigma_n) ** 2 / sigma_bar**2

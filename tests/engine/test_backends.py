@@ -70,11 +70,11 @@ def test_factory_errors(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     with pytest.raises(DiffPIRError, match=r"dtype: expected one of \['fp32', 'fp16', 'bf16'\], got 'fp64'"):
         make_denoiser_from(ModelSource("checkpoint", checkpoint, "tiny"), dtype="fp64")
-    with pytest.raises(DiffPIRError, match="--arch applies to --checkpoint"):
+    with pytest.raises(DiffPIRError, match="--arch applies to torch weights"):
         ModelSource("bundled", arch="tiny")
     with pytest.raises(DiffPIRError, match="name one model source"):
-        ModelSource.from_arguments(checkpoint=checkpoint, onnx=Path("u.onnx"))
+        ModelSource.from_files({"checkpoint": checkpoint, "onnx": Path("u.onnx")})
     monkeypatch.setattr(prior, "bundled_card", lambda: None)
     with pytest.raises(DiffPIRError, match="no checkpoint: this installation ships no bundled prior"):
         make_denoiser_from(ModelSource())
-    assert BACKENDS == ("torch", "onnxruntime", "tensorrt")
+    assert tuple(BACKENDS) == ("torch", "onnxruntime", "tensorrt")

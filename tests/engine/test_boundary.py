@@ -22,11 +22,11 @@ from diffpir_rt.engine import (
     ExtendedDeblur,
     GraphSampler,
     SuperResolution,
-    apply_boundary,
     build_unet,
-    resolve_boundary,
+    get_task,
     sample,
 )
+from diffpir_rt.runtime import resolve_boundary
 from diffpir_rt.engine.boundary import edgetaper_extend, good_size, kernel_radius, pads_for, reflect_extend, taper_weights
 from diffpir_rt.engine.denoiser import UNetDenoiser
 from diffpir_rt.engine.graph_runtime import GraphRuntime
@@ -171,7 +171,9 @@ def test_masked_step_is_accurate_in_float32() -> None:
     directions the data barely constrains, where ten iterations are far from the exact minimiser
     in float64 too.)"""
     k = motion(9, 3)
-    op = ExtendedDeblur(Deblur(k), multiple=8)
+    # One solve at a time from the same start (carry=False: repeated calls on one bound step
+    # would otherwise warm-start each from the last), at the 10 iterations this was written for.
+    op = ExtendedDeblur(Deblur(k), multiple=8, iters=10, carry=False)
     g = torch.Generator().manual_seed(4)
     scene = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 68, 64, dtype=torch.float64, generator=g), 5, 1, 2)
     y = Deblur(k).forward(scene)[..., 12:-12, 12:-12] + 0.05 * torch.randn(1, 3, 44, 40, dtype=torch.float64, generator=g)
@@ -278,22 +280,22 @@ def test_methods_that_need_closed_forms_refuse_with_the_message(model) -> None:
 
 
 def test_resolve_boundary_policy() -> None:
-    assert resolve_boundary("deblur") == "extend"
+    assert resolve_boundary("deblur", "auto", "diffpir") == "extend"
     assert resolve_boundary("deblur", "auto", "ddrm") == "circular"  # auto never picks what cannot run
-    assert resolve_boundary("deblur", "circular") == "circular"
-    assert resolve_boundary("sr") == "circular" and resolve_boundary("sr", "circular") == "circular"
-    assert resolve_boundary("inpaint") is None and resolve_boundary("denoise", "circular") is None
+    assert resolve_boundary("deblur", "circular", "diffpir") == "circular"
+    assert resolve_boundary("sr", "auto", "diffpir") == "circular" and resolve_boundary("sr", "circular", "diffpir") == "circular"
+    assert resolve_boundary("inpaint", "auto", "diffpir") is None and resolve_boundary("denoise", "circular", "diffpir") is None
     for task, boundary, method, message in [
-        ("sr", "extend", "diffpir", "applies to --task deblur"),
-        ("inpaint", "extend", "diffpir", "applies to --task deblur"),
+        ("sr", "extend", "diffpir", "--task sr has circular"),
+        ("inpaint", "extend", "diffpir", "has no boundary model"),
         ("deblur", "extend", "ddnm", "use --boundary circular"),
         ("deblur", "wrap", "diffpir", "expected one of auto, circular, extend"),
     ]:
         with pytest.raises(DiffPIRError, match=message):
             resolve_boundary(task, boundary, method)
-    op = Deblur(gaussian(3, 1.0))
-    assert apply_boundary(op, "circular") is op and apply_boundary(op, None) is op
-    assert isinstance(apply_boundary(op, "extend", 8), ExtendedDeblur)
+    op, deblur = Deblur(gaussian(3, 1.0)), get_task("deblur")
+    assert deblur.apply_boundary(op, "circular") is op and deblur.apply_boundary(op, None) is op
+    assert isinstance(deblur.apply_boundary(op, "extend", 8), ExtendedDeblur)
 
 
 def test_requests_batch_by_kernel_size_and_do_not_depend_on_the_batch(tmp_path: Path) -> None:
@@ -337,7 +339,7 @@ def test_cli_boundary_in_the_record(tmp_path: Path, tiny_checkpoint: Path, capsy
     assert json.loads(out.with_name(out.name + ".json").read_text())["boundary"] == "circular"
     capsys.readouterr()
     err = cli_error(capsys, [*common, "--task", "sr", "--scale", "2", "--output", str(tmp_path / "e.png"), "--boundary", "extend"])
-    assert "--boundary extend: applies to --task deblur" in err
+    assert "--boundary extend: --task sr has circular" in err
     err = cli_error(capsys, [*common, "--task", "deblur", "--kernel", str(tmp_path / "k.npy"), "--output",
                              str(tmp_path / "e.png"), "--boundary", "extend", "--method", "ddrm"])  # fmt: skip
     assert "method ddrm" in err and "--boundary circular" in err

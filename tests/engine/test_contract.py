@@ -87,8 +87,9 @@ def test_specialise_rejects_foreign_graphs(dims: dict, message: str) -> None:
 
 def test_precision_and_ranges() -> None:
     assert Precision.parse("fp16") is Precision.FP16
-    with pytest.raises(DiffPIRError, match=r"precision: expected one of \['fp32', 'fp16'\], got 'int8'"):
-        Precision.parse("int8")
+    assert Precision.parse("int8") is Precision.INT8
+    with pytest.raises(DiffPIRError, match=r"precision: expected one of \['fp32', 'fp16', 'int8'\], got 'bf16'"):
+        Precision.parse("bf16")
     with pytest.raises(DiffPIRError, match=r"expected min <= opt <= max, got 4/2/8"):
         ShapeRange(4, 2, 8)
     with pytest.raises(DiffPIRError, match=r"expected positive ints"):

@@ -391,7 +391,7 @@ def test_load_kernel_errors(tmp_path):
     with _raises("all black"):
         load_kernel(tmp_path / "black.png")
     (tmp_path / "bad.png").write_bytes(b"not png")
-    with _raises("not a PNG, JPEG or TIFF image"):
+    with _raises("not a PNG, JPEG, TIFF or WebP image"):
         load_kernel(tmp_path / "bad.png")
 
 

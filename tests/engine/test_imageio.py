@@ -260,7 +260,7 @@ def test_read_errors(tmp_path):
     with _raises("is a folder; expected a regular file"):
         read_image(tmp_path)  # a folder is not an image file
     (tmp_path / "noise.png").write_bytes(b"this is not an image")
-    with _raises(f"^image {tmp_path / 'noise.png'}: not a PNG, JPEG or TIFF image"):
+    with _raises(f"^image {tmp_path / 'noise.png'}: not a PNG, JPEG, TIFF or WebP image"):
         read_image(tmp_path / "noise.png")
     whole = BUTTERFLY.read_bytes()
     (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])

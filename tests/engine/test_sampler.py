@@ -204,14 +204,14 @@ def test_unbatched_input_and_output_range(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"zeta": 1.5}, "zeta: expected a value in"),
-        ({"lam": 0.0}, "lam: expected > 0"),
-        ({"sigma_n": -0.1}, "sigma_n: expected a value in"),
-        ({"steps": 1}, "steps: expected an integer >= 2"),
+        ({"zeta": 1.5}, "zeta: expected a number in"),
+        ({"lam": 0.0}, "lam: expected a number > 0"),
+        ({"sigma_n": -0.1}, "sigma_n: expected a number in"),
+        ({"steps": 1}, "steps: expected an integer in \\[2, 1000\\]"),
         ({"skip": "cubic"}, "skip: expected one of"),
         ({"t_start": 1000}, "t_start: expected an integer in"),
         ({"t_start": 0}, "leaves fewer than 2"),
-        ({"lam": float("nan")}, "lam: expected a finite number"),
+        ({"lam": float("nan")}, "lam: expected a number > 0"),
     ],
 )
 def test_bad_config(kwargs: dict, message: str) -> None:

@@ -317,14 +317,15 @@ def test_restorer_refuses_bad_tiling() -> None:
 def test_cli_flags() -> None:
     import argparse
 
-    from diffpir_rt.runtime import add_model_arguments
+    from diffpir_rt.runtime import add_runtime_flags, runtime_options
 
     p = argparse.ArgumentParser()
-    add_model_arguments(p)
-    assert p.parse_args([]).tile == "auto" and p.parse_args([]).overlap is None
-    assert p.parse_args(["--tile", "off"]).tile is None
-    args = p.parse_args(["--tile", "256", "--overlap", "32"])
-    assert (args.tile, args.overlap) == (256, 32)
+    add_runtime_flags(p)
+    defaults = runtime_options(p.parse_args([]))
+    assert defaults.tile == "auto" and defaults.overlap is None
+    assert runtime_options(p.parse_args(["--tile", "off"])).tile == "off"
+    options = runtime_options(p.parse_args(["--tile", "256", "--overlap", "32"]))
+    assert (options.tile, options.overlap) == (256, 32)
     with pytest.raises(SystemExit):
         p.parse_args(["--tile", "huge"])
 

@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 from diffpir_rt.engine import ARCH_PRESETS, DiffPIRError, UNetConfig, UNetModel, build_unet
 from diffpir_rt.engine.unet import GroupNorm32, legacy_qkv_attention, timestep_embedding
 
-# preset -> (TSV from instantiating GD's UNetModel, parameters, state-dict tensors); docs/algorithm.md §11.1.
+# preset -> (TSV from instantiating GD's UNetModel, parameters, state-dict tensors); docs/algorithm.md §10.
 GD_TABLES = {
     "ffhq_10m": ("unet-keys-ffhq_10m.tsv", 93_563_910, 362),
     "imagenet256_uncond": ("unet-keys-256x256_diffusion_uncond.tsv", 552_814_086, 566),

@@ -66,13 +66,13 @@ def test_restore_on_onnxruntime_equals_torch(cli_onnx: tuple[Path, str], tiny_ch
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--backend", "tensorrt"], "--backend tensorrt: needs a TensorRT plan (--engine)"),
+        (["--backend", "tensorrt"], "--backend tensorrt: runs on cuda, not cpu"),
         (["--backend", "onnxruntime", "--onnx", "{onnx}", "--checkpoint", "{ckpt}"], "--checkpoint and --onnx: name one model source"),
         (["--backend", "onnxruntime", "--onnx", "{onnx}", "--dtype", "fp16"], "--dtype fp16: applies to torch weights"),
         (["--backend", "torch", "--onnx", "{onnx}"], "--backend torch: a onnx model runs on the onnxruntime backend"),
         (["--backend", "onnxruntime", "--onnx", "{dir}/missing.onnx"], "--onnx {dir}/missing.onnx: no such file"),
         (["--backend", "onnxruntime", "--onnx", "{dir}/bad.onnx"], "not a loadable ONNX model"),
-        (["--backend", "tensorrt", "--engine", "{dir}/bad.onnx", "--device", "cpu"], "TensorRT"),
+        (["--backend", "tensorrt", "--engine", "{dir}/bad.onnx", "--device", "cpu"], "the tensorrt backend runs on cuda"),
     ],
 )
 def test_restore_backend_errors(extra: list[str], message: str, capsys: pytest.CaptureFixture, cli_onnx, tiny_checkpoint: Path, tmp_path: Path) -> None:

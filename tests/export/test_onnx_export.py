@@ -287,7 +287,7 @@ def test_export_errors(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytes
         export_onnx(tiny_checkpoint, tmp_path / "u.txt", arch="tiny")
     with pytest.raises(DiffPIRError, match=r"opset: expected one of \[17, 18, 19, 20\], got 13"):
         OnnxExportConfig(opset=13)
-    with pytest.raises(DiffPIRError, match=r"precision: expected one of \['fp32', 'fp16'\], got 'bf16'"):
+    with pytest.raises(DiffPIRError, match=r"precision: expected one of \[.*\], got 'bf16'"):
         OnnxExportConfig(precision="bf16")
     with pytest.raises(DiffPIRError, match=r"--width/--height: 16x15 must be multiples of 2"):
         export_onnx(tiny_checkpoint, tmp_path / "u.onnx", OnnxExportConfig(height=15), arch="tiny")

@@ -68,7 +68,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     warm = run_cli(["restore", "--task", "denoise", "--input", str(clean16), "--output", str(cache / "warm.png"),
                     "--quiet", "--checkpoint", str(checkpoint), "--arch", "tiny", "--steps", "3"], [])  # fmt: skip
     assert warm.code == 0, warm.err + (warm.escaped or "")
-    onnx = next((cache / "onnx").glob("*.onnx"))
+    # The export itself, not ONNX Runtime's optimised graph kept beside it (<key>.ort.onnx).
+    onnx = next(p for p in sorted((cache / "onnx").glob("*.onnx")) if not p.name.endswith(".ort.onnx"))
     hashes = {p: _sha(p) for p in root.iterdir()}
     yield World(root, checkpoint, onnx, clean32, clean16, kernel, mask, cache)
     assert {p: _sha(p) for p in hashes} == hashes, "a world input was modified"

@@ -1,10 +1,8 @@
 """`diffpir bench` and `diffpir eval` under hostile arguments.
 
-Both commands are being rewritten (benchmarks/latency.py, benchmarks/quality.py): the cases
-below are the validation they must have, marked xfail(strict=False) until it lands; each
-flips to XPASS when fixed. A bench whose arguments are accepted never gets to run its sweep
-here: `latency.run` is replaced by a stub that fails the case at once, so an accepted
-hostile argument costs milliseconds, not a benchmark.
+Every case is the validation the commands must have: a regression fails. A bench whose
+arguments are accepted never gets to run its sweep here: `latency.run` is replaced by a stub
+that fails the case at once, so an accepted hostile argument costs milliseconds, not a benchmark.
 """
 
 from __future__ import annotations
@@ -18,19 +16,13 @@ import pytest
 from . import makers
 from .conftest import Runner, World
 
-PENDING = pytest.mark.xfail(strict=False, reason="bench/eval validation pending")
-
-
 class Accepted(BaseException):
     """The bench accepted its arguments and started the sweep."""
 
 
 @pytest.fixture
 def bench_stub(monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        from diffpir_rt.benchmarks import latency
-    except Exception:  # noqa: BLE001 - mid-rewrite: the case then fails (xfail) on its own
-        return
+    from diffpir_rt.benchmarks import latency
 
     def run(args: Any) -> Any:
         raise Accepted("the bench accepted a hostile argument and started its sweep")
@@ -81,7 +73,6 @@ BENCH: dict[str, tuple[dict[str, list[str]], str]] = {
 }  # fmt: skip
 
 
-@PENDING
 @pytest.mark.parametrize("case", list(BENCH))
 def test_bench_argument(cli: Runner, world: World, tmp_path: Path, bench_stub: None, case: str) -> None:
     override, expect = BENCH[case]
@@ -93,7 +84,6 @@ def test_bench_argument(cli: Runner, world: World, tmp_path: Path, bench_stub: N
     cli(argv, expect=expect, limit=10)
 
 
-@pytest.mark.xfail(strict=False, reason="stubs benchmarks/latency.py's `run`, which is being rewritten")
 def test_bench_stub_sees_valid_arguments(world: World, tmp_path: Path, bench_stub: None) -> None:
     """The stub works: valid arguments reach the sweep (so a refused case above was refused)."""
     from .harness import run_cli
@@ -102,7 +92,6 @@ def test_bench_stub_sees_valid_arguments(world: World, tmp_path: Path, bench_stu
     assert outcome.escaped is not None and "Accepted" in outcome.escaped, outcome.err
 
 
-@PENDING
 def test_bench_leaves_no_report_after_a_crash(cli: Runner, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sweep that crashes after its first arm: one line, exit 2, no latency.json/.md left behind
     (reports are written once, atomically, when the run ends)."""
@@ -154,7 +143,6 @@ EVAL: dict[str, tuple[list[str], str]] = {
 }  # fmt: skip
 
 
-@PENDING
 @pytest.mark.parametrize("case", list(EVAL))
 def test_eval_argument(cli: Runner, world: World, tmp_path: Path, case: str) -> None:
     import os

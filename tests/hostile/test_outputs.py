@@ -205,7 +205,7 @@ def test_export_sidecar_is_a_folder(cli: Runner, world: World, tmp_path: Path) -
         (["--save-kernel", "{d}/k.png"], "unsupported suffix"),
         (["--save-kernel", "{d}/kdir.npy"], "is a folder"),
         (["--save-kernel", "{d}/k.npy/"], "names a folder"),
-        (["--save-mask", "{d}/m.png"], "applies to --task inpaint"),
+        (["--save-mask", "{d}/m.png"], "--task deblur uses no mask"),
     ],
 )
 def test_degrade_extra_outputs_are_checked_first(cli: Runner, world: World, tmp_path: Path, extra: list[str], expect: str) -> None:
@@ -222,7 +222,7 @@ def test_degrade_extra_outputs_are_checked_first(cli: Runner, world: World, tmp_
     [
         (["--save-mask", "{out}"], "is also --output"),
         (["--save-mask", "{d}/m.npy"], "unsupported suffix"),
-        (["--save-kernel", "{d}/k.npy"], "applies to --task deblur"),
+        (["--save-kernel", "{d}/k.npy"], "--task inpaint uses no kernel"),
     ],
 )
 def test_degrade_mask_outputs_are_checked_first(cli: Runner, world: World, tmp_path: Path, extra: list[str], expect: str) -> None:

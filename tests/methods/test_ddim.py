@@ -84,9 +84,9 @@ def test_errors() -> None:
     for kwargs, match in [
         ({"steps": 600}, "no integer stride gives exactly 600"),
         ({"steps": 1}, "steps: expected an integer in"),
-        ({"eta": 1.5}, r"eta: expected a value in \[0.0, 1.0\]"),
-        ({"eta": float("nan")}, "eta: expected a finite number"),
-        ({"clip_denoised": "yes"}, "clip_denoised: expected a bool"),
+        ({"eta": 1.5}, r"eta: expected a number in \[0, 1\]"),
+        ({"eta": float("nan")}, "eta: expected a number in"),
+        ({"clip_denoised": "yes"}, "clip_denoised: expected true or false"),
     ]:
         with pytest.raises(DiffPIRError, match=match):
             DDIMConfig(**kwargs)

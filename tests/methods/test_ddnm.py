@@ -150,7 +150,7 @@ def test_graph_runtime_equals_sample(task: str, sigma_n: float, rng) -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(DiffPIRError, match="eta: expected a value in"):
+    with pytest.raises(DiffPIRError, match="eta: expected a number in"):
         DDNMConfig(sigma_n=0.0, eta=2.0)
     with pytest.raises(DiffPIRError, match="travel_length: expected an integer"):
         DDNMConfig(sigma_n=0.0, travel_length=0)
@@ -158,7 +158,7 @@ def test_errors() -> None:
         DDNMConfig(sigma_n=0.0, travel_repeat=1.5)
     with pytest.raises(DiffPIRError, match="steps: expected an integer"):
         DDNMConfig(sigma_n=0.0, steps=1001)
-    with pytest.raises(DiffPIRError, match="noise_aware: expected a bool"):
+    with pytest.raises(DiffPIRError, match="noise_aware: expected true or false"):
         DDNMConfig(sigma_n=0.0, noise_aware=1)
     with pytest.raises(DiffPIRError, match="task: expected one of"):
         DDNMConfig.for_task("deblurring", 0.0)

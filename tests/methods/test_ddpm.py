@@ -95,7 +95,7 @@ def test_config_errors(rng) -> None:
         ({"steps": 600, "spacing": "ddim"}, "steps: 600 steps cannot be spaced"),
         ({"spacing": "quad"}, "spacing: expected one of"),
         ({"variance": "learned_range"}, "variance: expected one of"),
-        ({"clip_denoised": 1}, "clip_denoised: expected a bool"),
+        ({"clip_denoised": 1}, "clip_denoised: expected true or false"),
     ]:
         with pytest.raises(DiffPIRError, match=match):
             DDPMConfig(**kwargs)

@@ -148,13 +148,13 @@ def test_graph_runtime_equals_sample(task: str, rng) -> None:
 
 
 def test_errors(rng) -> None:
-    with pytest.raises(DiffPIRError, match="eta: expected a value in"):
+    with pytest.raises(DiffPIRError, match="eta: expected a number in"):
         DDRMConfig(sigma_n=0.0, eta=1.5)
     with pytest.raises(DiffPIRError, match="eta_b"):
         DDRMConfig(sigma_n=0.0, eta_b=-0.1)
     with pytest.raises(DiffPIRError, match="steps: expected an integer"):
         DDRMConfig(sigma_n=0.0, steps=0)
-    with pytest.raises(DiffPIRError, match="rcond: expected a value in"):
+    with pytest.raises(DiffPIRError, match="rcond: expected a number in"):
         DDRMConfig(sigma_n=0.0, rcond=0.0)
     with pytest.raises(DiffPIRError, match="sigma_n"):
         DDRMConfig(sigma_n=float("nan"))

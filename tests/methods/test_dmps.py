@@ -78,7 +78,7 @@ def test_graph_runtime_equals_sample_on_cpu(rng) -> None:
 
 def test_errors(rng) -> None:
     op, shape, y, _ = problem("deblur", rng)
-    for kwargs, match in [({"sigma_n": -0.1}, "sigma_n: expected a value in"), ({"sigma_n": 0.05, "lam": 0.0}, "lam: expected > 0"),
+    for kwargs, match in [({"sigma_n": -0.1}, "sigma_n: expected a number in"), ({"sigma_n": 0.05, "lam": 0.0}, "lam: expected a number > 0"),
                           ({"sigma_n": 0.05, "steps": 2000}, "steps: expected an integer"),
                           ({"sigma_n": 0.05, "variance": "auto"}, "variance: expected one of")]:  # fmt: skip
         with pytest.raises(DiffPIRError, match=match):
@@ -89,5 +89,5 @@ def test_errors(rng) -> None:
         generate(LinearModel(shape[1:]), shape, DMPSConfig(sigma_n=0.05, steps=3), seed=0)
     config = DMPSConfig.for_task("sr", 0.05)
     assert (config.lam, config.sigma_n, config.steps, config.num_model_calls) == (1.75, 0.05, 1000, 1000)
-    with pytest.raises(DiffPIRError, match="method dmps: does not apply to task phase"):
+    with pytest.raises(DiffPIRError, match="task: expected one of deblur, sr, inpaint, denoise, got 'phase'"):
         DMPSConfig.for_task("phase", 0.05)

@@ -110,11 +110,11 @@ def test_errors(rng) -> None:
         sample(LinearModel(shape[1:], variance=False), op, y, DPSConfig(steps=3), seed=0)
     with pytest.raises(DiffPIRError, match="method dps: restores a measurement"):
         generate(LinearModel(shape[1:]), shape, DPSConfig(steps=3), seed=0)
-    for kwargs, match in [({"zeta": 0.0}, "zeta: expected > 0"), ({"zeta": float("inf")}, "zeta: expected a finite"),
+    for kwargs, match in [({"zeta": 0.0}, "zeta: expected a number > 0"), ({"zeta": float("inf")}, "zeta: expected a number > 0"),
                           ({"steps": 0}, "steps: expected an integer"), ({"variance": "small"}, "variance: expected one of")]:  # fmt: skip
         with pytest.raises(DiffPIRError, match=match):
             DPSConfig(**kwargs)
     assert [DPSConfig.for_task(t, 0.05).zeta for t in TASKS] == [0.3, 0.3, 0.5, 0.3]
     assert DPSConfig().num_model_calls == 1000 and DPSConfig().variance == "learned"
-    with pytest.raises(DiffPIRError, match="method dps: does not apply to task colorize"):
+    with pytest.raises(DiffPIRError, match="task: expected one of deblur, sr, inpaint, denoise, got .colorize."):
         DPSConfig.for_task("colorize", 0.05)

@@ -42,7 +42,7 @@ def test_defaults_schedule_and_costs() -> None:
     assert sum(s.t is not None for s in steps) == 2410
     assert all(s.t is None for s in steps if s.kind in ("undo", "inject"))
     assert steps[0].t == 999 and steps[-1].t == 0 and steps[-1].t_next == -1
-    assert METHODS["repaint"][0] is RePaintConfig and METHODS["repaint"][1].tasks == ("mask",)
+    assert METHODS["repaint"][0] is RePaintConfig and RePaintConfig.tasks == ("inpaint",)
 
 
 REFERENCE_VARIANCE = {"learned": "learned_range", "fixed_small": "fixed_small", "fixed_large": "fixed_large"}
@@ -194,7 +194,7 @@ def test_errors(rng) -> None:
             RePaintConfig.for_task(task, 0.0)
     assert RePaintConfig.for_task("inpaint", 0.0) == RePaintConfig()
     y = torch.rand(1, *SHAPE, dtype=torch.float64)
-    with pytest.raises(DiffPIRError, match="method repaint: applies to inpainting/denoising, not to this operator"):
+    with pytest.raises(DiffPIRError, match="method repaint: applies to inpaint, not to this operator"):
         sample(LinearModel(variance=True), Deblur(np.ones((3, 3)) / 9), y, RePaintConfig(**SMALL))
     with pytest.raises(DiffPIRError, match="eps_model: the method needs the learned variance"):
         sample(LinearModel(), Inpaint(np.ones((8, 8))), y, RePaintConfig(**SMALL), seed=0)

@@ -39,9 +39,18 @@ def test_reference_path_is_engine_sample(tiny: ModelSource) -> None:
     assert restorer.describe()["path"]["reason"].startswith("--reference")
 
 
+def test_auto_precision_is_bf16_where_the_cpu_has_it() -> None:
+    from diffpir_rt.engine import cpu_native_bf16
+    from diffpir_rt.runtime.restorer import check_precision
+
+    assert check_precision("auto", torch.device("cpu")) == ("bf16" if cpu_native_bf16() else "fp32")
+    assert check_precision("fp32", torch.device("cpu")) == "fp32"
+
+
 def test_default_cpu_path_is_within_its_tolerance(tiny: ModelSource) -> None:
+    """The fp32 fast path against the fp32 reference (the bf16 one has its own test, tests/runtime/test_bf16.py)."""
     notices: list[str] = []
-    fast = Restorer(tiny, device="cpu", notify=notices.append)
+    fast = Restorer(tiny, device="cpu", precision="fp32", notify=notices.append)
     reference = Restorer(tiny, device="cpu", reference=True)
     assert fast.path.name in ("onnxruntime", "torch-fast")
     op, y = Inpaint((torch.rand(16, 16) > 0.5).double()), torch.rand(2, 3, 16, 16)
@@ -52,7 +61,7 @@ def test_default_cpu_path_is_within_its_tolerance(tiny: ModelSource) -> None:
         # The export is made once per weights and reused: a second Restorer says nothing.
         assert sum("exporting" in line for line in notices) <= 1
         again: list[str] = []
-        Restorer(tiny, device="cpu", notify=again.append)
+        Restorer(tiny, device="cpu", precision="fp32", notify=again.append)
         assert not any("exporting" in line for line in again)
 
 
@@ -72,17 +81,20 @@ def test_defaults_follow_the_weights_wherever_they_are_loaded_from() -> None:
     if card is None:
         pytest.skip("this build ships no bundled prior")
     copy = ModelSource("checkpoint", bundled_weights_path(), card["arch"])
+    method = card["defaults_method"]
     for task in ("deblur", "sr", "inpaint", "denoise"):
-        tuned = ModelSource().task_defaults(task)
-        assert copy.task_defaults(task) == tuned
-        assert tuned.source == card["task_defaults"][task]["source"]
-    assert ModelSource("random", arch="tiny").task_defaults("deblur").steps == 100  # official
+        tuned = ModelSource().tuned_defaults(method, task)
+        assert tuned and copy.tuned_defaults(method, task) == tuned
+        assert tuned["source"] == card["task_defaults"][task]["source"]
+        assert ModelSource().tuned_defaults("ddrm", task) == {}  # the card was tuned for one method
+    official = Restorer(ModelSource("random", arch="tiny"), device="cpu", reference=True)
+    assert official.config("deblur").steps == 100  # no card: the official values
 
 
 def test_config_overrides_and_errors(tiny: ModelSource) -> None:
     restorer = Restorer(tiny, device="cpu", reference=True)
     config = restorer.config("deblur", lam=2.0, zeta=None)
-    assert config.lam == 2.0 and config.zeta == restorer.task_defaults("deblur").zeta
+    assert config.lam == 2.0 and config.zeta == restorer.config("deblur").zeta
     with pytest.raises(DiffPIRError, match="--method 'nope'"):
         restorer.config("deblur", "nope")
     with pytest.raises(DiffPIRError, match="method diffpir: has no parameter 'eta'"):
@@ -125,7 +137,7 @@ def test_a_damaged_onnx_cache_is_exported_again(tiny: ModelSource) -> None:
     path = cached_onnx(tiny)
     path.write_bytes(b"\x08\x07 not a graph any more")
     notices: list[str] = []
-    restorer = Restorer(tiny, device="cpu", notify=notices.append)
+    restorer = Restorer(tiny, device="cpu", precision="fp32", notify=notices.append)
     assert restorer.path.name == "onnxruntime"
     assert any("unusable" in line for line in notices)
     assert restorer.restore(torch.rand(1, 3, 16, 16), Deblur(gaussian(5, 1.0)), restorer.config("deblur", steps=3), seed=0).shape == (1, 3, 16, 16)

@@ -1,4 +1,4 @@
-"""Training program of the bundled prior (engine/train.py) and the shipped weights.
+"""Training program of the bundled prior (training/train.py) and the shipped weights.
 
 Tiny preset, 16x16 crops of synthetic images: each run takes a second or two.
 """
@@ -172,7 +172,7 @@ def test_bundled_prior_matches_card_and_denoises(data_dir: Path) -> None:
     from diffpir_rt.engine.imageio import read_image
     from diffpir_rt.engine.operators import Denoise
     from diffpir_rt.engine.sampler import DiffPIRConfig, sample
-    from diffpir_rt.engine.tasks import defaults_for
+    from diffpir_rt.engine import ModelSource
 
     card = prior.bundled_card()
     if card is None:
@@ -186,8 +186,8 @@ def test_bundled_prior_matches_card_and_denoises(data_dir: Path) -> None:
     sigma = 0.1
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     y = x + sigma * noise
-    task = defaults_for("denoise", card.get("task_defaults"))
-    config = DiffPIRConfig(lam=task.lam, zeta=task.zeta, sigma_n=sigma, steps=10)
+    task = ModelSource().tuned_defaults(card["defaults_method"], "denoise")
+    config = DiffPIRConfig(lam=task["lam"], zeta=task["zeta"], sigma_n=sigma, steps=10)
     restored = sample(model, Denoise(), y, config, seed=0)
 
     def psnr(a: torch.Tensor) -> float:
@@ -215,3 +215,38 @@ def test_compact_preset_is_a_few_million_params_and_any_size() -> None:
 def test_cuda_device_without_cuda_is_a_user_error(image_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DiffPIRError, match="CUDA is not available"):
         tr.train(RECIPE, stage(image_dir, tmp_path / "run", max_steps=1, device="cuda"))
+
+
+def test_init_weights_starts_from_the_given_weights(image_dir: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """`diffpir train --init-weights W`: a new run whose model and EMA start as W (the shipped prior's path)."""
+    from diffpir_rt.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(image_dir), "--out", str(out), "--init-weights", str(tiny_checkpoint),
+                 "--arch", "tiny", "--crop", "16", "--batch-size", "2", "--max-steps", "1", "--quiet"]) == 0  # fmt: skip
+    state = tr.read_checkpoint(out / tr.CHECKPOINT_NAME)
+    assert state["step"] == 1 and state["stages"][0]["init_weights"] == str(tiny_checkpoint)
+    given = load_unet(tiny_checkpoint, "tiny").unet.state_dict()
+    fresh = tr.init_unet("tiny", seed=0).state_dict()
+    # one step of AdamW from W moves each weight by about lr; a random init is far away
+    for key in given:
+        assert torch.allclose(state["model"][key], given[key], atol=5e-3), key
+    assert any(not torch.allclose(given[k], fresh[k], atol=5e-3) for k in given)
+
+
+def test_cosine_schedule_and_min_snr_weights_follow_their_formulas(image_dir: Path) -> None:
+    recipe = tr.Recipe(arch="tiny", crop=16, batch_size=2, lr=1e-3, warmup_steps=10, lr_schedule="cosine",
+                       lr_cycle_steps=100, lr_min_ratio=0.1, loss_weighting="min_snr", min_snr_gamma=5.0)  # fmt: skip
+    trainer = tr.Trainer(recipe, tr.load_images(image_dir, min_side=16))
+    assert trainer.lr_at(0) == pytest.approx(1e-4) and trainer.lr_at(9) == pytest.approx(1e-3)  # linear warmup
+    assert trainer.lr_at(10) == pytest.approx(1e-3) and trainer.lr_at(60) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half a cycle
+    assert trainer.lr_at(110) == pytest.approx(1e-3)  # a warm restart
+    from diffpir_rt.engine import linear_schedule
+
+    alpha_bar = linear_schedule().alpha_bar
+    t = torch.tensor([0, 100, 500, 999])
+    snr = alpha_bar[t.numpy()] / (1 - alpha_bar[t.numpy()])
+    expected = np.minimum(snr, 5.0) / snr
+    np.testing.assert_allclose(trainer.loss_weights(t).numpy(), expected, rtol=1e-5)
+    with pytest.raises(DiffPIRError, match="loss_weighting"):
+        tr.Recipe(arch="tiny", crop=16, loss_weighting="p2")
