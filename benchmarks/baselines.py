@@ -41,18 +41,21 @@ advantage a classical method can have:
 
 from __future__ import annotations
 
+from diffpir_rt.lazy import lazy_module
+
 import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 from diffpir_rt.engine import DiffPIRConfig, DiffPIRError, get_task, linear_schedule
 
 from . import metrics
 from .protocol import Measurement
+
+torch = lazy_module("torch")
 
 #: Wiener balance per unit noise variance; best within 2x on set3c for both noiseless
 #: (quantisation noise only) and sigma_n = 0.05 Gaussian and motion blur.

@@ -40,19 +40,10 @@ import numpy as np
 import torch
 
 from diffpir_rt import cliargs
-from diffpir_rt.engine import (
-    BlindDiffPIR,
-    BlindDiffPIRConfig,
-    Deblur,
-    ExtendedDeblur,
-    ModelSource,
-    degrade,
-    kernel_error,
-    method_names,
-    prepare_blind,
-    register_method,
-)
+from diffpir_rt.engine import BlindDiffPIRConfig, Deblur, ExtendedDeblur, ModelSource, degrade, kernel_error, prepare_blind
 from diffpir_rt.errors import DiffPIRError
+
+from diffpir_rt.runtime import LEVIN_FILE
 
 from . import harness, metrics
 from .noise_level import load_crops
@@ -60,7 +51,6 @@ from .noise_level import load_crops
 logger = logging.getLogger("benchmarks.blind")
 
 OUT = Path("blind-results")
-LEVIN = "diffpir/kernels/Levin09.mat"
 MOTION = tuple(f"levin{i}" for i in range(8))
 GAUSSIAN = ("gauss1.0", "gauss3.0", "gauss5.0")
 SIGMAS = (0.01, 0.05)
@@ -91,9 +81,8 @@ def centred(k: np.ndarray) -> np.ndarray:
 
 def kernel_for(name: str, data: Path, size: int) -> np.ndarray:
     if name.startswith("levin"):
-        path = data / LEVIN if (data / LEVIN).is_file() else data.parent / LEVIN
-        if not path.is_file():
-            raise DiffPIRError(f"--levin: {path} not found (Levin09.mat)")
+        # the engine's package data (engine/data/README.md), the same file the web page's presets read
+        path = degrade.BICUBIC_KERNELS_FILE.with_name(LEVIN_FILE)
         return centred(degrade.load_kernel(path, int(name[5:])).astype(np.float64))
     if name.startswith("gauss"):
         return degrade.gaussian_kernel_std(float(name[5:]), size).astype(np.float64)
@@ -141,7 +130,7 @@ def run_case(restorer: Any, case: dict[str, Any], arm: str, y: torch.Tensor, k: 
     out: dict[str, Any] = {}
     start = time.perf_counter()
     if arm == "blind":
-        op = prepare_blind(y, args.kernel_size, boundary, multiple=16)
+        op = prepare_blind(y, args.kernel_size, boundary, sigma_n=sigma, multiple=16)
         out["estimate_seconds"] = time.perf_counter() - start
         config = BlindDiffPIRConfig(**{**BlindDiffPIRConfig.for_task("deblur", sigma).field_values(), "steps": args.steps,
                                        "kernel_size": args.kernel_size, **args.blind})  # fmt: skip
@@ -149,7 +138,7 @@ def run_case(restorer: Any, case: dict[str, Any], arm: str, y: torch.Tensor, k: 
         kernel = k if arm == "true" else degrade.gaussian_kernel_std(GUESS_STD, args.kernel_size)
         op = Deblur(kernel) if boundary == "circular" else ExtendedDeblur(Deblur(kernel), multiple=16)
         config = restorer.config("deblur", sigma_n=sigma, steps=args.steps)
-    image = restorer.restore(y, op, config, seed=RESTORE_SEED)[0]
+    image = restorer.restore(y, op, config, seed=RESTORE_SEED, boundary=None)[0]
     out["seconds"] = time.perf_counter() - start
     out["image"] = image.permute(1, 2, 0).double().numpy()
     out["config"] = config.to_dict()
@@ -163,8 +152,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from diffpir_rt.runtime import Restorer
 
     torch.set_num_threads(args.threads)
-    if "blind_diffpir" not in method_names():
-        register_method(BlindDiffPIRConfig, BlindDiffPIR)  # until the registry has its line
     restorer = Restorer(ModelSource(), device="cpu", threads=args.threads, notify=lambda line: logger.info("%s", line))
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
@@ -226,11 +213,12 @@ def summarise_files(args: argparse.Namespace) -> dict[str, Any]:
             "what": "blind deblurring: DiffPIR with the estimated kernel vs the true kernel and a Gaussian guess (std 2)",
             "model": ModelSource().to_dict(), "dataset": args.dataset, "images": f"sorted {args.dataset}[{args.first}:{args.first + args.images}]",
             "size": args.size, "steps": args.steps, "kernel_size": args.kernel_size, "sigmas": list(args.sigmas),
-            "kernels": "Levin09 motion kernels (centred on their centre of mass) and Gaussians std 1, 3, 5 on 31x31",
+            "kernels": f"{', '.join(sorted({r['kernel'] for r in rows}))} (Levin09 motion kernels centred on their centre of mass; "
+                       f"Gaussians gaussSTD on {args.kernel_size}x{args.kernel_size})",
             "noise_seed": f"{NOISE_SEED} + 1000 kernel index + 100 sigma index + image index", "restore_seed": RESTORE_SEED,
             "alignment": f"PSNR aligned: best whole-pixel shift within ±{SHIFT}, frame less {SHIFT} px, for every arm",
             "targets": {"blind - true (dB)": -TARGET_TRUE_DB, "blind - guess (dB)": TARGET_GUESS_DB, "time blind / true": TARGET_TIME},
-            "command": "python -m diffpir_rt.benchmarks.blind " + " ".join(args.argv),
+            "command": _run_command(args),
         },
         "summary": summary,
         "runs": rows,
@@ -238,6 +226,14 @@ def summarise_files(args: argparse.Namespace) -> dict[str, Any]:
     harness.write_json(args.out / "results.json", document)
     (args.out / "summary.md").write_text(markdown(document))
     return document
+
+
+def _run_command(args: argparse.Namespace) -> str:
+    """The command that ran the cases: this one, or for --summary-only / --figure the one results.json names."""
+    previous = args.out / "results.json"
+    if (args.summary_only or args.figure) and previous.is_file():
+        return json.loads(previous.read_text())["meta"]["command"]
+    return "python -m diffpir_rt.benchmarks.blind " + " ".join(args.argv)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -321,8 +317,6 @@ def figure(args: argparse.Namespace) -> Path:
 
     from diffpir_rt.runtime import Restorer
 
-    if "blind_diffpir" not in method_names():
-        register_method(BlindDiffPIRConfig, BlindDiffPIR)
     rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines()]
     sigma = args.sigmas[0]
     restorer = Restorer(ModelSource(), device="cpu", threads=args.threads, notify=lambda line: logger.info("%s", line))
@@ -342,7 +336,7 @@ def figure(args: argparse.Namespace) -> Path:
         true = run_case(restorer, case, "true", y, k, args)
         p_b, p_t = psnr_pair(gt, got["image"])[0], psnr_pair(gt, true["image"])[0]
         size = args.size
-        panels.append([(f"{r['image']} {r['kernel']} σ {sigma:g}: blurred ({psnr_pair(gt, y_np)[0]:.1f} dB)", metrics.to_uint8(y_np)),
+        panels.append([(f"{r['image']} {r['kernel']} noise {sigma:g}: blurred ({psnr_pair(gt, y_np)[0]:.1f} dB)", metrics.to_uint8(y_np)),
                        ("true kernel", kernel_tile(pad_to(k, args.kernel_size), size)),
                        (f"estimated (error {float(kernel_error(torch.from_numpy(got['kernel']), torch.from_numpy(k), SHIFT)[0]):.2f})",
                         kernel_tile(got["kernel"], size)),
@@ -358,7 +352,7 @@ def figure(args: argparse.Namespace) -> Path:
             x0 = c * (args.size + gap)
             draw.text((x0 + 2, y0 + 1), text[:48], fill="black")
             canvas.paste(Image.fromarray(img), (x0, y0 + label))
-    path = args.out / "figure.png"
+    path = args.out / "figure.png"  # the label font has no Greek letters: "noise" for σ_n
     canvas.save(path)
     return path
 
@@ -366,8 +360,8 @@ def figure(args: argparse.Namespace) -> Path:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = cliargs.OneLineParser(prog="python -m diffpir_rt.benchmarks.blind", description=__doc__.split("\n\n")[0],
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("--data", type=Path, default=Path("testsets"), help="the testsets folder (CBSD68/, McMaster/); Levin09.mat is "
-                        f"looked for as <data>/{LEVIN} or <data>/../{LEVIN}")  # fmt: skip
+    parser.add_argument("--data", type=Path, default=Path("testsets"), help="the testsets folder (CBSD68/, McMaster/); Levin's "
+                        "kernels come with the engine")  # fmt: skip
     parser.add_argument("--dataset", default="CBSD68", help="CBSD68 (evaluation) or McMaster (tuning)")
     parser.add_argument("--first", type=int, default=0, help="index of the first image (sorted)")
     parser.add_argument("--images", type=cliargs.positive_int, default=20, help="images per kernel")

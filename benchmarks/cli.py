@@ -20,9 +20,7 @@ LATENCY_MODULE = "diffpir_rt.benchmarks.latency"
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    cliargs.add_passthrough_parser(
-        subparsers, "bench", "latency / throughput benchmark (`diffpir bench --help` for its options)", run_bench
-    )
+    cliargs.add_passthrough_parser(subparsers, "bench", run_bench)
 
 
 def run_bench(argv: list[str]) -> int:

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-import torch
+
+from diffpir_rt.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 REPO = Path(__file__).resolve().parents[1]
 

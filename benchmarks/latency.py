@@ -52,7 +52,7 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -294,7 +294,7 @@ class Backend:
 
     def restore(self, p: Problem) -> torch.Tensor:
         if self.restorer is not None:
-            return self.restorer.restore(p.y, p.operator, p.config, seed=SEED)
+            return self.restorer.restore(p.y, p.operator, p.config, seed=SEED, boundary="circular")
         if self._graphs is not None:
             return self._graphs.sample(p.operator, p.y, p.config, seed=SEED)
         return sample(self.model, p.operator, p.y, p.config, seed=SEED)
@@ -743,9 +743,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = autotune
 
 
-def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    started = time.monotonic()
-    meta = harness.environment(device) | {
+@dataclass
+class _SweepState:
+    """What the steps of one sweep share: arguments, clock, the document being written and the arms built so far."""
+
+    args: argparse.Namespace
+    device: torch.device
+    started: float
+    document: dict[str, Any]
+    models: Models
+    backends: dict[tuple[str, Optional[int]], Backend] = field(default_factory=dict)
+    flops_cache: dict[Union[int, str], float] = field(default_factory=dict)
+    peaks: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The result records so far (the document's own list)."""
+        return self.document["results"]
+
+    def over_budget(self) -> bool:
+        """Whether --time-budget is spent: later arms are skipped, not the results written so far."""
+        return self.args.time_budget is not None and time.monotonic() - self.started > self.args.time_budget
+
+
+def _sweep_meta(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The run's environment, model and settings: recorded with the results."""
+    return harness.environment(device) | {
         "arch": args.source.arch_name,
         "model": args.source.to_dict(),
         "peak_tflops": args.peak_tflops,
@@ -757,98 +780,141 @@ def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("source", "plan")},
         "seed": SEED,
     }
-    models = Models(args.source, device, args.threads, {"tile": args.tile, "overlap": args.overlap})
-    backends: dict[tuple[str, Optional[int]], Backend] = {}
-    flops_cache: dict[int, float] = {}
-    results: list[dict[str, Any]] = []
-    document = {"meta": meta, "results": results}
-    out_dir: Path = args.out_dir
 
-    def save() -> None:
-        from diffpir_rt.kernels import ORIGINS
 
-        document["meta"]["kernel_origins"] = {f"{name}@cuda:{index}": origin for (name, index), origin in ORIGINS.items()}
-        derive(results)
-        for r in results:  # outputs only serve the PSNR of their finished configuration
-            r.pop("output", None)
-        document["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
-        document["meta"]["load_average_at_end"] = harness.load_average()
-        harness.write_json(out_dir / "latency.json", document)
+def _measure_peaks(args: argparse.Namespace, configs: list[tuple[Config, list[str]]]) -> dict[int, Any]:
+    """This machine's peak rates at every thread count of the sweep, for the arms' FLOP/s fractions."""
+    from . import peak as peak_bench
 
-    default_threads = torch.get_num_threads()  # --threads, already set by run(), or torch's own
-    configs = [(replace(cfg, threads=cfg.threads or default_threads), names) for cfg, names in configurations(args)]
+    # "auto" may resolve to bf16 (a CPU with native bf16), never to int8 (opt-in).
+    dtypes = {BACKENDS[n].dtype for n in args.backends}
+    wanted = ["fp32"] + [p for p in ("bf16", "int8") if p in dtypes or (p == "bf16" and "auto" in dtypes)]
     peaks: dict[int, Any] = {}
-    if args.peak:
-        from . import peak as peak_bench
+    for count in sorted({cfg.threads for cfg, _ in configs}):
+        logger.info("this machine's %s peak at %d thread(s)", "/".join(wanted), count)
+        peaks[count] = peak_bench.measure_peaks(count, wanted)
+    return peaks
 
-        # "auto" may resolve to bf16 (a CPU with native bf16), never to int8 (opt-in).
-        dtypes = {BACKENDS[n].dtype for n in args.backends}
-        wanted = ["fp32"] + [p for p in ("bf16", "int8") if p in dtypes or (p == "bf16" and "auto" in dtypes)]
-        for count in sorted({cfg.threads for cfg, _ in configs}):
-            logger.info("this machine's %s peak at %d thread(s)", "/".join(wanted), count)
-            peaks[count] = peak_bench.measure_peaks(count, wanted)
-        meta["peaks"] = {str(count): found for count, found in peaks.items()}
 
-    for cfg, names in configs:
-        problem = make_problem(cfg, device, args.source)
-        if cfg.size not in flops_cache:
-            flops_cache[cfg.size] = flops_per_call(args.source.arch_name, cfg.size)
-        torch.set_num_threads(cfg.threads)
+def _save(state: _SweepState) -> None:
+    """Derive speedups and rewrite latency.json, so a run killed later keeps its finished configurations."""
+    from diffpir_rt.kernels import ORIGINS
 
-        def failed(name: str, exc: BaseException, cfg: Config = cfg) -> None:
-            if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            results.append({"backend": name, **asdict(cfg), "error": f"{type(exc).__name__}: {exc}"[:500]})
-            print(f"[E] {name} {cfg}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            traceback.print_exception(exc, file=sys.stderr)
+    document = state.document
+    document["meta"]["kernel_origins"] = {f"{name}@cuda:{index}": origin for (name, index), origin in ORIGINS.items()}
+    derive(state.results)
+    for r in state.results:  # outputs only serve the PSNR of their finished configuration
+        r.pop("output", None)
+    document["meta"]["elapsed_s"] = round(time.monotonic() - state.started, 1)
+    document["meta"]["load_average_at_end"] = harness.load_average()
+    harness.write_json(state.args.out_dir / "latency.json", document)
 
-        runnable: dict[str, Backend] = {}
-        for name in names:
-            if args.time_budget is not None and time.monotonic() - started > args.time_budget:
-                results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
-                continue
-            if BACKENDS[name].runtime == "onnxruntime" and (why := onnxruntime_problem(device)) is not None:
-                results.append({"backend": name, **asdict(cfg), "error": f"skipped: {why}"})
-                continue
-            try:  # keep going: one failing backend must not lose the sweep
-                key = (name, cfg.threads)
-                if key not in backends:
-                    spec = BACKENDS[name]
-                    backends[key] = Backend(name, spec, models.get(spec, cfg.threads), device)
-                runnable[name] = backends[key]
-            except Exception as exc:  # noqa: BLE001
-                failed(name, exc)
-        torch.set_num_threads(cfg.threads)  # a Restorer made above sets its own
-        logger.info("%s: %s", cfg, ", ".join(runnable))
-        records: dict[str, dict[str, Any]] = {}
-        if args.order == "interleaved":
-            records = measure_interleaved(runnable, cfg, problem, args, flops_cache[cfg.size], peaks, failed)
-        else:
-            for name, backend in runnable.items():
-                if args.time_budget is not None and time.monotonic() - started > args.time_budget:
-                    results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
-                    continue
-                try:
-                    records[name] = measure(backend, cfg, problem, args, flops_cache[cfg.size], peaks)
-                except Exception as exc:  # noqa: BLE001
-                    failed(name, exc)
-        for name in names:
-            if name in records:
-                records[name]["flops_per_call"] = flops_cache[cfg.size]
-                results.append(records[name])
-                print(report.one_line(records[name]), flush=True)
-        harness.write_json(out_dir / "latency.json", {**document, "results": [
-            {k: v for k, v in r.items() if k != "output"} for r in results]})  # fmt: skip
-        for backend in runnable.values():
-            backend.release()
-        save()
-    save()
+
+def _failure_recorder(results: list[dict[str, Any]], device: torch.device, cfg: Config) -> Callable[[str, BaseException], None]:
+    """The callback that records a failing arm (in the results and on stderr) so the sweep goes on."""
+
+    def failed(name: str, exc: BaseException) -> None:
+        if device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        results.append({"backend": name, **asdict(cfg), "error": f"{type(exc).__name__}: {exc}"[:500]})
+        print(f"[E] {name} {cfg}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        traceback.print_exception(exc, file=sys.stderr)
+
+    return failed
+
+
+def _runnable_arms(
+    state: _SweepState, cfg: Config, names: list[str], failed: Callable[[str, BaseException], None]
+) -> dict[str, Backend]:
+    """The arms of a configuration that can run, each built once per thread count; the others are recorded as skipped or failed."""
+    runnable: dict[str, Backend] = {}
+    for name in names:
+        if state.over_budget():
+            state.results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
+            continue
+        if BACKENDS[name].runtime == "onnxruntime" and (why := onnxruntime_problem(state.device)) is not None:
+            state.results.append({"backend": name, **asdict(cfg), "error": f"skipped: {why}"})
+            continue
+        try:  # keep going: one failing backend must not lose the sweep
+            key = (name, cfg.threads)
+            if key not in state.backends:
+                spec = BACKENDS[name]
+                state.backends[key] = Backend(name, spec, state.models.get(spec, cfg.threads), state.device)
+            runnable[name] = state.backends[key]
+        except Exception as exc:  # noqa: BLE001
+            failed(name, exc)
+    return runnable
+
+
+def _measure_arms(
+    state: _SweepState, cfg: Config, problem: Problem, runnable: dict[str, Backend], failed: Callable[[str, BaseException], None]
+) -> dict[str, dict[str, Any]]:
+    """Time the runnable arms, interleaved or one after another (--order); one record per arm that finished."""
+    args, flops = state.args, state.flops_cache[cfg.size]
+    if args.order == "interleaved":
+        return measure_interleaved(runnable, cfg, problem, args, flops, state.peaks, failed)
+    records: dict[str, dict[str, Any]] = {}
+    for name, backend in runnable.items():
+        if state.over_budget():
+            state.results.append({"backend": name, **asdict(cfg), "error": "skipped: time budget spent"})
+            continue
+        try:
+            records[name] = measure(backend, cfg, problem, args, flops, state.peaks)
+        except Exception as exc:  # noqa: BLE001
+            failed(name, exc)
+    return records
+
+
+def _run_configuration(state: _SweepState, cfg: Config, names: list[str]) -> None:
+    """One configuration: build and time its arms, record them in sweep order, free the arms and save."""
+    results = state.results
+    problem = make_problem(cfg, state.device, state.args.source)
+    if cfg.size not in state.flops_cache:
+        state.flops_cache[cfg.size] = flops_per_call(state.args.source.arch_name, cfg.size)
+    torch.set_num_threads(cfg.threads)
+    failed = _failure_recorder(results, state.device, cfg)
+    runnable = _runnable_arms(state, cfg, names, failed)
+    torch.set_num_threads(cfg.threads)  # a Restorer made above sets its own
+    logger.info("%s: %s", cfg, ", ".join(runnable))
+    records = _measure_arms(state, cfg, problem, runnable, failed)
+    for name in names:
+        if name in records:
+            records[name]["flops_per_call"] = state.flops_cache[cfg.size]
+            results.append(records[name])
+            print(report.one_line(records[name]), flush=True)
+    harness.write_json(state.args.out_dir / "latency.json", {**state.document, "results": [
+        {k: v for k, v in r.items() if k != "output"} for r in results]})  # fmt: skip
+    for backend in runnable.values():
+        backend.release()
+    _save(state)
+
+
+def _write_reports(document: dict[str, Any], args: argparse.Namespace) -> None:
+    """latency.md, the plot (unless --no-plot) and the history line (unless --history none)."""
+    out_dir: Path = args.out_dir
     (out_dir / "latency.md").write_text(report.markdown(document))
     if not args.no_plot:
         report.plot(document, out_dir / "latency.png")
     if args.history.lower() != "none":
         harness.append_history(Path(args.history), document)
-    return document
+
+
+def _sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Every configuration in turn (saving after each), then the reports; returns the document."""
+    started = time.monotonic()
+    meta = _sweep_meta(args, device)
+    models = Models(args.source, device, args.threads, {"tile": args.tile, "overlap": args.overlap})
+    state = _SweepState(args, device, started, {"meta": meta, "results": []}, models)
+    default_threads = torch.get_num_threads()  # --threads, already set by run(), or torch's own
+    configs = [(replace(cfg, threads=cfg.threads or default_threads), names) for cfg, names in configurations(args)]
+    if args.peak:
+        state.peaks = _measure_peaks(args, configs)
+        meta["peaks"] = {str(count): found for count, found in state.peaks.items()}
+    for cfg, names in configs:
+        _run_configuration(state, cfg, names)
+    _save(state)
+    _write_reports(state.document, args)
+    return state.document
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -33,7 +33,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -385,7 +384,58 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+# ----------------------------------------------------------------------------- run helpers (also soak's)
+
+
+def server_model_flags(checkpoint: Optional[str], arch: Optional[str]) -> list[str]:
+    """`diffpir serve` flags naming the model, so the server restores with the weights the direct run uses."""
+    return (["--checkpoint", checkpoint] if checkpoint else []) + (["--arch", arch] if arch else [])
+
+
+def machine_line() -> str:
+    """CPU, CPU count and Python version in one line, recorded with the results."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of torch and of onnxruntime and ray where installed: they change the numbers."""
+    import torch
+
+    versions = {"torch": torch.__version__}
+    for name in ("onnxruntime", "ray"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def load_restorer(checkpoint: Optional[str], arch: Optional[str]) -> Any:
+    """The runtime in this process, with the model the server loads (the bundled prior unless a checkpoint)."""
+    from diffpir_rt.engine import ModelSource
+    from diffpir_rt.runtime import Restorer
+
+    return Restorer(ModelSource.from_files({"checkpoint": Path(checkpoint) if checkpoint else None}, arch))
+
+
+def start_watchdog(seconds: float, name: str, state: dict[str, Any]) -> None:
+    """Bound the run: after `seconds`, whatever happens, stop the server in state["proc"] and end this process."""
+
+    def bound() -> None:
+        time.sleep(seconds)
+        print(f"{name}: over {seconds:g} s; stopping", file=sys.stderr, flush=True)
+        if state["proc"] is not None:
+            stop_server(state["proc"], timeout=30)
+        os._exit(3)
+
+    threading.Thread(target=bound, daemon=True).start()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """The command line (a usage error or --help exits here)."""
     p = argparse.ArgumentParser(prog="python -m diffpir_rt.benchmarks.loadtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: %(default)s)")
     p.add_argument("--requests", type=int, default=4, help="requests per client and round (default: %(default)s)")
@@ -400,114 +450,136 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--fault", action="store_true", help="also the fault test: kill the replica mid-load")
     p.add_argument("--max-seconds", type=float, default=1500.0, help="hard bound on the whole run (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
-    args = p.parse_args(argv)
-    batch = args.batch
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    model_flags = (["--checkpoint", args.checkpoint] if args.checkpoint else []) + (["--arch", args.arch] if args.arch else [])
-    result: dict[str, Any] = {
+    return p.parse_args(argv)
+
+
+def _result_header(args: argparse.Namespace) -> dict[str, Any]:
+    """Date, machine, its load before the run and the run's settings: the results' first fields."""
+    return {
         "date": time.strftime("%Y-%m-%d %H:%M"), "load_before": round(os.getloadavg()[0], 2),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": machine_line(),
         "config": {"clients": args.clients, "requests": args.requests, "rounds": args.rounds, "size": args.size,
-                   "steps": args.steps, "batch": batch, "wait_ms": args.wait_ms,
+                   "steps": args.steps, "batch": args.batch, "wait_ms": args.wait_ms,
                    "model": args.checkpoint or "bundled prior (compact_fast)"},
     }  # fmt: skip
 
+
+def _direct_round(restorer: Any, requests: list[Any], batch: int) -> dict[str, Any]:
+    """One round of the runtime directly: throughput and per-batch latency, with the images."""
+    run = run_direct(restorer, requests, batch)
+    ms = [t * 1000 for t in run["batch_s"]]
+    return {"requests": len(requests), "images_per_s": round(run["images_per_s"], 3), "wall_s": round(run["wall_s"], 3),
+            "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1),
+            "p99_ms": round(percentile(ms, 99), 1), "images": run["images"]}  # fmt: skip
+
+
+def _run_rounds(url: str, restorer: Any, items: list[Item], requests: list[Any], args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Runtime and service rounds in turn (the machine may be shared); the first runtime round gives the expected images."""
+    from diffpir_rt.engine import imageio
+
+    runtime_rounds, service_rounds = [], []
+    print("loadtest: the runtime directly, round 1", flush=True)
+    runtime_rounds.append(_direct_round(restorer, requests, args.batch))
+    for item, image in zip(items, runtime_rounds[0]["images"]):
+        item.expected = imageio.decode_image(imageio.encode_image(image.cpu(), "png", 8))[0]
+    run_load(url, items[: args.batch], args.clients, args.steps)  # the server's ONNX session and batch shapes warm
+    for r in range(args.rounds):
+        print(f"loadtest: the service, round {r + 1}", flush=True)
+        service_rounds.append(summarise(*run_load(url, items, args.clients, args.steps)))
+        print(f"loadtest: the runtime directly, round {r + 2}", flush=True)
+        runtime_rounds.append(_direct_round(restorer, requests, args.batch))
+    for arm in runtime_rounds:
+        arm.pop("images")
+    return runtime_rounds, service_rounds
+
+
+def _service_summary(service_rounds: list[dict[str, Any]], service_rate: float) -> dict[str, Any]:
+    """The service rounds together: median rate and overheads, total requests, losses and mismatches."""
+    everything = {key: [a[key] for a in service_rounds] for key in ("overhead_p50_ms", "overhead_p95_ms")}
+    return {
+        "rounds": service_rounds, "images_per_s": round(service_rate, 3),
+        "requests": sum(a["requests"] for a in service_rounds), "ok": sum(a["ok"] for a in service_rounds),
+        "mismatched": sum(a["mismatched"] for a in service_rounds),
+        "lost": sum(a["requests"] - a["ok"] - a["mismatched"] for a in service_rounds),
+        "max_diff": max((a["max_diff"] for a in service_rounds if a["max_diff"] is not None), default=None),
+        "overhead_p50_ms": round(statistics.median(everything["overhead_p50_ms"]), 1),
+        "overhead_p95_ms": round(statistics.median(everything["overhead_p95_ms"]), 1),
+    }  # fmt: skip
+
+
+def _compare(result: dict[str, Any], restorer: Any, runtime_rounds: list[dict[str, Any]], service_rounds: list[dict[str, Any]]) -> None:
+    """Record the service against the runtime (median rates, their ratio) and print the ratio."""
+    runtime_rate = statistics.median(a["images_per_s"] for a in runtime_rounds)
+    service_rate = statistics.median(a["images_per_s"] for a in service_rounds)
+    service = _service_summary(service_rounds, service_rate)
+    result["runtime"] = {"path": restorer.path.name, "rounds": runtime_rounds, "images_per_s": round(runtime_rate, 3)}
+    result["service"] = service
+    result["ratio"] = round(service_rate / runtime_rate, 3)
+    result["overhead_pct"] = round(100 * (1 - service_rate / runtime_rate), 1)
+    print(f"loadtest: service {service_rate:.2f} images/s vs runtime {runtime_rate:.2f} ({result['ratio']:.2f}x)", flush=True)
+
+
+def _fault_test(url: str, server_pid: int, items: list[Item], args: argparse.Namespace) -> dict[str, Any]:
+    """The load again with client retries while the restorer replica is killed: what was lost, retried, answered 503."""
+    print("loadtest: fault test (the replica is killed mid-load)", flush=True)
+    report: dict[str, Any] = {}
+    during = kill_replica_midway(url, server_pid, len(items), report)
+    outcomes, wall = run_load(url, items, args.clients, args.steps, retries=8, during=during)
+    fault = summarise(outcomes, wall)
+    statuses = [s for o in outcomes for s in o.retried_statuses] + [o.status for o in outcomes if o.status != 200]
+    fault.update(report)
+    fault["saw_503"] = sum(1 for o in outcomes if 503 in o.retried_statuses or o.status == 503)
+    fault["retried"] = sum(1 for o in outcomes if o.ok and o.attempts > 1)
+    fault["other_statuses"] = sorted({s for s in statuses if s != 503})
+    fault["statuses_seen"] = {str(s): statuses.count(s) for s in sorted(set(statuses))}
+    fault["replica_back"] = Client(url, timeout=10).health().get("status") == "ok"
+    return fault
+
+
+def _write_results(out_dir: Path, result: dict[str, Any]) -> None:
+    """loadtest.json and loadtest.md in the output folder; the markdown is printed too."""
+    (out_dir / "loadtest.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (out_dir / "loadtest.md").write_text(text)
+    print(text)
+
+
+def _exit_code(result: dict[str, Any]) -> int:
+    """0 when nothing was lost or mismatched (fault test included) and the server left no process behind."""
+    fault_lost = result.get("fault", {}).get("requests", 0) - result.get("fault", {}).get("ok", 0)
+    bad = result["service"]["lost"] + result["service"]["mismatched"] + fault_lost
+    return 0 if bad == 0 and not result["shutdown"]["processes_left"] else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    model_flags = server_model_flags(args.checkpoint, args.arch)
+    result = _result_header(args)
+
     # The bound: whatever happens, the server is stopped and this process ends.
     state: dict[str, Any] = {"proc": None}
-
-    def bound() -> None:
-        time.sleep(args.max_seconds)
-        print(f"loadtest: over {args.max_seconds:g} s; stopping", file=sys.stderr, flush=True)
-        if state["proc"] is not None:
-            stop_server(state["proc"], timeout=30)
-        os._exit(3)
-
-    threading.Thread(target=bound, daemon=True).start()
-
-    import torch
-
-    from diffpir_rt.engine import ModelSource, imageio
-    from diffpir_rt.runtime import Restorer
+    start_watchdog(args.max_seconds, "loadtest", state)
 
     items = make_items(args.clients * args.requests, args.size)
     requests = runtime_requests(items, args.steps)
     log = args.out_dir / "loadtest-server.log"
     print(f"loadtest: starting diffpir serve (log {log})", flush=True)
-    proc, url = start_server(model_flags, batch, args.wait_ms, log, args.num_cpus)
+    proc, url = start_server(model_flags, args.batch, args.wait_ms, log, args.num_cpus)
     state["proc"] = proc
     try:
-        restorer = Restorer(ModelSource.from_files({"checkpoint": Path(args.checkpoint) if args.checkpoint else None}, args.arch))
-        versions = {"torch": torch.__version__}
-        for name in ("onnxruntime", "ray"):
-            try:
-                versions[name] = __import__(name).__version__
-            except ImportError:
-                pass
-        result["versions"] = versions
-
-        def direct() -> dict[str, Any]:
-            run = run_direct(restorer, requests, batch)
-            ms = [t * 1000 for t in run["batch_s"]]
-            return {"requests": len(requests), "images_per_s": round(run["images_per_s"], 3), "wall_s": round(run["wall_s"], 3),
-                    "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1),
-                    "p99_ms": round(percentile(ms, 99), 1), "images": run["images"]}  # fmt: skip
-
-        runtime_rounds, service_rounds = [], []
-        print("loadtest: the runtime directly, round 1", flush=True)
-        runtime_rounds.append(direct())
-        for item, image in zip(items, runtime_rounds[0]["images"]):
-            item.expected = imageio.decode_image(imageio.encode_image(image.cpu(), "png", 8))[0]
-        run_load(url, items[:batch], args.clients, args.steps)  # the server's ONNX session and batch shapes warm
-        for r in range(args.rounds):
-            print(f"loadtest: the service, round {r + 1}", flush=True)
-            service_rounds.append(summarise(*run_load(url, items, args.clients, args.steps)))
-            print(f"loadtest: the runtime directly, round {r + 2}", flush=True)
-            runtime_rounds.append(direct())
-        for arm in runtime_rounds:
-            arm.pop("images")
-        runtime_rate = statistics.median(a["images_per_s"] for a in runtime_rounds)
-        service_rate = statistics.median(a["images_per_s"] for a in service_rounds)
-        everything = {key: [a[key] for a in service_rounds] for key in ("overhead_p50_ms", "overhead_p95_ms")}
-        service = {
-            "rounds": service_rounds, "images_per_s": round(service_rate, 3),
-            "requests": sum(a["requests"] for a in service_rounds), "ok": sum(a["ok"] for a in service_rounds),
-            "mismatched": sum(a["mismatched"] for a in service_rounds),
-            "lost": sum(a["requests"] - a["ok"] - a["mismatched"] for a in service_rounds),
-            "max_diff": max((a["max_diff"] for a in service_rounds if a["max_diff"] is not None), default=None),
-            "overhead_p50_ms": round(statistics.median(everything["overhead_p50_ms"]), 1),
-            "overhead_p95_ms": round(statistics.median(everything["overhead_p95_ms"]), 1),
-        }  # fmt: skip
-        result["runtime"] = {"path": restorer.path.name, "rounds": runtime_rounds, "images_per_s": round(runtime_rate, 3)}
-        result["service"] = service
-        result["ratio"] = round(service_rate / runtime_rate, 3)
-        result["overhead_pct"] = round(100 * (1 - service_rate / runtime_rate), 1)
-        print(f"loadtest: service {service_rate:.2f} images/s vs runtime {runtime_rate:.2f} ({result['ratio']:.2f}x)", flush=True)
-
+        restorer = load_restorer(args.checkpoint, args.arch)
+        result["versions"] = library_versions()
+        runtime_rounds, service_rounds = _run_rounds(url, restorer, items, requests, args)
+        _compare(result, restorer, runtime_rounds, service_rounds)
         if args.fault:
-            print("loadtest: fault test (the replica is killed mid-load)", flush=True)
-            report: dict[str, Any] = {}
-            during = kill_replica_midway(url, proc.pid, len(items), report)
-            outcomes, wall = run_load(url, items, args.clients, args.steps, retries=8, during=during)
-            fault = summarise(outcomes, wall)
-            statuses = [s for o in outcomes for s in o.retried_statuses] + [o.status for o in outcomes if o.status != 200]
-            fault.update(report)
-            fault["saw_503"] = sum(1 for o in outcomes if 503 in o.retried_statuses or o.status == 503)
-            fault["retried"] = sum(1 for o in outcomes if o.ok and o.attempts > 1)
-            fault["other_statuses"] = sorted({s for s in statuses if s != 503})
-            fault["statuses_seen"] = {str(s): statuses.count(s) for s in sorted(set(statuses))}
-            fault["replica_back"] = Client(url, timeout=10).health().get("status") == "ok"
-            result["fault"] = fault
+            result["fault"] = _fault_test(url, proc.pid, items, args)
     finally:
         result["shutdown"] = stop_server(proc)
         state["proc"] = None
     result["load_after"] = round(os.getloadavg()[0], 2)
-    (args.out_dir / "loadtest.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out_dir / "loadtest.md").write_text(text)
-    print(text)
-    fault_lost = result.get("fault", {}).get("requests", 0) - result.get("fault", {}).get("ok", 0)
-    bad = result["service"]["lost"] + result["service"]["mismatched"] + fault_lost
-    return 0 if bad == 0 and not result["shutdown"]["processes_left"] else 1
+    _write_results(args.out_dir, result)
+    return _exit_code(result)
 
 
 if __name__ == "__main__":

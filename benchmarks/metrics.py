@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 PathLike = str | os.PathLike
 

@@ -20,6 +20,7 @@ Two parts (docs/blind.md §1):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from diffpir_rt import cliargs
-from diffpir_rt.engine import ESTIMATORS, Deblur, Denoise, Inpaint, ModelSource, SuperResolution, degrade, estimate_sigma_n
+from diffpir_rt.engine import ESTIMATORS, ModelSource, degrade, estimate_sigma_n, get_task
 from diffpir_rt.errors import DiffPIRError
 
 from . import harness, metrics
@@ -39,9 +40,7 @@ logger = logging.getLogger("benchmarks.noise_level")
 OUT = Path("noise-level-results")
 SIGMAS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 STORAGE = ("float", "16bit", "8bit")
-TASKS = ("denoise", "deblur_gaussian", "deblur_motion", "sr4", "inpaint_random", "inpaint_box")
-#: The restoration part: tasks, noise levels and what each arm restores with.
-RESTORE_TASKS = ("denoise", "deblur_gaussian", "deblur_motion", "sr4", "inpaint_random")
+#: The restoration part's noise levels.
 RESTORE_SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1)
 NOISE_SEED = 7000
 RESTORE_SEED = 0
@@ -66,37 +65,69 @@ def load_crops(data: Path, dataset: str, count: int, size: int, margin: int = 0)
     return out
 
 
-def measurement(task: str, x: np.ndarray, sigma: float, rng: np.random.RandomState, margin: int) -> tuple[np.ndarray, Optional[np.ndarray], Any]:
+def _noise_only(x: np.ndarray, inner: np.ndarray, rng: np.random.RandomState, margin: int) -> tuple[np.ndarray, Any]:
+    return inner, {}
+
+
+def _camera_blur(kernel: np.ndarray) -> Any:
+    """A blur of the crop with its rim (a camera's blur, not circular), cropped back to the inner image."""
+
+    def make(x: np.ndarray, inner: np.ndarray, rng: np.random.RandomState, margin: int) -> tuple[np.ndarray, Any]:
+        import scipy.ndimage as ndi
+
+        h, w = inner.shape[:2]
+        blurred = ndi.convolve(x, kernel[..., None], mode="reflect")
+        return blurred[margin : margin + h, margin : margin + w], {"kernel": kernel}
+
+    return make
+
+
+def _bicubic_x4(x: np.ndarray, inner: np.ndarray, rng: np.random.RandomState, margin: int) -> tuple[np.ndarray, Any]:
+    return degrade.bicubic_downsample(inner, 4), {"scale": 4}
+
+
+def _holes(kind: str) -> Any:
+    def make(x: np.ndarray, inner: np.ndarray, rng: np.random.RandomState, margin: int) -> tuple[np.ndarray, Any]:
+        h, w = inner.shape[:2]
+        seed = int(rng.randint(1 << 30))
+        mask = degrade.random_mask(h, w, seed=seed) if kind == "random" else degrade.box_mask(h, w, seed=seed, box=h // 2, margin=h // 16)
+        return inner, {"mask": mask}
+
+    return make
+
+
+#: scenario -> (the engine task that restores it, what makes its noiseless measurement and the task's inputs,
+#: the boundary the restoration runs with: "auto" (the product's photo model) for a blur of a larger scene,
+#: None (the operator as given) where the measurement is the operator's own). Scenario ids are this
+#: benchmark's own: a task may appear under several (two blurs, two masks).
+SCENARIOS: dict[str, tuple[str, Any, Optional[str]]] = {
+    "noise_only": ("denoise", _noise_only, None),
+    "blur_gaussian": ("deblur", _camera_blur(degrade.gaussian_kernel_std(2.0, 25)), "auto"),
+    "blur_motion": ("deblur", _camera_blur(degrade.motion_kernel(0, 61)), "auto"),
+    "sr_x4": ("sr", _bicubic_x4, None),
+    "holes_random": ("inpaint", _holes("random"), None),
+    "holes_box": ("inpaint", _holes("box"), None),
+}
+TASKS = tuple(SCENARIOS)
+RESTORE_TASKS = ("noise_only", "blur_gaussian", "sr_x4", "holes_random")
+
+
+def measurement(scenario: str, x: np.ndarray, sigma: float, rng: np.random.RandomState, margin: int) -> tuple[np.ndarray, Optional[np.ndarray], Any]:
     """(y (h, w, 3) before storage, mask (h, w) or None, the engine operator that restores it).
 
-    x is the crop with a `margin` rim; blur uses the rim (a camera's blur, not circular), every
-    other task uses the inner crop. Noise is added last, unclipped; storage comes after.
+    x is the crop with a `margin` rim; blur uses the rim, every other scenario the inner crop.
+    Noise is added last, unclipped (and zero where a mask hides the pixel); storage comes after.
     """
-    import scipy.ndimage as ndi
-
+    if scenario not in SCENARIOS:
+        raise DiffPIRError(f"--tasks {scenario}: expected one of {', '.join(SCENARIOS)}")
+    task, make, _ = SCENARIOS[scenario]
     inner = x[margin : x.shape[0] - margin, margin : x.shape[1] - margin] if margin else x
-    h, w = inner.shape[:2]
-    mask = None
-    if task == "denoise":
-        clean, op = inner, Denoise()
-    elif task.startswith("deblur"):
-        k = degrade.gaussian_kernel_std(2.0, 25) if task == "deblur_gaussian" else degrade.motion_kernel(0, 61)
-        blurred = ndi.convolve(x, k[..., None], mode="reflect")
-        clean, op = blurred[margin : margin + h, margin : margin + w], Deblur(k)
-    elif task == "sr4":
-        clean, op = degrade.bicubic_downsample(inner, 4), SuperResolution(4)
-    elif task == "inpaint_random":
-        mask = degrade.random_mask(h, w, seed=int(rng.randint(1 << 30)))
-        clean, op = inner, Inpaint(mask)
-    elif task == "inpaint_box":
-        mask = degrade.box_mask(h, w, seed=int(rng.randint(1 << 30)), box=h // 2, margin=h // 16)
-        clean, op = inner, Inpaint(mask)
-    else:
-        raise DiffPIRError(f"--tasks {task}: expected one of {', '.join(TASKS)}")
+    clean, inputs = make(x, inner, rng, margin)
+    mask = inputs.get("mask")
     y = clean + rng.normal(0.0, sigma, clean.shape)
     if mask is not None:
         y = y * mask[..., None]
-    return y, mask, op
+    return y, mask, get_task(task).operator(**inputs)
 
 
 def store(y: np.ndarray, storage: str) -> np.ndarray:
@@ -140,9 +171,9 @@ def run_estimators(args: argparse.Namespace) -> dict[str, Any]:
             "what": "noise-level estimators: relative error (estimate - sigma_n) / sigma_n",
             "datasets": {d: f"first {args.images} images (sorted), centre crops {args.size}²" for d in args.datasets},
             "tasks": {
-                "denoise": "y = x + n", "deblur_gaussian": "Gaussian std 2 (25²), scipy 'reflect' blur of a crop with a 32-px rim, cropped",
-                "deblur_motion": "engine.degrade.motion_kernel(0, 61), blurred likewise", "sr4": "engine.degrade.bicubic_downsample x4, then n",
-                "inpaint_random": "50 % random mask, estimate on observed pixels", "inpaint_box": "box of half the side, estimate on observed pixels",
+                "noise_only": "y = x + n", "blur_gaussian": "Gaussian std 2 (25²), scipy 'reflect' blur of a crop with a 32-px rim, cropped",
+                "blur_motion": "engine.degrade.motion_kernel(0, 61), blurred likewise", "sr_x4": "engine.degrade.bicubic_downsample x4, then n",
+                "holes_random": "50 % random mask, estimate on observed pixels", "holes_box": "box of half the side, estimate on observed pixels",
             },
             "storage": "float: as drawn; 16bit / 8bit: clipped to [0, 1] and rounded (the 8-bit quantisation alone adds 0.00113 std)",
             "noise_seed": f"{NOISE_SEED} + 1000 image index + 10 sigma index",
@@ -153,7 +184,49 @@ def run_estimators(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
     harness.write_json(args.out / "estimators.json", document)
     (args.out / "estimators.md").write_text(estimators_markdown(document))
+    if {"pca_weak_texture_mp", "mad_haar"} <= set(args.estimators):
+        engine_rollup(document, args.out)
     return document
+
+
+def engine_rollup(document: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What `--sigma-n auto` itself reports: engine.estimate_sigma_n is the edge-corrected weak-texture
+    PCA with the Haar MAD where the PCA declines (too few fully observed patches), so its error
+    is read off the two estimators' rows of the same measurements (no second run); writes
+    <out>/engine_estimate.{json,md}. Needs both estimators in the run."""
+    import math
+
+    rows = document["runs"]
+    index = {(r["image"], r["task"], r["sigma_n"], r["storage"], r["estimator"]): r["estimate"] for r in rows}
+    combined = []
+    for (image, task, sigma, storage, est), value in index.items():
+        if est != "pca_weak_texture_mp" or (image, task, sigma, storage, "mad_haar") not in index:
+            continue
+        fallback = not math.isfinite(value)
+        estimate = index[(image, task, sigma, storage, "mad_haar")] if fallback else value
+        combined.append({"image": image, "task": task, "sigma_n": sigma, "storage": storage, "estimate": estimate,
+                         "relative_error": (estimate - sigma) / sigma, "fallback": fallback})  # fmt: skip
+    sigmas = sorted({c["sigma_n"] for c in combined})
+    summary, lines = [], ["| storage | scenario | " + " | ".join(f"σ {s:g}" for s in sigmas) + " |", "|---|---|" + "---|" * len(sigmas)]
+    for storage in [s for s in STORAGE if any(c["storage"] == s for c in combined)]:
+        for task in ["all", *[t for t in TASKS if any(c["task"] == t for c in combined)]]:
+            cells = []
+            for sigma in sigmas:
+                group = [c for c in combined if c["storage"] == storage and c["sigma_n"] == sigma and task in ("all", c["task"])]
+                e = np.asarray([c["relative_error"] for c in group])
+                summary.append({"storage": storage, "task": task, "sigma_n": sigma, "n": int(e.size), "mean": float(e.mean()),
+                                "mean_abs": float(np.abs(e).mean()), "worst": float(e[np.argmax(np.abs(e))]),
+                                "fallbacks": sum(c["fallback"] for c in group)})  # fmt: skip
+                cells.append(f"{np.abs(e).mean():.3f} ({e.mean():+.3f})")
+            lines.append(f"| {storage} | {'**all**' if task == 'all' else task} | " + " | ".join(cells) + " |")
+    result = {"what": "engine.estimate_sigma_n: pca_weak_texture_mp, mad_haar where it declines (from the rows of estimators.json)",
+              "meta": document["meta"], "summary": summary, "rows": combined}  # fmt: skip
+    harness.write_json(out / "engine_estimate.json", result)
+    (out / "engine_estimate.md").write_text("\n".join([
+        "# `--sigma-n auto` (engine.estimate_sigma_n): relative error (σ̂ − σ_n) / σ_n", "",
+        f"- {result['what']}", f"- data: {document['meta']['datasets']}; measurements and command: estimators.md", "",
+        "Mean absolute relative error (mean signed error in brackets), per storage and scenario.", "", *lines]) + "\n")  # fmt: skip
+    return result
 
 
 def summarise_estimators(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -229,7 +302,7 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
         for i, (name, x) in enumerate(images):
             gt = x[margin:-margin, margin:-margin]
             for task in args.tasks:
-                engine_task = task.split("_")[0].rstrip("4")
+                engine_task = SCENARIOS[task][0]
                 for s_index, sigma in enumerate(args.sigmas):
                     rng = np.random.RandomState(NOISE_SEED + 1000 * i + 10 * s_index)
                     y, mask, op = measurement(task, x, sigma, rng, margin)
@@ -241,7 +314,7 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
                     for arm, value in (("true", sigma), ("auto", estimate), ("default", default)):
                         config = restorer.config(engine_task, sigma_n=min(1.0, max(0.0, value)))
                         start = time.perf_counter()
-                        out = restorer.restore(yt, op, config, seed=RESTORE_SEED)[0].permute(1, 2, 0).double().numpy()
+                        out = restorer.restore(yt, op, config, seed=RESTORE_SEED, boundary=SCENARIOS[task][2])[0].permute(1, 2, 0).double().numpy()
                         row["psnr"][arm] = metrics.psnr(metrics.to_uint8(gt), metrics.to_uint8(out))
                         row.setdefault("seconds", {})[arm] = round(time.perf_counter() - start, 2)
                     rows.append(row)
@@ -304,7 +377,8 @@ def restore_markdown(document: dict[str, Any]) -> str:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = cliargs.OneLineParser(prog="python -m diffpir_rt.benchmarks.noise_level", description=__doc__.split("\n\n")[0],
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("--part", choices=("estimators", "restore"), default="estimators")
+    parser.add_argument("--part", choices=("estimators", "restore", "rollup"), default="estimators",
+                        help="rollup: engine_estimate.{json,md} from <out>/estimators.json, without running")  # fmt: skip
     parser.add_argument("--data", type=Path, default=Path("testsets"), help="the testsets folder holding CBSD68/ and McMaster/")
     parser.add_argument("--datasets", nargs="+", default=["McMaster", "CBSD68"])
     parser.add_argument("--images", type=cliargs.positive_int, default=10, help="first N images of each set (sorted)")
@@ -326,6 +400,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.part == "rollup":
+        return engine_rollup(json.loads((args.out / "estimators.json").read_text()), args.out)
     return run_estimators(args) if args.part == "estimators" else run_restore(args)
 
 

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for arm in order:
                     time.sleep(args.pause)
                     start = time.perf_counter()
-                    x = arms[arm].restore(m.y_tensor(), m.operator, config, seed=m.seed)
+                    x = arms[arm].restore(m.y_tensor(), m.operator, config, seed=m.seed, boundary="circular")
                     seconds[arm] = time.perf_counter() - start
                     outputs[arm] = metrics.to_uint8(x[0].permute(1, 2, 0).double().numpy())
                 gt = metrics.to_uint8(m.gt)

@@ -19,15 +19,18 @@ Seeds of image `index` with run seed `s`:
 
 from __future__ import annotations
 
+from diffpir_rt.lazy import lazy_module
+
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
 from diffpir_rt.engine import TASKS, DiffPIRError, get_task, read_image
+
+torch = lazy_module("torch")
 
 # engine.degrade (scipy.io, scipy.ndimage, h5py: ~0.5 s) is imported where used, so that
 # registering `diffpir eval` costs nothing for the other sub-commands.

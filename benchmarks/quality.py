@@ -22,6 +22,8 @@ Examples: see EXAMPLES (`diffpir eval --help`).
 
 from __future__ import annotations
 
+from diffpir_rt.lazy import lazy_module
+
 import argparse
 import datetime as dt
 import json
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 import diffpir_rt
 from diffpir_rt.engine import (
@@ -66,6 +67,8 @@ from .protocol import (
     make_measurement,
     task_matrix,
 )
+
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +234,7 @@ def restore(name: str, m: Measurement, restorer: Optional[Restorer], configs: di
         return baselines.BASELINES[name](m, configs.get("datastep"))
     if restorer is None:
         raise DiffPIRError(f"method {name}: needs a model (a checkpoint, the bundled prior or --random-weights)")
-    x = restorer.restore(m.y_tensor(restorer.device), m.operator, configs[name], seed=m.seed)
+    x = restorer.restore(m.y_tensor(restorer.device), m.operator, configs[name], seed=m.seed, boundary="circular")  # the official protocol
     return x[0].permute(1, 2, 0).to("cpu", torch.float64).numpy()
 
 
@@ -447,7 +450,6 @@ EXAMPLES = """examples:
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="quality benchmark: the method family and baselines, PSNR/SSIM (+LPIPS/FID) tables, grids, ablation",
         description="Restore the official-protocol measurements of test images with the diffusion methods (through the "
         "runtime, as `diffpir restore`) and classical baselines; score PSNR/SSIM on uint8. Writes results.json, "
         "per_image.csv, summary.md (method, NFE, PSNR / SSIM per task, seconds per image) and grids/*.png "

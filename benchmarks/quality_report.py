@@ -7,6 +7,8 @@ be rebuilt from the JSON alone: `python -m diffpir_rt.benchmarks.quality_report 
 
 from __future__ import annotations
 
+from diffpir_rt.lazy import lazy_module
+
 import csv
 import io
 import json
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
-import torch
 
 from diffpir_rt.engine import write_image, write_text
+
+torch = lazy_module("torch")
 
 METRICS = ("psnr", "ssim", "lpips")
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "fid": "FID"}

@@ -13,7 +13,8 @@ One bounded run on loopback. It starts `diffpir serve` (the bundled prior unless
    GCS) and the machine's load average.
 3. The verdict, after --warmup-s: the restorer replica's memory at the end against the
    start (median of the first and last tenth of the samples) grows <= 10 %; the p50 and
-   p99 latency of the last quarter of the answers are within 20 % of the first quarter's;
+   p99 latency of the last quarter of the answers are at most 20 % above the first
+   quarter's (a soak looks for what degrades: lower is no drift, and is reported as it is);
    zero errors (the client does not retry, so every error counts).
 
 Results: soak.json (every sample and answer), soak.md and soak.png (latency, memory and the
@@ -27,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from diffpir_rt.client import Client, ServiceError
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "service"
 MEMORY_LIMIT = 0.10  # replica memory growth allowed over the run
-DRIFT_LIMIT = 0.20  # p50 / p99 latency change allowed, last quarter against the first
+DRIFT_LIMIT = 0.20  # p50 / p99 latency growth allowed, last quarter against the first (faster is no drift)
 #: The server's processes, by what their command lines hold (Ray names its actors' processes).
 ROLES = (("restorer", "DiffPIRRestorer"), ("ingress", "DiffPIRIngress"), ("proxy", "ProxyActor"),
          ("controller", "ServeController"), ("raylet", "raylet"), ("gcs", "gcs_server"))  # fmt: skip
@@ -288,23 +287,32 @@ def summarise(answers: Sequence[Answer], samples: Sequence[dict[str, Any]], warm
             minutes.append({"minute": m, "answers": len(window), "p50_s": round(percentile(window, 50), 4),
                             "p99_s": round(percentile(window, 99), 4)})  # fmt: skip
     errors = [a for a in measured if not a.ok] + [a for a in answers if a.sent < warmup_s and not a.ok]
-    verdict = {
-        "memory_ok": memory.get("restorer", {}).get("growth") is not None and memory["restorer"]["growth"] <= MEMORY_LIMIT,
-        "latency_ok": all(v["drift"] is not None and abs(v["drift"]) <= DRIFT_LIMIT for v in latency.values()),
-        "errors_ok": not errors,
-        "replica_kept": all(len(v) == 1 for v in restarts.values()),
-    }
-    verdict["pass"] = all(verdict.values())
-    return {
+    result = {
         "config": config,
         "answers": len(answers), "measured_answers": len(measured), "errors": len(errors),
         "error_examples": sorted({f"{a.status}: {a.error[:160]}" for a in errors})[:5],
         "max_diff": max((a.diff for a in answers if a.diff is not None), default=None),
-        "latency": latency, "memory": memory, "pids": restarts, "verdict": verdict,
+        "latency": latency, "memory": memory, "pids": restarts,
         "minutes": minutes, "samples": list(samples),
         "load_average": {"min": min((s["load"] for s in samples), default=None), "max": max((s["load"] for s in samples), default=None),
                          "median": statistics.median(s["load"] for s in samples) if samples else None},
+        "answer_log": [[round(a.sent, 2), round(a.seconds, 4), a.status] for a in answers],  # (sent at, latency, status)
     }  # fmt: skip
+    result["verdict"] = judge(result)
+    return result
+
+
+def judge(result: dict[str, Any]) -> dict[str, bool]:
+    """The pass criteria, from a result's figures (so a saved result can be judged again)."""
+    growth = result["memory"].get("restorer", {}).get("growth")
+    verdict = {
+        "memory_ok": growth is not None and growth <= MEMORY_LIMIT,
+        "latency_ok": all(v["drift"] is not None and v["drift"] <= DRIFT_LIMIT for v in result["latency"].values()),
+        "errors_ok": result["errors"] == 0,
+        "replica_kept": all(len(v) == 1 for v in result["pids"].values()),
+    }
+    verdict["pass"] = all(verdict.values())
+    return verdict
 
 
 # ----------------------------------------------------------------------------- report
@@ -360,6 +368,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{c['duration_s'] / 60:.0f} min measured after {c['warmup_s']:.0f} s of warm-up; memory sampled every {c['sample_s']:g} s.",
         f"The machine was shared (2 cores, other jobs running, the server under `nice -n 10`): load average {la['min']}-{la['max']} "
         f"(median {la['median']}) during the run; latency follows that load.",
+        *([meta["note"]] if meta.get("note") else []),
         "",
         f"**Verdict: {'pass' if v['pass'] else 'FAIL'}** (memory {'ok' if v['memory_ok'] else 'over'}, latency "
         f"{'ok' if v['latency_ok'] else 'drifted'}, errors {'none' if v['errors_ok'] else result['errors']}, "
@@ -377,17 +386,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
         *rows,
         "",
-        f"Limits: memory growth <= {100 * MEMORY_LIMIT:.0f} % (the restorer replica), |latency drift| <= {100 * DRIFT_LIMIT:.0f} %, "
-        "zero errors. ![latency, memory and load over time](soak.png)",
+        f"Limits: memory growth <= {100 * MEMORY_LIMIT:.0f} % (the restorer replica), latency of the last quarter at most "
+        f"{100 * DRIFT_LIMIT:.0f} % above the first's, zero errors. ![latency, memory and load over time](soak.png)",
     ]) + "\n"  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    from . import loadtest
-
+def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """The command line (a usage error or --help exits here)."""
     p = argparse.ArgumentParser(prog="python -m diffpir_rt.benchmarks.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=20.0, help="measured minutes after the warm-up (default: %(default)s)")
     p.add_argument("--warmup-s", type=float, default=60.0, help="seconds of load before measuring (default: %(default)s)")
@@ -402,32 +410,40 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--arch", default=None)
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the server's Ray (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
-    args = p.parse_args(argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    bound = 60 * args.minutes + args.warmup_s + 600  # whatever happens, the server is stopped and this process ends
-    state: dict[str, Any] = {"proc": None}
+    p.add_argument("--note", default="", help="a line about the run's circumstances, kept in the results")
+    p.add_argument("--report", type=Path, default=None, metavar="SOAK_JSON",
+                   help="judge a saved soak.json again and write its markdown and plot beside it; run nothing")
+    return p.parse_args(argv)
 
-    def watchdog() -> None:
-        time.sleep(bound)
-        print(f"soak: over {bound:g} s; stopping", file=sys.stderr, flush=True)
-        if state["proc"] is not None:
-            loadtest.stop_server(state["proc"], timeout=30)
-        os._exit(3)
 
-    threading.Thread(target=watchdog, daemon=True).start()
+def _report_again(path: Path) -> int:
+    """--report: judge a saved soak.json again (the limits may have changed) and rewrite its markdown and plot."""
+    result = json.loads(path.read_text())
+    result["verdict"] = judge(result)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, path.with_name("soak.png"))
+    path.with_name("soak.md").write_text(markdown(result, result["meta"]))
+    return 0 if result["verdict"]["pass"] else 1
 
-    def interrupted(signum: int, frame: Any) -> None:  # SIGTERM as Ctrl-C: the server is stopped on the way out
+
+def _sigterm_as_interrupt() -> None:
+    """Treat SIGTERM like Ctrl-C, so the server is stopped on the way out."""
+
+    def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
 
-    import torch
 
-    from diffpir_rt.engine import ModelSource, imageio
-    from diffpir_rt.runtime import Restorer, run_requests
+def _prepare_load(args: argparse.Namespace) -> tuple[Any, list[LoadRequest], Callable[[int, bytes], float]]:
+    """The runtime, the distinct requests, and the check of an answer against the direct restore of its request."""
+    from diffpir_rt.engine import imageio
+    from diffpir_rt.runtime import run_requests
+
+    from . import loadtest
 
     items = loadtest.make_items(args.distinct, args.size)
-    restorer = Restorer(ModelSource.from_files({"checkpoint": Path(args.checkpoint) if args.checkpoint else None}, args.arch))
+    restorer = loadtest.load_restorer(args.checkpoint, args.arch)
     expected = []
     for request in loadtest.runtime_requests(items, args.steps):
         image = run_requests(restorer, [request])[0][0]
@@ -438,22 +454,48 @@ def main(argv: Optional[list[str]] = None) -> int:
     def check(key: int, png: bytes) -> float:
         return float((imageio.decode_image(png)[0] - expected[key]).abs().max())
 
+    return restorer, requests, check
+
+
+def _run_meta(args: argparse.Namespace, restorer: Any) -> dict[str, Any]:
+    """The circumstances of the run (versions, machine, settings, note), kept with the results."""
+    import torch
+
+    from . import loadtest
     from .harness import environment
 
-    versions = {"torch": torch.__version__}
-    for name in ("onnxruntime", "ray"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions, "size": args.size, "steps": args.steps,
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "versions": loadtest.library_versions(), "size": args.size, "steps": args.steps,
             "distinct": args.distinct, "model": args.checkpoint or "bundled prior (compact_fast)",
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "runtime_path": restorer.path.name, "environment": environment(torch.device("cpu"))}  # fmt: skip
-    model_flags = (["--checkpoint", args.checkpoint] if args.checkpoint else []) + (["--arch", args.arch] if args.arch else [])
+            "machine": loadtest.machine_line(),
+            "runtime_path": restorer.path.name, "environment": environment(torch.device("cpu")), "note": args.note}  # fmt: skip
+
+
+def _write_results(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> None:
+    """soak.json, soak.png and soak.md in the output folder; the markdown is printed too."""
+    (out_dir / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out_dir / "soak.png")
+    text = markdown(result, meta)
+    (out_dir / "soak.md").write_text(text)
+    print(text)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from . import loadtest
+
+    args = _parse_args(argv)
+    if args.report is not None:
+        return _report_again(args.report)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    bound = 60 * args.minutes + args.warmup_s + 600  # whatever happens, the server is stopped and this process ends
+    state: dict[str, Any] = {"proc": None}
+    loadtest.start_watchdog(bound, "soak", state)
+    _sigterm_as_interrupt()
+
+    restorer, requests, check = _prepare_load(args)
+    meta = _run_meta(args, restorer)
     log = args.out_dir / "soak-server.log"
     print(f"soak: starting diffpir serve (log {log})", flush=True)
-    proc, url = loadtest.start_server(model_flags, args.batch, 10.0, log, args.num_cpus)
+    proc, url = loadtest.start_server(loadtest.server_model_flags(args.checkpoint, args.arch), args.batch, 10.0, log, args.num_cpus)
     state["proc"] = proc
     try:
         result = run_soak(url, proc.pid, requests, check, 60 * args.minutes, args.warmup_s, args.sample_s, args.clients, args.rate,
@@ -462,11 +504,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta["shutdown"] = loadtest.stop_server(proc)
         state["proc"] = None
     result["meta"] = meta
-    (args.out_dir / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out_dir / "soak.png")
-    text = markdown(result, meta)
-    (args.out_dir / "soak.md").write_text(text)
-    print(text)
+    _write_results(args.out_dir, result, meta)
     return 0 if result["verdict"]["pass"] and not meta["shutdown"]["processes_left"] else 1
 
 

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outs, seconds = {}, {}
             for label, restorer in (("untiled", whole), ("tiled", tiled)):
                 start = time.perf_counter()
-                outs[label] = restorer.restore(y, op, config, seed=RESTORE_SEED)[0]
+                outs[label] = restorer.restore(y, op, config, seed=RESTORE_SEED, boundary="circular")[0]
                 seconds[label] = time.perf_counter() - start
             record = tiled.describe()["tiling"]
             if not record.get("used"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 ROOM_RANKS: dict[str, int] = {
     "errors": 0,
     "_rooms": 0,
+    "lazy": 0,
     "params": 1,
     "client": 1,
     "kernels": 1,
@@ -45,3 +46,4 @@ def require_qualified_name(module_name: str, room: str) -> None:
             f"import {expected} (installed with `pip install -e .`), not {module_name!r}: "
             f"the top-level name would load a second copy of the package"
         )
+

@@ -161,10 +161,10 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_passthrough_parser(subparsers: argparse._SubParsersAction, name: str, help: str, handler: Callable[[list[str]], int]) -> None:
+def add_passthrough_parser(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[list[str]], int]) -> None:
     """A sub-command whose arguments all go, untouched, to a program with its own parser
     (`diffpir bench ...`, `diffpir train ...`): handler(argv) gets them, its --help included."""
     # prefix_chars="+": no option of this parser starts with '-', so every '-x'/'--x' reaches the handler.
-    p = subparsers.add_parser(name, help=help, add_help=False, prefix_chars="+")
+    p = subparsers.add_parser(name, add_help=False, prefix_chars="+")
     p.add_argument("passthrough_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(handler=lambda args: int(handler(list(args.passthrough_args)) or 0))

@@ -201,7 +201,8 @@ class Client:
     ) -> RestoreResult:
         """POST /v1/restore: the restored image (PNG bytes) and its run record.
 
-        image, kernel, mask: a path, bytes, or (filename, bytes). fields: the form's text fields,
+        image, kernel, mask: a path, bytes, or (filename, bytes); kernel may also be the text "auto" (blind
+            deblurring: the server estimates the kernel, returned in the record as kernel_estimate). fields: the form's text fields,
         named as `diffpir restore`'s flags (method, scale, steps, sigma_n, seed, lam, zeta, eta, ...;
         None = the server's default; GET /v1/info lists them). params: more fields, merged in.
         The server checks every field and answers an unknown one with 400. deadline: seconds the
@@ -209,7 +210,9 @@ class Client:
         """
         fields = {**fields, **dict(params or {})}
         form: list[tuple[str, Any]] = [("task", task), ("image", _file(image, "image"))]
-        if kernel is not None:
+        if isinstance(kernel, str) and kernel == "auto":
+            form.append(("kernel", kernel))  # a text field: estimated from the image
+        elif kernel is not None:
             form.append(("kernel", _file(kernel, "kernel")))
         if mask is not None:
             form.append(("mask", _file(mask, "mask")))

@@ -13,24 +13,27 @@ along the edges. `ExtendedDeblur(Deblur(k))` restores such a photo as the window
    the extended grid (the wrap now happens in the unobserved pads, where nothing is
    compared) and M = 1 on the frame, 0 on the pads. The prox
    argmin_x ||M (y_ext - K x)||² + ρ ||x - x0||² solves (KᵀMK + ρI) x = KᵀM y_ext + ρ x0,
-   which has no closed form. `MaskedFourierDataStep` solves it by a fixed number of
-   preconditioned conjugate-gradient iterations (default 10), preconditioned by the
-   circular solve F⁻¹[F · / (|K̂|² + ρ)] and started from the engine's closed form on the
-   edgetaper-extended measurement y_ext.
-3. **Edgetaper.** y_ext (the warm start, and the sampler's initial estimate) is y reflected
-   half-sample-symmetrically onto the extended grid, blended by a raised cosine towards its
-   own circular blur so that it wraps smoothly (`edgetaper_extend`).
+   which has no closed form. `MaskedFourierDataStep` solves it by a few preconditioned
+   conjugate-gradient iterations (8 per step while ρ < 1e-3, then 2), preconditioned by the
+   circular solve F⁻¹[F · / (|K̂|² + ρ)] and started from the engine's closed form on a
+   measurement whose pads hold the blur of the previous step's solution (the carried warm
+   start; at the loop's first step, the edgetaper-extended measurement y_ext).
+3. **Edgetaper.** y_ext (the first warm start, and the sampler's initial estimate) is y
+   reflected half-sample-symmetrically onto the extended grid, blended by a raised cosine
+   towards its own circular blur so that it wraps smoothly (`edgetaper_extend`).
 4. **Crop.** The sampler returns `operator.output(x, y.shape)`: the frame.
 
 The PCG runs in the Fourier domain (x, r, p as rfft2 spectra, inner products by Parseval):
 one FFT pair per iteration (the mask), and the conj(K̂)-before-division ordering of the
 engine's residual form, so float32 roundoff is amplified by at most 1/(2√ρ), not 1/ρ.
-No data-dependent Python control flow: the CUDA-graph runtime records it as it is.
+No data-dependent Python control flow: the CUDA-graph runtime records it as it is (the
+iteration count depends on ρ, a Python number fixed per step; the carried warm start is a
+buffer written in place).
 
 Methods whose config declares the `extended_boundary` capability run on it (they use only its
 prox, or A and Aᵀ: DiffPIR, DPIR, DPS); methods that need closed forms of A (the
 pseudo-inverse, singular values, range filters, (AAᵀ + μ)⁻¹) are refused with a pointer to
-`--boundary circular`.
+`--boundary taper` (engine/boundary_taper.py), which `auto` gives them.
 
 The study behind the choice (strategies measured: circular, reflect, cross-fade, edgetaper,
 masked): docs/algorithm.md §11 and benchmarks/results/boundary/.
@@ -40,25 +43,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
+from .boundary_models import BOUNDARIES  # the --boundary choices, declared with each model's help and needs
 from .operators import RCOND, Deblur, _batch_param, check_image_batch
 
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+
 __all__ = [
-    "BOUNDARIES", "DEFAULT_PCG_ITERS", "ExtendedDeblur", "MaskedFourierDataStep",
+    "BOUNDARIES", "DEFAULT_PCG_ITERS", "EARLY_PCG_ITERS", "EARLY_RHO", "ExtendedDeblur", "MaskedFourierDataStep",
     "edgetaper_extend", "good_size", "kernel_radius", "pads_for", "reflect_extend", "taper_weights",
 ]  # fmt: skip
 
-#: `--boundary` choices: auto (extend for deblurring with a method that can, else circular),
-#: circular (§6.2, the official protocol), extend (the masked data term on an extended domain).
-BOUNDARIES = ("auto", "circular", "extend")
-#: PCG iterations per data step (measured: 5 ≈ 10 ≈ 20 with the edgetaper warm start; 10 for margin).
-DEFAULT_PCG_ITERS = 10
+#: PCG iterations per data step, from the carried warm start (the previous step's solution). While
+#: ρ < EARLY_RHO (the first steps: the system's condition number grows as 1/ρ, and the denoiser's
+#: estimate still moves a lot from step to step) a step takes EARLY_PCG_ITERS instead. Measured on
+#: the boundary benchmark's photos (docs/algorithm.md §11, benchmarks/results/boundary_cost/):
+#: 8 while ρ < 1e-3, then 2, restores as well as the former 10 at every step (within 0.05 dB)
+#: with 40 % of the iterations; 2 from the first step loses up to 0.6 dB with the motion kernel.
+DEFAULT_PCG_ITERS = 2
+EARLY_PCG_ITERS = 8
+EARLY_RHO = 1e-3
 _TINY = 1e-30
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
@@ -153,8 +164,8 @@ def edgetaper_extend(y: Tensor, pads: Pads, otf: Tensor) -> Tensor:
 
 def _refusal(what: str) -> str:
     return (
-        f"{what}: needs a closed form of the blur model that the boundary-aware (masked) deblurring does not have; "
-        "use --boundary circular, or a method that runs on it (--help --method NAME says)"
+        f"{what}: needs a closed form of the blur model that the boundary-aware (masked) model does not have; "
+        "use --boundary taper (or auto, which picks it), or a method that runs on it (--help --method NAME says)"
     )
 
 
@@ -172,8 +183,9 @@ class MaskedFourierDataStep:
 
     1. *Warm start*: d₀ = the circular closed form on the warm-start measurement w,
        conj(K̂)(Ŵ - K̂ X̂0) / (|K̂|² + ρ), i.e. the exact prox if the pads held w.
-    2. *PCG*: `iters` conjugate-gradient steps on the masked system, preconditioned by the
-       circular solve (KᵀK + ρ)⁻¹ = F⁻¹ diag(1 / (|K̂|² + ρ)) F; one FFT pair each (M).
+    2. *PCG*: conjugate-gradient steps on the masked system, preconditioned by the circular
+       solve (KᵀK + ρ)⁻¹ = F⁻¹ diag(1 / (|K̂|² + ρ)) F; one FFT pair each (M). How many is
+       static per call (`iterations(ρ)`): `iters`, or `early_iters` while ρ < `early_rho`.
     3. *Carry*: w := M y_ext + (1 - M) K x, the frame of the measurement with the pads filled
        by the blur of this step's solution, for the next call's warm start. No FFT: M K x is
        tracked through the PCG's own updates. `begin_loop` (run_steps calls it at each loop's
@@ -181,8 +193,10 @@ class MaskedFourierDataStep:
        same way and the first call is the stateless solve.
 
     The denoiser's estimate moves little between steps once the schedule is past its first
-    few, so the carried pads are nearly right and 3 iterations do what 10 did from y_ext
-    (docs/algorithm.md §11, benchmarks/results/boundary_cost/).
+    few, so the carried pads are nearly right and 2 iterations there do what 10 did from
+    y_ext; the first, ill-conditioned steps (ρ < early_rho) take early_iters (docs/algorithm.md
+    §11, benchmarks/results/boundary_cost/). ρ is a Python number on every method's path, so
+    the count is fixed when a graph is recorded.
 
     All vectors live as rfft2 spectra; inner products use Parseval's weights. Tensor fields
     only, plus static values, so the graph runtime's static copy works: the carried w is
@@ -202,6 +216,8 @@ class MaskedFourierDataStep:
     top: int
     left: int
     iters: int = DEFAULT_PCG_ITERS
+    early_iters: int = EARLY_PCG_ITERS  # while ρ < early_rho (at least iters)
+    early_rho: float = EARLY_RHO
     carry: bool = True  # update w after each solve (False: every call starts from y_ext)
 
     #: The sampler's operator family, and the method capability this data step requires.
@@ -218,6 +234,12 @@ class MaskedFourierDataStep:
     def __call__(self, x0: Tensor, rho: float | Tensor) -> Tensor:
         """argmin_x ||y - S K x||² + ρ ||x - x0||², x0 (B, C, H, W) in [0, 1]."""
         return x0 + torch.fft.irfft2(self.correction(torch.fft.rfft2(x0), rho), s=x0.shape[-2:])
+
+    def iterations(self, rho: float | Tensor) -> int:
+        """PCG iterations of a solve at ρ: `iters`, or `early_iters` (if more) while ρ < `early_rho`
+        or when ρ is a tensor (whose value is not read: no host sync)."""
+        early = not isinstance(rho, (int, float)) or rho < self.early_rho
+        return max(self.iters, self.early_iters) if early else self.iters
 
     def begin_loop(self) -> None:
         """Start the carried warm start afresh (from the edgetaper extension): the reverse loop
@@ -249,7 +271,7 @@ class MaskedFourierDataStep:
         z = r * inverse
         p = z
         rz = self._dot(r, z)
-        for _ in range(self.iters):  # 2. PCG, a fixed count: no data-dependent control flow
+        for _ in range(self.iterations(rho)):  # 2. PCG, a count fixed by ρ: no data-dependent control flow
             masked_kp = self._masked(otf * p)
             q = otf_c * masked_kp + rho * p
             alpha = rz / self._dot(p, q).real.clamp_min(_TINY).to(rz.dtype)
@@ -322,6 +344,7 @@ class ExtendedDeblur:
         deblur: the Deblur operator (one kernel, or one per sample).
         multiple: the UNet's size multiple; the extended size is a multiple of it (no model padding).
         iters: PCG iterations per data step.
+        early_iters, early_rho: iterations per data step while ρ < early_rho (if more than iters).
         carry: warm-start each data step from the previous step's solution (the pads filled by
             its blur); False starts every step from the edgetaper extension.
     """
@@ -331,22 +354,34 @@ class ExtendedDeblur:
     boundary = "extend"
     sf = 1
 
-    def __init__(self, deblur: Deblur, multiple: int = 16, iters: int = DEFAULT_PCG_ITERS, carry: bool = True) -> None:
+    def __init__(
+        self,
+        deblur: Deblur,
+        multiple: int = 16,
+        iters: int = DEFAULT_PCG_ITERS,
+        carry: bool = True,
+        early_iters: int = EARLY_PCG_ITERS,
+        early_rho: float = EARLY_RHO,
+    ) -> None:
         if not isinstance(deblur, Deblur):
             raise DiffPIRError(f"--boundary extend: applies to deblurring (a Deblur operator), not to {type(deblur).__name__}")
-        for name, value, low in (("multiple", multiple, 1), ("iters", iters, 0)):
+        for name, value, low in (("multiple", multiple, 1), ("iters", iters, 0), ("early_iters", early_iters, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DiffPIRError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if isinstance(early_rho, bool) or not isinstance(early_rho, (int, float)) or not 0 <= early_rho < math.inf:
+            raise DiffPIRError(f"early_rho: expected a finite number >= 0, got {early_rho!r}")
         if not isinstance(carry, bool):
             raise DiffPIRError(f"carry: expected True or False, got {carry!r}")
         self.inner = deblur
         self.multiple = multiple
         self.iters = iters
+        self.early_iters = early_iters
+        self.early_rho = float(early_rho)
         self.carry = carry
 
     def __repr__(self) -> str:
-        return (f"ExtendedDeblur(kernel {tuple(self.kernel.shape)}, multiple {self.multiple}, iters {self.iters}, "
-                f"carry {self.carry})")
+        return (f"ExtendedDeblur(kernel {tuple(self.kernel.shape)}, multiple {self.multiple}, iters {self.iters} "
+                f"({self.early_iters} while rho < {self.early_rho:g}), carry {self.carry})")
 
     @property
     def kernel(self) -> Tensor:
@@ -409,6 +444,8 @@ class ExtendedDeblur:
             top=pads[0],
             left=pads[2],
             iters=self.iters,
+            early_iters=self.early_iters,
+            early_rho=self.early_rho,
             carry=self.carry,
         )
 

@@ -17,15 +17,18 @@ import warnings
 import zlib
 from pathlib import Path
 
-import h5py
 import numpy as np
-import scipy.io
-import scipy.ndimage
 from PIL import Image, ImageDraw, ImageFilter
 
 from diffpir_rt.errors import DiffPIRError, TooLargeError
+from diffpir_rt.lazy import lazy_module
 
 from .paths import InputFile, as_input, read_npy_array
+
+# Loaded when first used (half a second together): reading a .npy or .png kernel needs neither.
+h5py = lazy_module("h5py")
+scipy_io = lazy_module("scipy.io")
+ndimage = lazy_module("scipy.ndimage")
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def gaussian_kernel_std(std: float, size: int = 61) -> np.ndarray:
         raise DiffPIRError(f"gaussian kernel std: got {std}; expected a finite number > 0")
     delta = np.zeros((size, size))
     delta[size // 2, size // 2] = 1.0
-    return scipy.ndimage.gaussian_filter(delta, sigma=std).astype(np.float32)
+    return ndimage.gaussian_filter(delta, sigma=std).astype(np.float32)
 
 
 def gaussian_std(index: int) -> float:
@@ -153,7 +156,7 @@ def blur_uint8(img_uint8: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         raise DiffPIRError(
             f"blur_uint8 image: got dtype {img_uint8.dtype}, shape {img_uint8.shape}; expected uint8 (H, W, C)"
         )
-    return scipy.ndimage.convolve(img_uint8, _check_kernel(kernel)[..., None], mode="wrap")
+    return ndimage.convolve(img_uint8, _check_kernel(kernel)[..., None], mode="wrap")
 
 
 def blur_image(x01: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -177,7 +180,7 @@ def blur(x01: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """
     x01 = _check_float_image(x01, "blur image")
     k = _check_kernel(kernel)
-    return scipy.ndimage.convolve(x01, k if x01.ndim == 2 else k[..., None], mode="wrap")
+    return ndimage.convolve(x01, k if x01.ndim == 2 else k[..., None], mode="wrap")
 
 
 def _check_kernel(kernel: np.ndarray) -> np.ndarray:
@@ -494,12 +497,12 @@ def _read_mat_v5(p: InputFile, index: int | None) -> np.ndarray:
     _check_mat_v5_sizes(p)
     try:
         with p.open() as f:
-            contents = scipy.io.loadmat(f, variable_names=["kernels"])
+            contents = scipy_io.loadmat(f, variable_names=["kernels"])
         if "kernels" in contents:
             names = []
         else:
             with p.open() as f:
-                names = sorted(name for name, _, _ in scipy.io.whosmat(f))
+                names = sorted(name for name, _, _ in scipy_io.whosmat(f))
     except Exception as e:  # scipy's parser fed arbitrary bytes: ValueError, TypeError, MatReadError, ...
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
         raise DiffPIRError(f"kernel {p.name}: cannot read MATLAB file, corrupt or truncated ({detail})") from None

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from diffpir_rt.errors import DiffPIRError
-from .unet import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, UNetConfig, UNetModel, build_unet, resolve_arch
+from .archs import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, UNetConfig, resolve_arch
+from .unet import UNetModel, build_unet
 
 logger = logging.getLogger(__name__)
 

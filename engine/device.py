@@ -10,9 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 SUPPORTED = "cpu, cuda, cuda:N or auto"
 

@@ -9,11 +9,10 @@ compute one formula.
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+from diffpir_rt.lazy import lazy_module
 
-import torch
-from torch import Tensor
+import math
+from typing import TYPE_CHECKING, Optional
 
 from diffpir_rt.kernels import (
     Impl,
@@ -27,6 +26,11 @@ from diffpir_rt.kernels import (
 from .imageio import from_model
 from .operators import ElementwiseDataStep, FourierDataStep
 from .step import StepCoefficients, diffpir_update, predict_x0
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 __all__ = ["Impl", "fourier_correction", "kernel_coefficients", "predict_x0_01", "step_elementwise", "step_fourier"]
 

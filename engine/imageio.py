@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from diffpir_rt.errors import DiffPIRError, TooLargeError
+from diffpir_rt.lazy import lazy_module
 
 from .paths import MAX_PIXELS, InputFile, as_input, read_npy, shown, temporary_name
 
+torch = lazy_module("torch")
+
 PathLike = str | os.PathLike
-ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, "torch.Tensor")
 
 #: Output formats by suffix, with the bit depths each can hold.
 WRITE_FORMATS: dict[str, tuple[str, tuple[int, ...]]] = {

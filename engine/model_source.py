@@ -13,9 +13,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from diffpir_rt.errors import DiffPIRError
 
@@ -23,7 +21,10 @@ from .artifacts import sha256_file
 from .backends import BUILTIN_KINDS, BACKENDS, backend_for_kind, model_kinds
 from .prior import bundled_card, bundled_weights_path, load_bundled_prior
 from .tasks import get_task
-from .unet import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, build_unet, resolve_arch
+from .archs import ARCH_PRESETS, DEFAULT_CHECKPOINT_ARCH, resolve_arch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,14 @@ class ModelSource:
 
     # ------------------------------------------------------------------ loading
 
-    def load_torch(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        """The torch UNetDenoiser of a bundled, checkpoint or random source."""
+    def load_torch(self, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
+        """The torch UNetDenoiser of a bundled, checkpoint or random source (float32 unless `dtype`)."""
+        import torch  # here, not at the top: a source is declared and checked without torch
+
         from .denoiser import UNetDenoiser, load_unet
+        from .unet import build_unet
+
+        dtype = torch.float32 if dtype is None else dtype
 
         if self.kind == "bundled":
             return load_bundled_prior(device=device, dtype=dtype)

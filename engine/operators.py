@@ -22,16 +22,20 @@ the spectra, so each step costs one FFT, one elementwise combination and one IFF
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Union, runtime_checkable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
-ArrayLike = Union[np.ndarray, Tensor]
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+
+ArrayLike = Union[np.ndarray, "Tensor"]
 SR_SCALES = (2, 3, 4)
 #: Spectral terms an operator keeps per (size, device, dtype) before starting over.
 SPECTRA_CACHE_SIZE = 4
@@ -110,7 +114,7 @@ class Operator(Protocol):
 
 def check_image_batch(y: Tensor, name: str = "y") -> None:
     """Raise DiffPIRError unless y is a finite floating (B, C, H, W) tensor."""
-    if not isinstance(y, Tensor):
+    if not isinstance(y, torch.Tensor):
         raise DiffPIRError(f"{name}: expected a torch.Tensor, got {type(y).__name__}")
     if y.ndim != 4:
         raise DiffPIRError(f"{name}: expected shape (B, C, H, W), got {tuple(y.shape)}")
@@ -127,7 +131,7 @@ def check_image_batch(y: Tensor, name: str = "y") -> None:
 def _as_float64(a: ArrayLike, name: str) -> Tensor:
     """A real numpy array, torch tensor or nested list as a CPU float64 tensor; anything else
     (None, text, objects, complex numbers, a meta tensor) is refused, never cast."""
-    if isinstance(a, Tensor):
+    if isinstance(a, torch.Tensor):
         if a.is_complex():
             raise DiffPIRError(f"{name}: holds complex numbers ({a.dtype}); expected real values")
         if a.device.type not in ("cpu", "cuda"):

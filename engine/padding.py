@@ -8,10 +8,15 @@ works (torch's F.pad refuses that).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 PAD_MODES = ("circular", "reflect")
 

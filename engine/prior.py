@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+from diffpir_rt.errors import DiffPIRError
 
 from .artifacts import sha256_file
-from .denoiser import UNetDenoiser, load_unet
-from diffpir_rt.errors import DiffPIRError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .denoiser import UNetDenoiser
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CARD_PATH = WEIGHTS_DIR / "bundled_prior.json"
@@ -42,12 +45,15 @@ def bundled_weights_path() -> Path:
 
 
 def load_bundled_prior(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, verify: bool = True
+    device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, verify: bool = True
 ) -> UNetDenoiser:
-    """Load the shipped weights, checking their SHA-256 against the model card."""
+    """Load the shipped weights (float32 unless `dtype`), checking their SHA-256 against the model card."""
+    import torch  # here, not at the top: reading the model card must not cost torch's import
+
+    from .denoiser import load_unet
     path = bundled_weights_path()
     card = bundled_card()
     assert card is not None  # bundled_weights_path raised otherwise
     if verify and sha256_file(path) != card["sha256"]:
         raise DiffPIRError(f"bundled prior {path}: SHA-256 does not match its model card (corrupt install?)")
-    return load_unet(path, card["arch"], device=device, dtype=dtype)
+    return load_unet(path, card["arch"], device=device, dtype=torch.float32 if dtype is None else dtype)

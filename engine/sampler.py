@@ -10,12 +10,10 @@ each step's, in loop order). The fast runtimes run this same loop (engine.method
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module, no_grad
 
 from .methods import Method, build_method
 from .methods.diffpir import DiffPIRConfig
@@ -36,7 +34,12 @@ from .methods.loop import (
 from .operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator, check_image_batch
 from .paths import MAX_NPY_ELEMENTS
 
-Noise = Union[Sequence[Tensor], Tensor]
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+
+Noise = Union[Sequence["Tensor"], "Tensor"]
 
 __all__ = ["DiffPIRConfig", "family_of", "generate", "operator_output", "prepare", "sample"]
 
@@ -149,7 +152,7 @@ def prepare(
     return x, stream
 
 
-@torch.no_grad()
+@no_grad
 def sample(
     eps_model: EpsModel,
     operator: Operator,
@@ -181,7 +184,7 @@ def sample(
     """
     method = build_method(config)
     _check_callables(eps_model, callback)
-    unbatched = isinstance(y, Tensor) and y.ndim == 3
+    unbatched = isinstance(y, torch.Tensor) and y.ndim == 3
     if unbatched:
         y = y[None]
     check_image_batch(y)
@@ -201,7 +204,7 @@ def sample(
     return out[0] if unbatched else out
 
 
-@torch.no_grad()
+@no_grad
 def generate(
     eps_model: EpsModel,
     shape: Sequence[int],
@@ -237,7 +240,7 @@ def generate(
             f"at most {MAX_NPY_ELEMENTS:,} are generated at once"
         )
     check_seed(seed, batch)
-    like = torch.empty((), device=x_T.device if isinstance(x_T, Tensor) else resolve_device(device))
+    like = torch.empty((), device=x_T.device if isinstance(x_T, torch.Tensor) else resolve_device(device))
     x, stream = prepare(method, None, None, None, torch.Size(shape), like, x_T, noise, seed)
     model = CheckedModel(pad_model(eps_model, "reflect"))
     inputs = DrawnInputs(stream, shape[0], like.device)

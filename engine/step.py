@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .imageio import from_model, to_model
 from .schedule import Schedule
 
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
 #: A data step bound to its measurement and rho: x0 in [0, 1] -> x in [0, 1] (docs/algorithm.md §6).
-Prox = Callable[[Tensor], Tensor]
+Prox = Callable[["Tensor"], "Tensor"]
 
 
 @dataclass(frozen=True)

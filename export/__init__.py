@@ -7,28 +7,16 @@ onnx, onnxruntime and tensorrt are imported only by the functions that need them
 """
 
 from diffpir_rt._rooms import require_qualified_name
+from diffpir_rt.lazy import lazy_exports
 
 require_qualified_name(__name__, "export")
 
+#: module -> the names it exports; each loads on first use (`diffpir export --help` needs none).
+API: dict[str, str] = {
+    "diffpir_rt.engine.backends.contract": "IOContract Precision ShapeRange TensorSpec unet_contract",
+    ".onnx_export": "OnnxExportConfig export_onnx",
+    ".quantize": "Int8Config export_int8 quantize_onnx",
+    ".tensorrt_build": "EngineKey build_engine check_plan plan_profile",
+}
 
-from diffpir_rt.engine.backends.contract import IOContract, Precision, ShapeRange, TensorSpec, unet_contract
-from .onnx_export import OnnxExportConfig, export_onnx
-from .quantize import Int8Config, export_int8, quantize_onnx
-from .tensorrt_build import EngineKey, build_engine, check_plan, plan_profile
-
-__all__ = [
-    "EngineKey",
-    "Int8Config",
-    "IOContract",
-    "OnnxExportConfig",
-    "Precision",
-    "ShapeRange",
-    "TensorSpec",
-    "build_engine",
-    "check_plan",
-    "export_int8",
-    "export_onnx",
-    "plan_profile",
-    "quantize_onnx",
-    "unet_contract",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, API)

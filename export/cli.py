@@ -1,6 +1,6 @@
 """`diffpir export onnx | trt`: thin handlers over `export_onnx` and `build_engine`.
 
-Registered by diffpir_rt/cli.py through `add_export_parser`. Every argument is checked
+Registered by diffpir_rt/cli.py through `add_parsers`. Every argument is checked
 before a model is loaded; DiffPIRErrors become one line on stderr and exit 2.
 """
 
@@ -18,23 +18,21 @@ from diffpir_rt.errors import DiffPIRError
 
 EXAMPLES_ONNX = """examples:
   diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet.onnx
-  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet_fp16.onnx --fp16
-  diffpir export onnx --output unet_int8.onnx --int8 --calibration photos/   # bundled prior, int8 for CPUs
+  diffpir export onnx --checkpoint ffhq_10m.pt --arch ffhq_10m --output unet_fp16.onnx --dtype fp16
+  diffpir export onnx --output unet_int8.onnx --dtype int8 --calibration photos/   # bundled prior, int8 for CPUs
   diffpir export onnx --arch ffhq_10m --random-weights --output bench.onnx   # benchmarks only
 """
 EXAMPLES_TRT = """examples:
-  diffpir export trt --onnx unet_fp16.onnx --output unet.plan --fp16 --batch 1:1:4 --height 128:256:512 --width 128:256:512
+  diffpir export trt --onnx unet_fp16.onnx --output unet.plan --dtype fp16 --batch 1:1:4 --height 128:256:512 --width 128:256:512
   diffpir restore --task deblur --input y.png --kernel k.npy --output x.png --backend tensorrt --engine unet.plan --device cuda
 """
 
 
-def add_export_parser(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
-    from .onnx_export import DEFAULT_OPSET, OPSETS
-    from .quantize import CALIBRATION_METHODS
+def add_parsers(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
+    from .options import CALIBRATION_METHODS, DEFAULT_OPSET, OPSETS
 
     export = subparsers.add_parser(
         "export",
-        help="export the UNet to ONNX, or build a TensorRT engine from the ONNX",
         description="Deployment artifacts, each with a sidecar JSON (<artifact>.json) that records what it was made from.",
     )
     stages = export.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -55,14 +53,14 @@ def add_export_parser(subparsers: argparse._SubParsersAction, argv: Sequence[str
     p.add_argument("--random-weights", action="store_true", help="export randomly initialised weights (benchmarks only)")
     p.add_argument("--seed", type=cliargs.seed, default=0, help="seed of --random-weights (default: 0)")
     p.add_argument("--opset", type=int, choices=list(OPSETS), default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    p.add_argument("--fp16", action="store_true", help="fp16 weights/activations; GroupNorm and softmax stay fp32, I/O fp32")
-    p.add_argument("--int8", action="store_true",
-                   help="ONNX Runtime static int8 (QDQ, per-channel weights) of the convolutions, calibrated over the whole "
-                   "timestep range; parity-checked against the fp32 graph")  # fmt: skip
+    p.add_argument("--dtype", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="the graph's precision, as `diffpir restore --dtype`: fp32; fp16 (GroupNorm and softmax stay fp32, "
+                   "I/O fp32); int8: ONNX Runtime static int8 (QDQ, per-channel weights) of the convolutions, calibrated "
+                   "over the whole timestep range, parity-checked against the fp32 graph (default: %(default)s)")  # fmt: skip
     p.add_argument("--calibration", type=Path, nargs="+", default=None, metavar="PATH",
-                   help="--int8: calibration images or folders of them (default: images the model draws itself)")
+                   help="--dtype int8: calibration images or folders of them (default: images the model draws itself)")
     p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
-                   help="--int8: how activation ranges are chosen (default: minmax)")
+                   help="--dtype int8: how activation ranges are chosen (default: minmax)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch (default: dynamic)")
     p.add_argument("--static-size", action="store_true",
                    help="fix H and W to --height x --width (default: dynamic, any multiple of the UNet's size multiple)")
@@ -84,7 +82,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction, argv: Sequence[str
     )
     p.add_argument("--onnx", required=True, type=Path, help="graph from `diffpir export onnx`")
     p.add_argument("--output", required=True, type=cliargs.output_path, help="the .plan file to write")
-    p.add_argument("--fp16", action="store_true", help="fp16 engine (an fp16 ONNX is built fp16 regardless)")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp32",
+                   help="the engine's precision, as `diffpir restore --dtype` (an fp16 ONNX is built fp16 regardless; default: %(default)s)")
     p.add_argument("--batch", help="batch range (default: the ONNX's fixed batch, else 1:1:4)")
     p.add_argument("--height", help="height range (default: the ONNX's fixed size, else opt/2:opt:2opt around the traced size)")
     p.add_argument("--width", help="width range (as --height)")
@@ -96,7 +95,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction, argv: Sequence[str
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from diffpir_rt.engine.unet import resolve_arch
+    from diffpir_rt.engine import resolve_arch
 
     from diffpir_rt.engine.artifacts import read_sidecar
     from .onnx_export import OnnxExportConfig, export_onnx, iter_parity_lines
@@ -106,12 +105,11 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
     if args.checkpoint is not None and args.random_weights:
         raise DiffPIRError("--random-weights: conflicts with --checkpoint; pass one of them")
-    if args.int8 and args.fp16:
-        raise DiffPIRError("--int8: conflicts with --fp16; pass one of them")
-    if not args.int8 and (args.calibration is not None or args.calibration_method != "minmax"):
-        raise DiffPIRError("--calibration/--calibration-method: apply to --int8 only")
-    if args.int8 and args.external_data == "always":
-        raise DiffPIRError("--external-data always: an --int8 graph keeps its weights inline")
+    int8 = args.dtype == "int8"
+    if not int8 and (args.calibration is not None or args.calibration_method != "minmax"):
+        raise DiffPIRError("--calibration/--calibration-method: apply to --dtype int8 only")
+    if int8 and args.external_data == "always":
+        raise DiffPIRError("--external-data always: an int8 graph keeps its weights inline")
     if args.checkpoint is not None:
         check_input_file(args.checkpoint, "--checkpoint")
     calibration = []
@@ -132,7 +130,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         resolve_arch(args.arch)
     config = OnnxExportConfig(
         opset=args.opset,
-        precision="fp16" if args.fp16 else "fp32",
+        precision="fp16" if args.dtype == "fp16" else "fp32",
         dynamic_batch=not args.static_batch,
         dynamic_size=not args.static_size,
         batch=args.batch,
@@ -141,15 +139,14 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         external_data={"auto": None, "always": True, "never": False}[args.external_data],
     )
     with plan.transaction():
-        if args.int8:
-            int8 = Int8Config(method=args.calibration_method)
-            path = export_int8(args.checkpoint, args.output, config, int8, calibration, arch=args.arch,
+        if int8:
+            path = export_int8(args.checkpoint, args.output, config, Int8Config(method=args.calibration_method), calibration, arch=args.arch,
                                random_weights=args.random_weights, seed=args.seed)  # fmt: skip
         else:
             path = export_onnx(args.checkpoint, args.output, config, arch=args.arch, random_weights=args.random_weights,
                                seed=args.seed)  # fmt: skip
     record = read_sidecar(path, "onnx")
-    if args.int8:
+    if int8:
         print(f"exported {record['arch']} (int8, from an fp32 export parity-checked against torch) -> {path}")
         for line in iter_int8_lines(record):
             print(line)
@@ -182,7 +179,7 @@ def run_export_trt(args: argparse.Namespace) -> int:
         plan = build_engine(
             args.onnx,
             args.output,
-            fp16=args.fp16,
+            fp16=args.dtype == "fp16",
             timing_cache=args.timing_cache,
             device=args.device,
             workspace_gib=args.workspace,

@@ -21,7 +21,6 @@ import inspect
 import logging
 import os
 import shutil
-import uuid
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -33,18 +32,17 @@ import torch
 
 from diffpir_rt.engine import ModelSource as EngineModelSource
 from diffpir_rt.engine import prior
-from diffpir_rt.engine.denoiser import UNetDenoiser
-from diffpir_rt.engine.unet import UNetConfig
-from diffpir_rt.errors import DiffPIRError
-
+from diffpir_rt.engine.archs import UNetConfig
 from diffpir_rt.engine.artifacts import sha256_files, tool_versions, write_sidecar
+from diffpir_rt.engine.denoiser import UNetDenoiser
+from diffpir_rt.engine.paths import temporary_name
+from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, METADATA_KEYS, WIDTH, CONTRACT_VERSION, IOContract, Precision, contract_from_dims, fix_axes, unet_contract
+
+from .options import DEFAULT_OPSET, OPSETS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
-#: torch's TorchScript exporter writes opsets up to 20; 17 has every op this UNet needs.
-OPSETS = range(17, 21)
 #: Protobuf cannot hold a message of 2 GiB or more; weights above this go to one external file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Parity criterion: max|ORT - torch fp32| <= tol * max(1, max|torch fp32|). fp32 is summation
@@ -299,6 +297,206 @@ def _trace(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
         )
 
 
+@dataclass(frozen=True)
+class _ExportPlan:
+    """What `export_onnx` decided before writing anything, shared by its steps."""
+
+    output: Path
+    config: OnnxExportConfig
+    reference: UNetDenoiser
+    source: WeightsRecord
+    module: torch.nn.Module
+    height: int
+    width: int
+    contract: IOContract
+    artifact_contract: IOContract
+    external: bool
+    metadata: dict[str, str]
+
+    @property
+    def data_name(self) -> str:
+        """File name of the external weights, beside the .onnx."""
+        return self.output.name + ".data"
+
+
+def _check_output_path(config: OnnxExportConfig, output: str | os.PathLike[str]) -> Path:
+    """Reject an int8 request or a bad output path before the weights are loaded."""
+    if config.precision is Precision.INT8:
+        raise DiffPIRError("precision int8: an int8 graph is quantised from an fp32 export; use export.export_int8 "
+                           "(`diffpir export onnx --dtype int8`)")  # fmt: skip
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise DiffPIRError(f"--output {output}: expected a .onnx path")
+    if output.is_dir():
+        raise DiffPIRError(f"--output {output}: is a directory; expected a file path")
+    return output
+
+
+def _traced_size(config: OnnxExportConfig, reference: UNetDenoiser) -> tuple[int, int]:
+    """The traced (height, width): the arch's image size unless given, and a multiple the UNet accepts."""
+    unet_config: UNetConfig = reference.config
+    multiple = reference.size_multiple
+    height = config.height or unet_config.image_size
+    width = config.width or unet_config.image_size
+    if height % multiple or width % multiple:
+        raise DiffPIRError(f"--width/--height: {width}x{height} must be multiples of {multiple} for arch {reference.arch}")
+    return height, width
+
+
+def _export_metadata(reference: UNetDenoiser, precision: Precision, source: WeightsRecord) -> dict[str, str]:
+    """The metadata_props the runtimes read, in `METADATA_KEYS` order."""
+    metadata = {
+        "diffpir_contract": CONTRACT_VERSION,
+        "arch": reference.arch or "custom",
+        "size_multiple": str(reference.size_multiple),
+        "in_channels": str(reference.config.in_channels),
+        "precision": precision.value,
+        "checkpoint_sha256": source.sha256,
+    }
+    assert tuple(metadata) == METADATA_KEYS
+    return metadata
+
+
+def _plan_export(
+    checkpoint: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str],
+    config: OnnxExportConfig,
+    arch: str | None,
+    random_weights: bool,
+    seed: int,
+) -> _ExportPlan:
+    """Validate the request and load the weights, so that bad input fails before anything is written."""
+    output = _check_output_path(config, output)
+    reference, source = resolve_model(checkpoint, arch, random_weights, seed)
+    height, width = _traced_size(config, reference)
+    precision = config.precision
+    module = reference if precision is Precision.FP32 else copy.deepcopy(reference).to(torch.float16)
+    contract = unet_contract(reference.config.in_channels, reference.size_multiple)
+    fixed = {} if config.dynamic_batch else {BATCH: config.batch}
+    if not config.dynamic_size:
+        fixed.update({HEIGHT: height, WIDTH: width})
+    artifact_contract = fix_axes(contract, fixed)
+    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = config.external_data if config.external_data is not None else param_bytes > EXTERNAL_DATA_THRESHOLD
+    metadata = _export_metadata(reference, precision, source)
+    return _ExportPlan(output, config, reference, source, module, height, width, contract, artifact_contract, external, metadata)
+
+
+def make_work_dir(output: Path) -> Path:
+    """A private scratch folder beside the output (also quantize's), so the final moves are same-filesystem renames."""
+    work = temporary_name(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir()
+    except OSError as e:
+        raise DiffPIRError(f"--output {output}: cannot write in {output.parent} ({e.strerror or e})") from None
+    return work
+
+
+def _trace_and_save(onnx: Any, plan: _ExportPlan, work: Path) -> Path:
+    """Trace into work/raw, then re-save with metadata in one deterministic layout (inline, or all weights in <name>.data)."""
+    # The exporter may split >2 GiB models into one file per tensor; hence the re-save.
+    config, output = plan.config, plan.output
+    raw = work / "raw" / output.name
+    raw.parent.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(config.batch, plan.reference.config.in_channels, plan.height, plan.width, generator=generator)
+    t = torch.full((config.batch,), 500, dtype=torch.int64)
+    logger.info("tracing %s (%s) at %s", plan.reference.arch, config.precision.value, tuple(x_t.shape))
+    _trace(plan.module, (x_t, t), raw, plan.contract, config)
+
+    model = onnx.load(str(raw))
+    del model.metadata_props[:]
+    for key, value in plan.metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    final = work / output.name
+    if plan.external:
+        onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=plan.data_name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(final))
+    shutil.rmtree(raw.parent)
+    return final
+
+
+def _check_graph(onnx: Any, final: Path, plan: _ExportPlan) -> dict[str, dict[str, int]]:
+    """ONNX checker with full shape inference, the I/O contract and fp32 norms/softmax; returns the precision report."""
+    try:
+        onnx.checker.check_model(str(final), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise RuntimeError(f"exported graph fails onnx.checker: {e}") from e
+    header = onnx.load(str(final), load_external_data=False)
+    specialised = check_onnx_contract(header, plan.contract, f"export {plan.output}")
+    if specialised != plan.artifact_contract:
+        raise RuntimeError(f"exported axes {specialised.to_dict()} differ from the requested {plan.artifact_contract.to_dict()}")
+    report = precision_report(header)
+    if plan.config.precision is Precision.FP16 and _fp32_ops_in_fp16(report):
+        raise RuntimeError(f"fp16 export computes {_fp32_ops_in_fp16(report)} outside float32")
+    return report
+
+
+def _export_record(
+    plan: _ExportPlan, final: Path, work: Path, report: dict[str, dict[str, int]], cases: list[ParityCase], tolerance: float
+) -> dict[str, Any]:
+    """The sidecar record: provenance, contract, precision report and measured parity."""
+    parity = {
+        "reference": "torch fp32 UNetDenoiser, CPU",
+        "runtime": "onnxruntime CPUExecutionProvider",
+        "criterion": PARITY_CRITERION,
+        "tolerance": tolerance,
+        "cases": [asdict(c) for c in cases],
+        "passed": all(c.passed for c in cases),
+    }
+    files = [final] + ([work / plan.data_name] if plan.external else [])
+    return {
+        "artifact": plan.output.name,
+        "external_data": plan.data_name if plan.external else None,
+        "onnx_sha256": sha256_files(files),
+        "exporter": EXPORTER,
+        "checkpoint": plan.source.to_dict(),
+        "arch": plan.reference.arch,
+        "unet_config": plan.reference.config.as_dict(),
+        "export": {**plan.config.to_dict(), "height": plan.height, "width": plan.width},
+        "contract": plan.artifact_contract.to_dict(),
+        "metadata": plan.metadata,
+        "fp32_ops": report,
+        "parity": parity,
+        "tools": tool_versions("torch", "onnx", "onnxruntime"),
+    }
+
+
+def _require_parity(cases: list[ParityCase], output: Path, tolerance: float) -> None:
+    """Refuse to write a graph that disagrees with torch, naming the worst case."""
+    if all(c.passed for c in cases):
+        return
+    worst = max(cases, key=lambda c: c.max_abs_error / max(1.0, c.max_abs_reference))
+    raise DiffPIRError(
+        f"export {output}: ONNX Runtime disagrees with torch: max abs error {worst.max_abs_error:.3g} at "
+        f"{(worst.batch, worst.height, worst.width)} > tolerance {tolerance:g} x max(1, {worst.max_abs_reference:.3g}); "
+        "nothing written"
+    )
+
+
+def _move_into_place(plan: _ExportPlan, final: Path, work: Path, record: dict[str, Any]) -> None:
+    """Publish the artifact: external data first, so the .onnx never points at a missing file."""
+    output = plan.output
+    if plan.external:
+        shutil.copymode(final, work / plan.data_name)  # onnx writes it 0600; give it the .onnx's mode
+        os.replace(work / plan.data_name, output.parent / plan.data_name)
+    os.replace(final, output)
+    write_sidecar(output, record)
+
+
+def _log_parity(cases: list[ParityCase], tolerance: float) -> None:
+    """One log line per parity case, after the artifact is in place."""
+    for case in cases:
+        logger.info(
+            "parity %s: B=%d %dx%d max|ort - torch| = %.3g (max|torch| %.3g, tolerance %g)",
+            "ok" if case.passed else "FAILED", case.batch, case.height, case.width,
+            case.max_abs_error, case.max_abs_reference, tolerance,
+        )
+
+
 def export_onnx(
     checkpoint: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
@@ -328,135 +526,21 @@ def export_onnx(
     """
     onnx = _onnx()
     config = config or OnnxExportConfig()
-    if config.precision is Precision.INT8:
-        raise DiffPIRError("precision int8: an int8 graph is quantised from an fp32 export; use export.export_int8 "
-                           "(`diffpir export onnx --int8`)")  # fmt: skip
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise DiffPIRError(f"--output {output}: expected a .onnx path")
-    if output.is_dir():
-        raise DiffPIRError(f"--output {output}: is a directory; expected a file path")
-    reference, source = resolve_model(checkpoint, arch, random_weights, seed)
-    unet_config: UNetConfig = reference.config
-    multiple = reference.size_multiple
-    height = config.height or unet_config.image_size
-    width = config.width or unet_config.image_size
-    if height % multiple or width % multiple:
-        raise DiffPIRError(f"--width/--height: {width}x{height} must be multiples of {multiple} for arch {reference.arch}")
-
-    precision = config.precision
-    module = reference if precision is Precision.FP32 else copy.deepcopy(reference).to(torch.float16)
-    contract = unet_contract(unet_config.in_channels, multiple)
-    fixed = {} if config.dynamic_batch else {BATCH: config.batch}
-    if not config.dynamic_size:
-        fixed.update({HEIGHT: height, WIDTH: width})
-    artifact_contract = fix_axes(contract, fixed)
-    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    external = config.external_data if config.external_data is not None else param_bytes > EXTERNAL_DATA_THRESHOLD
-    metadata = {
-        "diffpir_contract": CONTRACT_VERSION,
-        "arch": reference.arch or "custom",
-        "size_multiple": str(multiple),
-        "in_channels": str(unet_config.in_channels),
-        "precision": precision.value,
-        "checkpoint_sha256": source.sha256,
-    }
-    assert tuple(metadata) == METADATA_KEYS
-
-    work = output.parent / f".{output.name[:64]}.{uuid.uuid4().hex[:12]}.tmp"
+    plan = _plan_export(checkpoint, output, config, arch, random_weights, seed)
+    work = make_work_dir(plan.output)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        work.mkdir()
-    except OSError as e:
-        raise DiffPIRError(f"--output {output}: cannot write in {output.parent} ({e.strerror or e})") from None
-    try:
-        # 1. Trace (the exporter may split >2 GiB models into one file per tensor; re-saved below).
-        raw = work / "raw" / output.name
-        raw.parent.mkdir()
-        generator = torch.Generator().manual_seed(0)
-        x_t = torch.randn(config.batch, unet_config.in_channels, height, width, generator=generator)
-        t = torch.full((config.batch,), 500, dtype=torch.int64)
-        logger.info("tracing %s (%s) at %s", reference.arch, precision.value, tuple(x_t.shape))
-        _trace(module, (x_t, t), raw, contract, config)
-
-        # 2. Metadata, then one deterministic layout: inline, or all weights in <name>.data.
-        model = onnx.load(str(raw))
-        del model.metadata_props[:]
-        for key, value in metadata.items():
-            model.metadata_props.add(key=key, value=value)
-        final = work / output.name
-        data_name = output.name + ".data"
-        if external:
-            onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(model, str(final))
-        shutil.rmtree(raw.parent)
-
-        # 3. Checks: ONNX checker with full shape inference, the I/O contract, fp32 norms/softmax.
-        try:
-            onnx.checker.check_model(str(final), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise RuntimeError(f"exported graph fails onnx.checker: {e}") from e
-        header = onnx.load(str(final), load_external_data=False)
-        specialised = check_onnx_contract(header, contract, f"export {output}")
-        if specialised != artifact_contract:
-            raise RuntimeError(f"exported axes {specialised.to_dict()} differ from the requested {artifact_contract.to_dict()}")
-        report = precision_report(header)
-        if precision is Precision.FP16 and _fp32_ops_in_fp16(report):
-            raise RuntimeError(f"fp16 export computes {_fp32_ops_in_fp16(report)} outside float32")
-        del model, header
-
-        # 4. Parity: ONNX Runtime (CPU) against the fp32 torch UNet, at two shapes.
-        tolerance = PARITY_TOLERANCE[precision]
-        cases = _measure_parity(final, reference, _parity_cases(config, height, width, multiple), tolerance)
-        parity = {
-            "reference": "torch fp32 UNetDenoiser, CPU",
-            "runtime": "onnxruntime CPUExecutionProvider",
-            "criterion": PARITY_CRITERION,
-            "tolerance": tolerance,
-            "cases": [asdict(c) for c in cases],
-            "passed": all(c.passed for c in cases),
-        }
-        files = [final] + ([work / data_name] if external else [])
-        record = {
-            "artifact": output.name,
-            "external_data": data_name if external else None,
-            "onnx_sha256": sha256_files(files),
-            "exporter": EXPORTER,
-            "checkpoint": source.to_dict(),
-            "arch": reference.arch,
-            "unet_config": unet_config.as_dict(),
-            "export": {**config.to_dict(), "height": height, "width": width},
-            "contract": artifact_contract.to_dict(),
-            "metadata": metadata,
-            "fp32_ops": report,
-            "parity": parity,
-            "tools": tool_versions("torch", "onnx", "onnxruntime"),
-        }
-        if not parity["passed"]:
-            worst = max(cases, key=lambda c: c.max_abs_error / max(1.0, c.max_abs_reference))
-            raise DiffPIRError(
-                f"export {output}: ONNX Runtime disagrees with torch: max abs error {worst.max_abs_error:.3g} at "
-                f"{(worst.batch, worst.height, worst.width)} > tolerance {tolerance:g} x max(1, {worst.max_abs_reference:.3g}); "
-                "nothing written"
-            )
-
-        # 5. Move into place: external data first, so the .onnx never points at a missing file.
-        if external:
-            shutil.copymode(final, work / data_name)  # onnx writes it 0600; give it the .onnx's mode
-            os.replace(work / data_name, output.parent / data_name)
-        os.replace(final, output)
-        write_sidecar(output, record)
+        final = _trace_and_save(onnx, plan, work)
+        report = _check_graph(onnx, final, plan)
+        # Parity: ONNX Runtime (CPU) against the fp32 torch UNet, at two shapes.
+        tolerance = PARITY_TOLERANCE[config.precision]
+        cases = _measure_parity(final, plan.reference, _parity_cases(config, plan.height, plan.width, plan.reference.size_multiple), tolerance)
+        record = _export_record(plan, final, work, report, cases, tolerance)
+        _require_parity(cases, plan.output, tolerance)
+        _move_into_place(plan, final, work, record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for case in cases:
-        logger.info(
-            "parity %s: B=%d %dx%d max|ort - torch| = %.3g (max|torch| %.3g, tolerance %g)",
-            "ok" if case.passed else "FAILED", case.batch, case.height, case.width,
-            case.max_abs_error, case.max_abs_reference, tolerance,
-        )
-    return output
+    _log_parity(cases, tolerance)
+    return plan.output
 
 
 def iter_parity_lines(record: dict[str, Any]) -> Iterator[str]:

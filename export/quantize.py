@@ -38,10 +38,10 @@ from diffpir_rt.engine.artifacts import read_sidecar, sha256_files, tool_version
 from diffpir_rt.engine.backends.contract import Precision
 from diffpir_rt.errors import DiffPIRError
 
+from .options import CALIBRATION_METHODS
+
 logger = logging.getLogger(__name__)
 
-#: Calibration methods of onnxruntime.quantization.CalibrationMethod we offer.
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 #: Parity criterion of an int8 graph: relative RMS error of eps against the fp32 graph,
 #: ||eps_int8 - eps_fp32|| / ||eps_fp32|| over all held-out inputs. Measured (onnxruntime 1.32,
 #: x86 VNNI/AMX): 0.038 on the bundled prior (0.094 with the input convolution quantised too),
@@ -246,6 +246,95 @@ def measure_int8_parity(int8_onnx: Path, fp32: Any, held_out: Calibration) -> di
     }
 
 
+def _check_fp32_source(fp32_onnx: Path, precision: str) -> None:
+    """int8 is quantised from an inline fp32 export only: refuse anything else before any work."""
+    if precision != Precision.FP32.value:
+        raise DiffPIRError(f"onnx {fp32_onnx}: is a {precision} graph; int8 is quantised from an fp32 export")
+    if (fp32_onnx.parent / (fp32_onnx.name + ".data")).exists():
+        raise DiffPIRError(f"onnx {fp32_onnx}: weights in external data; int8 quantisation takes inline graphs (< 2 GB)")
+
+
+def _quantize_static(quantization: Any, fp32_onnx: Path, quantized: Path, config: Int8Config, calibration: Calibration) -> None:
+    """Pre-process the fp32 graph and write its static QDQ quantisation to `quantized` (same folder)."""
+    # Shape inference and ONNX Runtime's basic fusions first, as the quantiser expects. Its
+    # symbolic shape inference cannot follow the timestep embedding's dynamic Reshape; ONNX's does.
+    prepared = quantized.parent / "prepared.onnx"
+    quantization.shape_inference.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+    # Static QDQ quantisation: int8 weights per output channel (symmetric), uint8
+    # activations per tensor (asymmetric): the u8 x s8 products x86 VNNI/AMX kernels take.
+    method = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}[config.method]
+    quantization.quantize_static(
+        str(prepared), str(quantized), calibration.reader(),
+        quant_format=quantization.QuantFormat.QDQ, per_channel=True, reduce_range=False,
+        activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+        op_types_to_quantize=list(config.ops), calibrate_method=getattr(quantization.CalibrationMethod, method),
+        nodes_to_exclude=_end_nodes(prepared),
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+    )  # fmt: skip
+
+
+def _stamp_int8_metadata(onnx: Any, quantized: Path, fp32_onnx: Path, ops: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """Give the int8 graph the fp32 graph's DiffPIR metadata with precision int8, as every runtime reads it.
+
+    Returns the fp32 metadata and the op types that really run int8.
+    """
+    model = onnx.load(str(quantized))
+    found = {p.key: p.value for p in onnx.load(str(fp32_onnx), load_external_data=False).metadata_props}
+    del model.metadata_props[:]
+    for key, value in {**found, "precision": Precision.INT8.value}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(quantized))
+    quantized_ops = sorted({n.op_type for n in model.graph.node if n.op_type in ops and _quantized_input(model, n)})
+    return found, quantized_ops
+
+
+def _require_int8_parity(parity: dict[str, Any], output: Path) -> None:
+    """Refuse to write an int8 graph outside its tolerance of the fp32 one."""
+    if not parity["passed"]:
+        raise DiffPIRError(
+            f"export {output}: the int8 graph is {parity['relative_rms_error']:.3g} (relative RMS of eps) from the "
+            f"fp32 graph, above the tolerance {INT8_PARITY_TOLERANCE:g}; nothing written"
+        )
+
+
+def _int8_record(
+    output: Path,
+    quantized: Path,
+    fp32_onnx: Path,
+    found: dict[str, str],
+    quantized_ops: list[str],
+    config: Int8Config,
+    calibration: Calibration,
+    parity: dict[str, Any],
+) -> dict[str, Any]:
+    """The int8 sidecar: provenance (with the fp32 graph's own sidecar), quantisation settings and parity."""
+    try:
+        fp32_record = read_sidecar(fp32_onnx, "onnx")
+    except DiffPIRError:
+        fp32_record = None
+    return {
+        "artifact": output.name,
+        "external_data": None,
+        "onnx_sha256": sha256_files([quantized]),
+        "quantized_from": {"onnx": fp32_onnx.name, "onnx_sha256": sha256_files([fp32_onnx]),
+                           "sidecar": fp32_record},  # fmt: skip
+        "quantization": {
+            "tool": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "weights": "int8, symmetric, per output channel",
+            "activations": "uint8, asymmetric, per tensor",
+            "ops": quantized_ops,
+            "config": config.to_dict(),
+            "calibration": {"x0": calibration.x0_source, "timesteps": calibration.timesteps,
+                            "inputs": len(calibration.inputs), "size": int(calibration.inputs[0][0].shape[-1])},  # fmt: skip
+        },
+        "arch": found.get("arch"),
+        "metadata": {**found, "precision": Precision.INT8.value},
+        "parity": parity,
+        "tools": tool_versions("torch", "onnx", "onnxruntime"),
+    }
+
+
 def quantize_onnx(
     fp32_onnx: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -269,81 +358,25 @@ def quantize_onnx(
     """
     import onnx
 
+    from .onnx_export import make_work_dir
+
     quantization = _quantization()
     config = config or Int8Config()
     fp32_onnx, output = Path(fp32_onnx), Path(output)
     if output.suffix.lower() != ".onnx":
         raise DiffPIRError(f"--output {output}: expected a .onnx path")
     calibration, held_out, fp32 = make_calibration(fp32_onnx, config, images)
-    if fp32.precision != Precision.FP32.value:
-        raise DiffPIRError(f"onnx {fp32_onnx}: is a {fp32.precision} graph; int8 is quantised from an fp32 export")
-    if (fp32_onnx.parent / (fp32_onnx.name + ".data")).exists():
-        raise DiffPIRError(f"onnx {fp32_onnx}: weights in external data; int8 quantisation takes inline graphs (< 2 GB)")
+    _check_fp32_source(fp32_onnx, fp32.precision)
 
-    work = output.parent / f".{output.name[:64]}.{uuid.uuid4().hex[:12]}.tmp"
+    work = make_work_dir(output)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        work.mkdir()
-    except OSError as e:
-        raise DiffPIRError(f"--output {output}: cannot write in {output.parent} ({e.strerror or e})") from None
-    try:
-        # 1. Shape inference and ONNX Runtime's basic fusions first, as the quantiser expects. Its
-        # symbolic shape inference cannot follow the timestep embedding's dynamic Reshape; ONNX's does.
-        prepared = work / "prepared.onnx"
-        quantization.shape_inference.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
-        # 2. Static QDQ quantisation: int8 weights per output channel (symmetric), uint8
-        # activations per tensor (asymmetric): the u8 x s8 products x86 VNNI/AMX kernels take.
-        method = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}[config.method]
         quantized = work / output.name
-        quantization.quantize_static(
-            str(prepared), str(quantized), calibration.reader(),
-            quant_format=quantization.QuantFormat.QDQ, per_channel=True, reduce_range=False,
-            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-            op_types_to_quantize=list(config.ops), calibrate_method=getattr(quantization.CalibrationMethod, method),
-            nodes_to_exclude=_end_nodes(prepared),
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )  # fmt: skip
-        # 3. The DiffPIR metadata, with its precision, as every runtime reads it.
-        model = onnx.load(str(quantized))
-        found = {p.key: p.value for p in onnx.load(str(fp32_onnx), load_external_data=False).metadata_props}
-        del model.metadata_props[:]
-        for key, value in {**found, "precision": Precision.INT8.value}.items():
-            model.metadata_props.add(key=key, value=value)
-        onnx.save_model(model, str(quantized))
-        quantized_ops = sorted({n.op_type for n in model.graph.node if n.op_type in config.ops and _quantized_input(model, n)})
-        del model
-        # 4. Parity against the fp32 graph on held-out inputs.
+        _quantize_static(quantization, fp32_onnx, quantized, config, calibration)
+        found, quantized_ops = _stamp_int8_metadata(onnx, quantized, fp32_onnx, config.ops)
+        # Parity against the fp32 graph on held-out inputs.
         parity = measure_int8_parity(quantized, fp32, held_out)
-        if not parity["passed"]:
-            raise DiffPIRError(
-                f"export {output}: the int8 graph is {parity['relative_rms_error']:.3g} (relative RMS of eps) from the "
-                f"fp32 graph, above the tolerance {INT8_PARITY_TOLERANCE:g}; nothing written"
-            )
-        try:
-            fp32_record = read_sidecar(fp32_onnx, "onnx")
-        except DiffPIRError:
-            fp32_record = None
-        record = {
-            "artifact": output.name,
-            "external_data": None,
-            "onnx_sha256": sha256_files([quantized]),
-            "quantized_from": {"onnx": fp32_onnx.name, "onnx_sha256": sha256_files([fp32_onnx]),
-                               "sidecar": fp32_record},  # fmt: skip
-            "quantization": {
-                "tool": "onnxruntime.quantization.quantize_static",
-                "format": "QDQ",
-                "weights": "int8, symmetric, per output channel",
-                "activations": "uint8, asymmetric, per tensor",
-                "ops": quantized_ops,
-                "config": config.to_dict(),
-                "calibration": {"x0": calibration.x0_source, "timesteps": calibration.timesteps,
-                                "inputs": len(calibration.inputs), "size": int(calibration.inputs[0][0].shape[-1])},  # fmt: skip
-            },
-            "arch": found.get("arch"),
-            "metadata": {**found, "precision": Precision.INT8.value},
-            "parity": parity,
-            "tools": tool_versions("torch", "onnx", "onnxruntime"),
-        }
+        _require_int8_parity(parity, output)
+        record = _int8_record(output, quantized, fp32_onnx, found, quantized_ops, config, calibration, parity)
         os.replace(quantized, output)
         write_sidecar(output, record)
     finally:

@@ -30,7 +30,17 @@ from diffpir_rt.engine.backends.tensorrt_backend import (
     onnx_files,
 )
 from diffpir_rt.engine.artifacts import canonical_sha256, read_sidecar, sha256_files, tool_versions, write_bytes, write_sidecar
-from diffpir_rt.engine.backends.contract import BATCH, HEIGHT, WIDTH, IOContract, Precision, Profile, ShapeRange
+from diffpir_rt.engine.backends.contract import (
+    BATCH,
+    HEIGHT,
+    METADATA_KEYS,
+    WIDTH,
+    IOContract,
+    Precision,
+    Profile,
+    ShapeRange,
+    unet_contract,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +167,11 @@ def default_timing_cache(plan: Path, tensorrt_version: str, gpu: GpuInfo) -> Pat
 
 
 def resolve_build_precision(onnx_precision: str, fp16: bool, has_fp16_flag: bool) -> tuple[Precision, bool]:
-    """(engine precision, strongly typed?) for an ONNX's precision and the --fp16 request.
+    """(engine precision, strongly typed?) for an ONNX's precision and the --dtype fp16 request.
 
     An fp16 ONNX already pins GroupNorm and softmax to fp32 with casts, so it is
     built strongly typed: TensorRT keeps every tensor's ONNX type. An fp32 ONNX
-    with --fp16 falls back to the FP16 builder flag (weak typing: TensorRT picks
+    with --dtype fp16 falls back to the FP16 builder flag (weak typing: TensorRT picks
     per layer), which TensorRT 11 no longer has.
     """
     onnx_precision = Precision.parse(onnx_precision)
@@ -174,8 +184,8 @@ def resolve_build_precision(onnx_precision: str, fp16: bool, has_fp16_flag: bool
         return Precision.FP32, True
     if not has_fp16_flag:
         raise DiffPIRError(
-            "--fp16: this TensorRT builds strongly typed networks only; export the ONNX with "
-            "`diffpir export onnx --fp16` and build from that"
+            "--dtype fp16: this TensorRT builds strongly typed networks only; export the ONNX with "
+            "`diffpir export onnx --dtype fp16` and build from that"
         )
     return Precision.FP16, False
 
@@ -197,6 +207,161 @@ def _trt_logger(trt: Any) -> Any:
                 logger.debug("tensorrt: %s", msg)
 
     return _Logger()
+
+
+@dataclass(frozen=True)
+class _OnnxSource:
+    """What `build_engine` learned from the ONNX, all checked before TensorRT is imported."""
+
+    path: Path
+    metadata: dict[str, str]
+    specialised: IOContract
+    ranges: dict[str, ShapeRange]
+    profile: Profile
+    sha256: str
+
+
+def _check_build_paths(onnx_path: Path, plan: Path) -> None:
+    """Reject a wrong plan suffix or a missing ONNX before reading anything."""
+    if plan.suffix.lower() not in (".plan", ".engine", ".trt"):
+        raise DiffPIRError(f"--output {plan}: expected a .plan (or .engine/.trt) path")
+    if not onnx_path.is_file():
+        raise DiffPIRError(f"--onnx {onnx_path}: file not found")
+
+
+def _read_onnx_header(onnx_lib: Any, onnx_path: Path) -> tuple[Any, dict[str, str]]:
+    """The graph without its weights, and the DiffPIR metadata that only `export_onnx` writes."""
+    try:
+        header = onnx_lib.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise DiffPIRError(f"--onnx {onnx_path}: not a readable ONNX model ({e})") from e
+    metadata = {p.key: p.value for p in header.metadata_props}
+    missing = [k for k in METADATA_KEYS if k not in metadata]
+    if missing:
+        raise DiffPIRError(f"--onnx {onnx_path}: no DiffPIR metadata ({', '.join(missing)}); export it with `diffpir export onnx`")
+    return header, metadata
+
+
+def _inspect_onnx(
+    onnx_path: Path, plan: Path, batch: ShapeRange | None, height: ShapeRange | None, width: ShapeRange | None
+) -> _OnnxSource:
+    """Check the ONNX, its contract, profile and weight files, so a bad input fails without a GPU."""
+    import onnx as onnx_lib
+
+    from .onnx_export import check_onnx_contract
+
+    _check_build_paths(onnx_path, plan)
+    header, metadata = _read_onnx_header(onnx_lib, onnx_path)
+    generic = unet_contract(int(metadata["in_channels"]), int(metadata["size_multiple"]))
+    specialised = check_onnx_contract(header, generic, f"--onnx {onnx_path}")
+    export_record = _optional_sidecar(onnx_path)
+    opt_size = (256, 256)
+    if export_record is not None:
+        opt_size = (export_record["export"]["height"], export_record["export"]["width"])
+    ranges, profile = plan_profile(generic, specialised, batch, height, width, opt_size)
+    files = onnx_files(onnx_path, header)
+    absent = [str(f) for f in files if not f.is_file()]
+    if absent:
+        raise DiffPIRError(f"--onnx {onnx_path}: external data {absent} not found beside it")
+    return _OnnxSource(onnx_path, metadata, specialised, ranges, profile, sha256_files(files))
+
+
+def _cached_plan_matches(plan: Path, source: _OnnxSource, trt_version: str, gpu: GpuInfo, key: EngineKey, force: bool) -> bool:
+    """Whether the plan already on disk was built for this key: a build takes minutes, a check milliseconds."""
+    if not plan.is_file() or force:
+        return False
+    try:
+        record = check_plan(plan, trt_version, gpu, source.sha256)
+        if record["key_sha256"] == key.digest():
+            logger.info("engine cache hit: %s matches %s", plan, source.path)
+            return True
+        logger.info("engine %s: profile or precision changed; rebuilding", plan)
+    except DiffPIRError as e:
+        logger.info("rebuilding: %s", e)
+    return False
+
+
+def _network_flags(trt: Any, strongly_typed: bool) -> int:
+    """Network creation flags: explicit batch where TensorRT still has the flag, strong typing when asked."""
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        # Always explicit batch in TensorRT 10 (the flag is ignored there); required before.
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags
+
+
+def _parse_onnx(parser: Any, onnx_path: Path) -> None:
+    """Parse from the file, so the parser finds external data beside it; its errors become one line."""
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DiffPIRError(f"--onnx {onnx_path}: TensorRT's ONNX parser failed: {errors}")
+
+
+def _set_precision(trt: Any, config: Any, precision: Precision, strongly_typed: bool, workspace_gib: float) -> None:
+    """Workspace limit and precision flags of the builder config."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+        logger.warning("building fp16 from an fp32 ONNX with the FP16 flag; an `export onnx --dtype fp16` graph keeps norms in fp32")
+    elif precision is Precision.FP32 and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default and costs ~1e-3 relative error; fp32 means fp32 here.
+        config.clear_flag(trt.BuilderFlag.TF32)
+
+
+def _build_serialized(
+    trt: Any, source: _OnnxSource, gpu: GpuInfo, precision: Precision, strongly_typed: bool, workspace_gib: float, cache_path: Path
+) -> tuple[bytes, bytes]:
+    """Run the TensorRT builder; returns (plan bytes, updated timing cache bytes).
+
+    Builder, network, parser, profile and timing cache all stay referenced here
+    until the build has finished.
+    """
+    trt_logger = _trt_logger(trt)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(_network_flags(trt, strongly_typed))
+    parser = trt.OnnxParser(network, trt_logger)
+    _parse_onnx(parser, source.path)
+
+    config = builder.create_builder_config()
+    _set_precision(trt, config, precision, strongly_typed, workspace_gib)
+    trt_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in source.profile.items():
+        trt_profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(trt_profile)
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        logger.warning("timing cache %s does not fit this TensorRT/GPU; starting an empty one", cache_path)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    logger.info("building %s engine for %s on %s (profile %s)", precision.value, source.path, gpu.name, source.profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DiffPIRError(f"--onnx {source.path}: TensorRT could not build an engine (see the tensorrt log lines above)")
+    return bytes(serialized), bytes(config.get_timing_cache().serialize())
+
+
+def _plan_record(
+    plan: Path, key: EngineKey, source: _OnnxSource, strongly_typed: bool, cache_path: Path, trt_version: str
+) -> dict[str, Any]:
+    """The plan's sidecar: its engine key (what the runtime checks) and how it was built."""
+    return {
+        "artifact": plan.name,
+        "plan_sha256": sha256_files([plan]),
+        "key": key.to_dict(),
+        "key_sha256": key.digest(),
+        "onnx": str(source.path),
+        "onnx_metadata": {k: source.metadata[k] for k in METADATA_KEYS},
+        "contract": source.specialised.to_dict(),
+        "ranges": {name: list(r.as_tuple()) for name, r in source.ranges.items()},
+        "profile": {name: [list(s) for s in shapes] for name, shapes in source.profile.items()},
+        "strongly_typed": strongly_typed,
+        "timing_cache": str(cache_path),
+        "tools": {**tool_versions("torch", "onnx"), "tensorrt": trt_version},
+    }
 
 
 def build_engine(
@@ -228,112 +393,21 @@ def build_engine(
     Raises:
         DiffPIRError: TensorRT missing, no GPU, a bad ONNX or profile, or a failed build.
     """
-    import onnx as onnx_lib
-
-    from diffpir_rt.engine.backends.contract import METADATA_KEYS, unet_contract
-    from .onnx_export import check_onnx_contract
-
-    onnx_path, plan = Path(onnx), Path(output)
-    if plan.suffix.lower() not in (".plan", ".engine", ".trt"):
-        raise DiffPIRError(f"--output {plan}: expected a .plan (or .engine/.trt) path")
-    if not onnx_path.is_file():
-        raise DiffPIRError(f"--onnx {onnx_path}: file not found")
-    try:
-        header = onnx_lib.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise DiffPIRError(f"--onnx {onnx_path}: not a readable ONNX model ({e})") from e
-    metadata = {p.key: p.value for p in header.metadata_props}
-    missing = [k for k in METADATA_KEYS if k not in metadata]
-    if missing:
-        raise DiffPIRError(f"--onnx {onnx_path}: no DiffPIR metadata ({', '.join(missing)}); export it with `diffpir export onnx`")
-    generic = unet_contract(int(metadata["in_channels"]), int(metadata["size_multiple"]))
-    specialised = check_onnx_contract(header, generic, f"--onnx {onnx_path}")
-    export_record = _optional_sidecar(onnx_path)
-    opt_size = (256, 256)
-    if export_record is not None:
-        opt_size = (export_record["export"]["height"], export_record["export"]["width"])
-    ranges, profile = plan_profile(generic, specialised, batch, height, width, opt_size)
-    files = onnx_files(onnx_path, header)
-    absent = [str(f) for f in files if not f.is_file()]
-    if absent:
-        raise DiffPIRError(f"--onnx {onnx_path}: external data {absent} not found beside it")
-    onnx_sha256 = sha256_files(files)
-    del header
+    plan = Path(output)
+    source = _inspect_onnx(Path(onnx), plan, batch, height, width)
 
     trt = import_tensorrt()
     gpu = current_gpu(device)
-    precision, strongly_typed = resolve_build_precision(metadata["precision"], fp16, hasattr(trt.BuilderFlag, "FP16"))
-    key = EngineKey.make(onnx_sha256, trt.__version__, gpu, precision, profile)
-
-    if plan.is_file() and not force:
-        try:
-            record = check_plan(plan, trt.__version__, gpu, onnx_sha256)
-            if record["key_sha256"] == key.digest():
-                logger.info("engine cache hit: %s matches %s", plan, onnx_path)
-                return plan
-            logger.info("engine %s: profile or precision changed; rebuilding", plan)
-        except DiffPIRError as e:
-            logger.info("rebuilding: %s", e)
+    precision, strongly_typed = resolve_build_precision(source.metadata["precision"], fp16, hasattr(trt.BuilderFlag, "FP16"))
+    key = EngineKey.make(source.sha256, trt.__version__, gpu, precision, source.profile)
+    if _cached_plan_matches(plan, source, trt.__version__, gpu, key, force):
+        return plan
 
     cache_path = Path(timing_cache) if timing_cache is not None else default_timing_cache(plan, trt.__version__, gpu)
-    trt_logger = _trt_logger(trt)
-    builder = trt.Builder(trt_logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
-        # Always explicit batch in TensorRT 10 (the flag is ignored there); required before.
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, trt_logger)
-    # From the file, so the parser finds external data beside it.
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise DiffPIRError(f"--onnx {onnx_path}: TensorRT's ONNX parser failed: {errors}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)
-        logger.warning("building fp16 from an fp32 ONNX with the FP16 flag; an `export onnx --fp16` graph keeps norms in fp32")
-    elif precision is Precision.FP32 and hasattr(trt.BuilderFlag, "TF32"):
-        # TF32 is on by default and costs ~1e-3 relative error; fp32 means fp32 here.
-        config.clear_flag(trt.BuilderFlag.TF32)
-    trt_profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in profile.items():
-        trt_profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(trt_profile)
-    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        logger.warning("timing cache %s does not fit this TensorRT/GPU; starting an empty one", cache_path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-
-    logger.info("building %s engine for %s on %s (profile %s)", precision.value, onnx_path, gpu.name, profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise DiffPIRError(f"--onnx {onnx_path}: TensorRT could not build an engine (see the tensorrt log lines above)")
-    plan_bytes = bytes(serialized)
-    write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    plan_bytes, cache_bytes = _build_serialized(trt, source, gpu, precision, strongly_typed, workspace_gib, cache_path)
+    write_bytes(cache_path, cache_bytes)
     write_bytes(plan, plan_bytes)
-    write_sidecar(
-        plan,
-        {
-            "artifact": plan.name,
-            "plan_sha256": sha256_files([plan]),
-            "key": key.to_dict(),
-            "key_sha256": key.digest(),
-            "onnx": str(onnx_path),
-            "onnx_metadata": {k: metadata[k] for k in METADATA_KEYS},
-            "contract": specialised.to_dict(),
-            "ranges": {name: list(r.as_tuple()) for name, r in ranges.items()},
-            "profile": {name: [list(s) for s in shapes] for name, shapes in profile.items()},
-            "strongly_typed": strongly_typed,
-            "timing_cache": str(cache_path),
-            "tools": {**tool_versions("torch", "onnx"), "tensorrt": trt.__version__},
-        },
-    )
+    write_sidecar(plan, _plan_record(plan, key, source, strongly_typed, cache_path, trt.__version__))
     return plan
 
 

@@ -18,13 +18,17 @@ import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 

@@ -8,16 +8,20 @@ kernels room depends on nothing of the engine.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
 from . import _loader
 from ._loader import pointer
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 NAME = "diffpir_step"
 #: The extern "C" entry points of diffpir_step.cu, as RawModule.get_function names them.

@@ -8,14 +8,20 @@ correction once: deblurring is sf = 1, super-resolution sf = 2..4. Its torch twi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
 from . import _loader
 from ._loader import pointer
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 NAME = "fourier_correction"
 SCALES = (1, 2, 3, 4)

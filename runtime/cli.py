@@ -22,6 +22,8 @@ from diffpir_rt.errors import DiffPIRError
 
 EXAMPLES_RESTORE = """examples:
   diffpir restore --task deblur --input blurry.png --kernel kernel.npy --output restored.png
+  diffpir restore --task deblur --input photo.jpg --kernel auto --kernel-size 31 --output sharp.png --save-kernel k.npy
+  diffpir restore --task denoise --sigma-n auto --input noisy.png --output clean.png
   diffpir restore --task sr --scale 4 --input small.png --output large.png --steps 20
   diffpir restore --task inpaint --input holes.png --mask mask.png --output filled.png --method ddnm
   diffpir restore --task denoise --sigma-n 0.1 --input photos/ --output restored/ --suffix _clean
@@ -211,7 +213,6 @@ def add_restore_parser(subparsers: argparse._SubParsersAction, argv: Sequence[st
     method = _help_method(argv)
     p = subparsers.add_parser(
         "restore",
-        help="restore a degraded image, or a folder of them (DiffPIR or another method of the family)",
         description="Restore measurements y = H(x) + n with a diffusion prior. Unset hyperparameters take the "
         "model's defaults for the task and method.\n\n" + _safe(method_defaults_text, method),
         epilog=EXAMPLES_RESTORE,
@@ -224,6 +225,8 @@ def add_restore_parser(subparsers: argparse._SubParsersAction, argv: Sequence[st
                    help="restored image (.png/.jpg/.tif/.webp or .npy), or a folder for several inputs; "
                    "<output>.json records each run")  # fmt: skip
     p.add_argument("--suffix", default=None, help="with a folder --output: appended to each input's name (default: none)")
+    p.add_argument("--save-kernel", type=cliargs.output_path, default=None,
+                   help="with --kernel auto: also write the estimated kernel (.npy, float32 (N, N), sum 1; one input)")  # fmt: skip
     add_method_flags(p, method)
     add_request_flags(p.add_argument_group("request"))
     add_runtime_flags(p)
@@ -298,21 +301,33 @@ def run_restore(args: argparse.Namespace) -> int:
     from diffpir_rt.engine.paths import OutputPlan
 
     # 1. Everything cheap first: flags the task does not take, paths, task inputs, hyperparameters, device.
+    from .jobs import is_auto, task_file
+
     values = task_values(args)
+    blind = is_auto(str(args.kernel)) if args.kernel is not None else False
+    if blind:
+        values["kernel"] = args.kernel = str(args.kernel)
+        from diffpir_rt.engine import estimating_method
+
+        args.method = estimating_method("kernel", args.task, args.method)
+    elif args.save_kernel is not None:
+        raise DiffPIRError("--save-kernel: writes the kernel --kernel auto estimates; give --kernel auto")
     check_request(args.task, args.method, request_options(args).boundary, **values)
     jobs = restore_jobs(args.input, args.output, args.suffix)
-    check_paths({"--kernel": args.kernel, "--mask": args.mask})
-    inputs = TaskInputs(
-        kernel=InputFile.from_path(args.kernel, "--kernel") if args.kernel else None, kernel_index=values["kernel_index"],
-        mask=InputFile.from_path(args.mask, "--mask") if args.mask else None, scale=values["scale"],
-    )  # fmt: skip
+    if args.save_kernel is not None and len(jobs) > 1:
+        raise DiffPIRError("--save-kernel: one input only (each run record holds its kernel as kernel_estimate)")
+    check_paths({"--kernel": None if blind else args.kernel, "--mask": args.mask})
+    inputs = TaskInputs(kernel=task_file(args.kernel, "--kernel"), kernel_index=values["kernel_index"],
+                        mask=task_file(args.mask, "--mask"), scale=values["scale"])  # fmt: skip
     options = request_options(args)
     overrides = method_overrides(args)
     runtime = runtime_options(args)
-    plan = OutputPlan([*(src for src, _ in jobs), args.kernel, args.mask, *(p for p in model_files(args).values())])
+    plan = OutputPlan([*(src for src, _ in jobs), None if blind else args.kernel, args.mask, *(p for p in model_files(args).values())])
     for src, out in jobs:
         plan.add(out, "--output", suffixes=OUTPUT_SUFFIXES)
         plan.add(out.with_name(out.name + ".json"), "the run record")
+    if args.save_kernel is not None:
+        plan.add(args.save_kernel, "--save-kernel", suffixes=(".npy",))
 
     from .jobs import build_request
 
@@ -325,20 +340,23 @@ def run_restore(args: argparse.Namespace) -> int:
         requests.append((request, out))
 
     # 2. The runtime, the config, the restoration (a folder runs image by image on one Restorer).
-    from .jobs import output_image, run_requests
+    from .jobs import run_requests
     from .progress import Progress
     from .restorer import Restorer
 
     restorer = Restorer.from_options(runtime)
     configured = requests[0][0].configure(restorer)
-    for note in (*configured.notes, *filter(None, [requests[0][0].boundary_note()])):
+    for note in configured.notes:
         if not args.quiet:  # said once, before the work; the run record keeps them either way
             print(f"[diffpir] {note}", file=sys.stderr)
+    boundary_note = requests[0][0].boundary_note()
+    if boundary_note:  # a warning about the result, said even with --quiet (as the Restorer's other notices), once
+        restorer.say(boundary_note)
     calls = configured.config.model_calls() * len(requests)
     with Progress(calls, f"{args.task} ({configured.config.method})", unit="UNet call", enabled=not args.quiet) as progress:
         for request, out in requests:
             ((x, record),) = run_requests(restorer, [request], callback=progress.callback)
-            _write_result(request, x, record, out, options.bit_depth, plan)
+            _write_result(request, x, record, out, options.bit_depth, plan, args.save_kernel)
             if not args.quiet:
                 path = record["runtime"]["path"]
                 fallbacks = f"; {len(path['fallbacks'])} fallback(s)" if path["fallbacks"] else ""
@@ -347,8 +365,9 @@ def run_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_result(request: Any, x: Any, record: dict[str, Any], out: Path, bit_depth: Optional[int], plan: Any) -> None:
-    from diffpir_rt.engine.imageio import write_text
+def _write_result(request: Any, x: Any, record: dict[str, Any], out: Path, bit_depth: Optional[int], plan: Any,
+                  save_kernel: Optional[Path] = None) -> None:  # fmt: skip
+    from diffpir_rt.engine.imageio import write_npy, write_text
 
     from .jobs import output_image
 
@@ -362,6 +381,10 @@ def _write_result(request: Any, x: Any, record: dict[str, Any], out: Path, bit_d
     with plan.transaction():
         write_output(out, x.cpu() if raw else output_image(request, x.cpu()), depth, plan.inputs)
         write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n", protect=plan.inputs)
+        if save_kernel is not None:
+            import torch
+
+            write_npy(save_kernel, torch.tensor(record["kernel_estimate"], dtype=torch.float64), protect=plan.inputs)
 
 
 # ----------------------------------------------------------------------------- degrade
@@ -372,7 +395,6 @@ def add_degrade_parser(subparsers: argparse._SubParsersAction, argv: Sequence[st
 
     p = subparsers.add_parser(
         "degrade",
-        help="synthesise a measurement by the official DiffPIR protocol",
         description="Make y = H(x) + n as the official DiffPIR scripts do: Gaussian kernels with std "
         "3(1 + 2u) seeded by image index, motion kernels, circular blur of the 8-bit image (truncated), "
         "MATLAB bicubic downsampling for SR, box/random masks, additive Gaussian noise. Save to .npy to "
@@ -457,7 +479,6 @@ def add_generate_parser(subparsers: argparse._SubParsersAction, argv: Sequence[s
     names = generation_names()
     p = subparsers.add_parser(
         "generate",
-        help="draw images from the prior alone (" + ", ".join(names) + ") into a grid",
         description="Unconditional samples of the diffusion prior, written as one grid image. Methods: " +
         "; ".join(f"{n}: {config_class(n).description}" for n in names),
         epilog=EXAMPLES_GENERATE,

@@ -11,19 +11,33 @@ the batch it ran in.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Optional, Sequence
 
-import torch
-from torch import Tensor
-
-from diffpir_rt.engine import DEFAULT_METHOD, InputFile, Operator, TaskInputs, config_class, get_task, read_measurement
+from diffpir_rt.engine import (
+    AUTO,
+    DEFAULT_METHOD,
+    InputFile,
+    Operator,
+    TaskInputs,
+    config_class,
+    estimating_method,
+    get_task,
+    kernel_estimate,
+    read_measurement,
+)
 from diffpir_rt.engine.operators import stack_operators
 from diffpir_rt.errors import DiffPIRError, TooLargeError
+from diffpir_rt.lazy import lazy_module
 
 from .options import RequestOptions
-from .restorer import Restorer
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+    from .restorer import Restorer
+
+torch = lazy_module("torch")
 
 
 @dataclass
@@ -40,8 +54,10 @@ class RestoreRequest:
         sources: names of what it was made from (input, kernel, mask files), for the record.
         photo: the input's file layout (engine.imageio.Photo: grey, alpha), or None; `output`
             puts a restored image back into it.
-        boundary: how the image's edges are modelled: "auto" (the task's real-photo model where
-            the method can run it, else circular), "circular" or "extend" (Task.resolve_boundary).
+        estimates: what was estimated from the measurement (`sigma_n auto`: "sigma_n_estimate"),
+            for the run record.
+        boundary: how the image's edges are modelled: "auto" (the task's best real-photo model
+            the method can run) or a model's name (engine.BOUNDARIES, Task.resolve_boundary).
     """
 
     task: str
@@ -54,6 +70,7 @@ class RestoreRequest:
     sources: dict[str, Any] = field(default_factory=dict)
     boundary: str = "auto"
     photo: Any = None
+    estimates: dict[str, Any] = field(default_factory=dict)
 
     def configure(self, restorer: Restorer) -> Any:
         """The method's config for this request with its notes (engine.Configured)."""
@@ -64,23 +81,18 @@ class RestoreRequest:
         return self.configure(restorer).config
 
     def resolved_boundary(self) -> Optional[str]:
-        """"extend", "circular", or None for tasks without a boundary model."""
+        """"extend", "taper", "circular", or None for tasks without a boundary model."""
         return resolve_boundary(self.task, self.boundary, self.method)
 
     def boundary_note(self) -> Optional[str]:
-        """One line when `auto` could not give this method the task's real-photo boundary model."""
-        task = get_task(self.task)
-        if self.boundary != "auto" or not task.boundaries or self.resolved_boundary() == task.boundaries[0]:
-            return None
-        return (f"method {self.method} cannot run on the {task.boundaries[0]} boundary model of --task {self.task}: "
-                f"the image's edges are restored as {self.resolved_boundary()} (expect artefacts at the borders)")  # fmt: skip
+        """One line when `auto` could give this method none of the task's real-photo boundary models (Task.boundary_note)."""
+        return get_task(self.task).boundary_note(self.boundary, self.resolved_boundary(), self.method)
 
 
 def resolve_boundary(task: str, boundary: str, method: str) -> Optional[str]:
-    """The boundary model a request runs: the task's (Task.resolve_boundary), given whether the
-    method can run on the extended domain (its declared capability)."""
-    capable = config_class(method).capabilities.extended_boundary
-    return get_task(task).resolve_boundary(boundary, capable, method)
+    """The boundary model a request runs: the task's (Task.resolve_boundary), given the method's
+    declared capabilities."""
+    return get_task(task).resolve_boundary(boundary, config_class(method).capabilities, method)
 
 
 class RequestInputError(DiffPIRError):
@@ -129,15 +141,31 @@ def build_request(
             raise RequestInputError(str(e), kind) from None
 
     task_object = phase("unfit", lambda: get_task(task))
+    overrides = dict(overrides or {})
+    # `--kernel auto`: the method that estimates the kernel from the image runs, on an operator made from y
+    blind = is_auto(inputs.kernel)
+    if blind:
+        method = phase("unfit", lambda: estimating_method("kernel", task_object.name, method))
+        if overrides.get("sigma_n") is None:  # an unknown blur comes with an unknown noise level
+            overrides["sigma_n"] = AUTO
     method = method or DEFAULT_METHOD
     phase("unfit", lambda: config_class(method).check_task(task_object.name))
     phase("unfit", lambda: task_object.check_inputs(**inputs.given()))
     phase("unfit", lambda: task_object.check_required(**inputs.given()))
-    phase("unfit", lambda: resolve_boundary(task_object.name, options.boundary, method))  # before any file is read
-    operator = phase("unreadable", lambda: task_object.operator_from(inputs))
+    boundary = phase("unfit", lambda: resolve_boundary(task_object.name, options.boundary, method))  # before any file is read
+    operator = None if blind else phase("unreadable", lambda: task_object.operator_from(inputs))
     photo = phase("unreadable", lambda: read_measurement(image, max_pixels))
+    estimates: dict[str, Any] = {}
+    if is_auto(overrides.get("sigma_n")):
+        from .restorer import measured_sigma_n
+
+        (estimates["sigma_n_estimate"],) = phase("unfit", lambda: measured_sigma_n(photo.rgb, operator))
+        overrides["sigma_n"] = estimates["sigma_n_estimate"]
+    if blind:
+        operator = phase("unfit", lambda: config_class(method).estimate_operator(
+            photo.rgb[None], sigma_n=overrides["sigma_n"], boundary=boundary, overrides=overrides))  # fmt: skip
     # sizes: the kernel or mask against the image, and a file that is no kernel at all
-    if inputs.kernel is not None:
+    if inputs.kernel is not None and not blind:
         phase("unfit", lambda: task_object.check_fit(operator, photo.rgb.shape))
     phase("unfit", lambda: operator.data_step(photo.rgb[None]))
     if max_pixels is not None:
@@ -145,9 +173,24 @@ def build_request(
         if out[-1] * out[-2] > max_pixels:
             raise RequestInputError(f"image {image.name}: the restored image would be {out[-1]}x{out[-2]} = "
                                     f"{out[-1] * out[-2]:,} pixels; at most {max_pixels:,} are accepted", "too_large")  # fmt: skip
-    sources = {"input": image.name, **{name: f.name for name, f in (("kernel", inputs.kernel), ("mask", inputs.mask)) if f}}
-    return RestoreRequest(task_object.name, photo.rgb, operator, method, dict(overrides or {}), options.seed, photo.bit_depth,
-                          sources=sources, boundary=options.boundary, photo=photo)  # fmt: skip
+    sources = {"input": image.name, **{name: (AUTO if is_auto(f) else f.name) for name, f in (("kernel", inputs.kernel), ("mask", inputs.mask)) if f}}
+    return RestoreRequest(task_object.name, photo.rgb, operator, method, overrides, options.seed, photo.bit_depth,
+                          sources=sources, boundary=options.boundary, photo=photo, estimates=estimates)  # fmt: skip
+
+
+def is_auto(value: Any) -> bool:
+    """Whether a user's value is the word `auto` (estimate it from the measurement)."""
+    return isinstance(value, str) and value == AUTO
+
+
+def task_file(path: Any, flag: str) -> Any:
+    """A task input file as a command line or a batch list names it: an InputFile, the word `auto`
+    (the input estimated from the image, e.g. `--kernel auto`), or None."""
+    if path is None:
+        return None
+    if is_auto(str(path)):
+        return AUTO
+    return InputFile.from_path(path, flag)
 
 
 def per_image_input(task: str) -> Optional[str]:
@@ -171,14 +214,18 @@ def batch_key(restorer: Restorer, request: RestoreRequest) -> Hashable:
     # An extended domain depends on the kernel's size: equal kernel sizes keep a sample's result batch-free.
     boundary = request.resolved_boundary()
     kernel_size = tuple(op.kernel.shape[-2:]) if boundary == "extend" else None
+    # an operator estimated from its image keeps its own estimate (the kernel it ends with): it runs alone
+    alone = id(request) if kernel_estimate(op) is not None else None
     return (request.task, request.method, request.config(restorer), tuple(request.y.shape), type(op).__name__,
-            tuple(sorted(get_task(request.task).record(op).items())), boundary, kernel_size)  # fmt: skip
+            tuple(sorted(get_task(request.task).record(op).items())), boundary, kernel_size, alone)  # fmt: skip
 
 
 def run_requests(
     restorer: Restorer, requests: Sequence[RestoreRequest], callback: Optional[Callable[[dict[str, Any]], None]] = None
 ) -> list[tuple[Tensor, dict[str, Any]]]:
-    """Restore requests of one batch key together; returns (image (C, H, W) in [0, 1], run record) each."""
+    """Restore requests of one batch key together; returns (image (C, H, W) in [0, 1], run record) each.
+
+    One `Restorer.restore` call: the same defaults, boundary policy and record as the Python API."""
     if not requests:
         return []
     keys = {batch_key(restorer, r) for r in requests}
@@ -187,38 +234,33 @@ def run_requests(
     first = requests[0]
     configured = first.configure(restorer)
     operator = stack_operators([r.operator for r in requests])
-    # The boundary model wraps the batch's operator: the one place it is applied (docs/algorithm.md §11).
-    boundary = first.resolved_boundary()
-    operator = get_task(first.task).apply_boundary(operator, boundary, int(getattr(restorer.denoiser, "size_multiple", 1)))
     y = torch.stack([r.y for r in requests])
-    seeds = [r.seed for r in requests]
-    start = time.perf_counter()
-    images = restorer.restore(y, operator, configured.config, seed=seeds, callback=callback)
-    seconds = time.perf_counter() - start
-    return [(images[i], run_record(restorer, request, configured, seconds, len(requests))) for i, request in enumerate(requests)]
+    images = restorer.restore(y, operator, configured.config, seed=[r.seed for r in requests], callback=callback,
+                              boundary=first.boundary)  # fmt: skip
+    shared = restorer.last_record or {}
+    return [(images[i], run_record(shared, request, configured)) for i, request in enumerate(requests)]
 
 
-def run_record(restorer: Restorer, request: RestoreRequest, configured: Any, seconds: float, batch_size: int = 1) -> dict[str, Any]:
-    """What ran, with what, how long: the JSON beside every output (and the service's answer)."""
-    config = configured.config
+def run_record(shared: dict[str, Any], request: RestoreRequest, configured: Any) -> dict[str, Any]:
+    """A request's run record: the restoration's (Restorer.last_record) with this request's files,
+    seed and bit depth, its notes and the boundary note."""
     notes = list(configured.notes)
+    if "sigma_n_estimate" in request.estimates:
+        notes.append(f"sigma_n auto: {request.estimates['sigma_n_estimate']:.4f} estimated from the measurement")
     boundary_note = request.boundary_note()
     if boundary_note:
         notes.append(boundary_note)
+    record = {key: value for key, value in shared.items() if key not in ("seed",)}
     return {
         "task": request.task,
         "method": request.method,
         **request.sources,
-        "config": config.to_dict(),
+        **record,
         "defaults_source": configured.defaults_source,
         **get_task(request.task).record(request.operator),
-        "boundary": request.resolved_boundary(),
+        **request.estimates,
         "seed": request.seed,
         "bit_depth": request.bit_depth,
-        "model_calls": config.model_calls(),
-        "batch_size": batch_size,
         "notes": notes,
         **({"unused": configured.ignored} if configured.ignored else {}),
-        "runtime": restorer.describe(),
-        "seconds": round(seconds, 3),
     }

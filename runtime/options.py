@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from diffpir_rt.engine import BACKENDS, BOUNDARIES, ModelSource, arch_names
+from diffpir_rt.engine import BACKENDS, BOUNDARIES, ModelSource, arch_names, boundary_help
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import Param, check_fields, declared, param
 
@@ -95,9 +95,7 @@ class RequestOptions:
     """
 
     seed: int = param(0, help="random seed", kind=int, low=0, high=2**64 - 1)
-    boundary: str = param("auto", help="image edges: extend = restore a larger image of which only the frame was observed "
-                          "(real photos), circular = the blur wraps around (the official protocol's synthetic data); "
-                          "auto = the task's real-photo model where the method can run it", kind=str, choices=BOUNDARIES)  # fmt: skip
+    boundary: str = param("auto", help=boundary_help(), kind=str, choices=BOUNDARIES)
     bit_depth: Optional[int] = param(None, help="output bit depth (default: the input's)", kind=int, choices=(8, 16),
                                      optional=True)  # fmt: skip
 

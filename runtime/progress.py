@@ -69,14 +69,13 @@ class Progress:
         """A sampler callback: one step done."""
         self.update(1)
 
-    def write(self, line: str) -> None:
-        """A message line that does not break the bar (e.g. one per finished image)."""
-        if not self.enabled:
-            return
+    def write(self, line: str, file: Optional[TextIO] = None) -> None:
+        """A result line (stdout by default: one per finished image) that does not break the bar."""
+        file = file or sys.stdout
         if self._bar is not None:
-            self._bar.write(line, file=self.stream)
+            self._bar.write(line, file=file)
         else:
-            print(line, file=self.stream, flush=True)
+            print(line, file=file, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

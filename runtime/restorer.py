@@ -18,18 +18,23 @@ Paths, fastest tested first:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from diffpir_rt.engine import (
+    AUTO,
     BACKENDS,
     DEFAULT_METHOD,
     Configured,
+    estimating_method,
+    kernel_estimate,
+    task_of,
     ModelSource,
     Operator,
     build_method,
@@ -41,13 +46,32 @@ from diffpir_rt.engine import (
     sample,
 )
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
 from .options import PRECISIONS, RuntimeOptions, backend_choices
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 #: Above this many bytes of pre-drawn noise a CUDA graph is not worth its memory (RePaint's
 #: default schedule draws ~7000 images of noise); such runs take the eager loop.
 MAX_GRAPH_NOISE_BYTES = 2 * 1024**3
+
+
+def measured_sigma_n(y: Tensor, operator: Any) -> list[float]:
+    """`sigma_n auto`: engine.estimate_sigma_n of each sample of y ((B, C, h, w) or (C, h, w) in [0, 1]),
+    on the observed pixels only where the operator has a mask (inpainting)."""
+    from diffpir_rt.engine import estimate_sigma_n
+
+    batch = y if y.ndim == 4 else y[None]
+    mask = getattr(operator, "mask", None)
+    if mask is not None and tuple(mask.shape[-2:]) != tuple(batch.shape[-2:]):
+        mask = None  # a broadcast all-ones mask (denoising's): every pixel is observed
+    sigma = estimate_sigma_n(batch.detach().to("cpu"), None if mask is None else mask.detach().to("cpu"))
+    return [round(min(1.0, max(0.0, float(s))), 6) for s in sigma]
 
 
 @dataclass
@@ -168,6 +192,7 @@ class Restorer:
         self._said: set[str] = set()  # notices already given (each is said once per Restorer)
         self._torch_fallback: Any = None
         self.last_path: Optional[RuntimePath] = None
+        self.last_record: Optional[dict[str, Any]] = None
         self.runs = 0
 
     @classmethod
@@ -309,6 +334,9 @@ class Restorer:
         method = method or DEFAULT_METHOD
         get_task(task)
         sigma_n = overrides.get("sigma_n")
+        if isinstance(sigma_n, str) and sigma_n == AUTO:
+            raise DiffPIRError("sigma_n auto: estimated from the measurement, so it is given where the measurement is: "
+                               "restore(y, operator, sigma_n='auto')")  # fmt: skip
         sigma_n = self.default_sigma_n(task) if sigma_n is None else sigma_n
         return configure(method, task, sigma_n=sigma_n, scale=scale, tuned=self.tuned_defaults(method, task), overrides=overrides)
 
@@ -329,29 +357,128 @@ class Restorer:
         self,
         y: Tensor,
         operator: Operator,
-        config: Any,
+        config: Any = None,
         seed: Any = None,
         x_T: Optional[Tensor] = None,
         noise: Optional[Sequence[Tensor]] = None,
         callback: Optional[Callable[[dict[str, Any]], None]] = None,
+        *,
+        method: Optional[str] = None,
+        boundary: Optional[str] = "auto",
+        sigma_n: Union[float, str, None] = None,
     ) -> Tensor:
-        """Restore a batch. y: (B, C, h, w) or (C, h, w) in [0, 1]; returns the image(s) in [0, 1].
+        """Restore a batch as `diffpir restore` does. y: (B, C, h, w) or (C, h, w) in [0, 1];
+        returns the image(s) in [0, 1], and keeps the run record in `last_record` (`save` writes both).
 
+        config: the method's config; None = this model's defaults for the operator's task and
+            `method` (engine.DEFAULT_METHOD by default), as the CLI takes them.
         seed: one integer for the batch, one per sample (a sample's result then does not
-        depend on its batch), or None. x_T / noise: as in engine.sample. `last_path` then
-        says which path ran this restoration (and `describe()` records it).
+            depend on its batch), or None. x_T / noise: as in engine.sample.
+        boundary: "auto" (the task's real-photo boundary model where the method can run it: a
+            deblurred photo is restored on an extended domain, as the CLI does), "circular" (the
+            official protocol's synthetic measurements), "extend", or None (the operator as given).
+        sigma_n: the measurement's noise level, replacing the config's: a number, or "auto" (estimated
+            from y by engine.estimate_sigma_n, the mean over the batch; each sample's estimate is kept in
+            the run record as `sigma_n_estimate`). None: the config's, or this model's default.
+
+        An operator with a kernel to estimate (engine.prepare_blind, `--kernel auto`) runs the method
+        that estimates it when no config is given; the kernel it ends with is in the run record
+        (`kernel_estimate`) and on `operator.estimate.kernel()`.
         """
-        if not isinstance(y, Tensor):
+        if not isinstance(y, torch.Tensor):
             raise DiffPIRError(f"y: expected a torch.Tensor, got {type(y).__name__}")
+        task = task_of(operator)
+        estimated = None
+        if isinstance(sigma_n, str):
+            if sigma_n != AUTO:
+                raise DiffPIRError(f"sigma_n: expected a number in [0, 1] or {AUTO}, got {sigma_n!r}")
+            estimated = measured_sigma_n(y, operator)
+            sigma_n = round(sum(estimated) / len(estimated), 6)
+        if config is None:
+            if task is None:
+                raise DiffPIRError(f"config: required for a {type(operator).__name__} operator (no task declares it)")
+            if method is None and kernel_estimate(operator) is not None:
+                method = estimating_method("kernel", task.name)
+            configured = self.configure(task.name, method, scale=task.record(operator).get("scale"), sigma_n=sigma_n)
+        else:
+            if sigma_n is not None and type(config).uses_sigma_n():
+                config = dataclasses.replace(config, sigma_n=sigma_n)
+            configured = Configured(config, (), "given by the caller")
+        config = configured.config
+        for note in configured.notes:
+            self.say(note)
+        resolved = boundary_note = None
+        if task is not None and boundary is not None:
+            resolved = task.resolve_boundary(boundary, type(config).capabilities, config.method)
+            boundary_note = task.boundary_note(boundary, resolved, config.method)
+            if boundary_note:
+                self.say(boundary_note)
+            # the extended grid suits the UNet and the method's own size rule (ILVR's low-pass factor)
+            multiple = math.lcm(int(getattr(self.denoiser, "size_multiple", 1)), int(config.size_multiple))
+            operator = task.apply_boundary(operator, resolved, multiple)
         y = y.to(self.device, torch.float32)
         self.runs += 1
-        method = build_method(config)
-        model, path = self._model_for(method)
-        out = self._restore(method, model, path, y, operator, config, seed, x_T, noise, callback)
+        loop = build_method(config)
+        model, path = self._model_for(loop)
+        start = time.perf_counter()
+        out = self._restore(loop, model, path, y, operator, config, seed, x_T, noise, callback)
         self.last_path = path
         # the loop's domain (an operator may restore on a larger one than its output, engine.boundary)
         self.tiling.note(self.tiling.wrap(model), operator.image_shape(y.shape if y.ndim == 4 else (1, *y.shape)))
+        self.last_record = self._record(task, configured, resolved, seed, time.perf_counter() - start, y, operator)
+        if boundary_note:
+            self.last_record["notes"].append(boundary_note)
+        if estimated is not None:
+            self.last_record["sigma_n_estimate"] = estimated if len(estimated) > 1 else estimated[0]
+        blind = kernel_estimate(operator)
+        if blind is not None:
+            kernels = blind.kernel()
+            self.last_record["kernel_estimate"] = [[[round(float(v), 6) for v in row] for row in k] for k in kernels]
+            if kernels.shape[0] == 1:
+                self.last_record["kernel_estimate"] = self.last_record["kernel_estimate"][0]
         return out
+
+    def _record(self, task: Any, configured: Configured, boundary: Optional[str], seed: Any, seconds: float,
+                y: Tensor, operator: Any) -> dict[str, Any]:  # fmt: skip
+        """The run record of a restoration: what ran, with what, how long (the CLI adds its files)."""
+        config = configured.config
+        return {
+            **({"task": task.name} if task is not None else {}),
+            "method": config.method,
+            "config": config.to_dict(),
+            "defaults_source": configured.defaults_source,
+            **(task.record(operator) if task is not None else {}),
+            "boundary": boundary,
+            "seed": seed if not isinstance(seed, torch.Tensor) else seed.tolist(),
+            "model_calls": config.model_calls(),
+            "batch_size": int(y.shape[0]) if y.ndim == 4 else 1,
+            "notes": list(configured.notes),
+            **({"unused": configured.ignored} if configured.ignored else {}),
+            "runtime": self.describe(),
+            "seconds": round(seconds, 3),
+        }
+
+    def save(self, path: Union[str, "os.PathLike[str]"], x: Tensor, bit_depth: int = 8) -> None:
+        """Write a restored image (C, H, W) or (1, C, H, W) and, beside it, `<path>.json`, the run record
+        of the last restoration: what `diffpir restore` writes, atomically (an old record never stays
+        beside a new image)."""
+        import json
+        from pathlib import Path
+
+        from diffpir_rt.engine.imageio import write_image, write_text
+
+        if self.last_record is None:
+            raise DiffPIRError("save: no restoration to record yet (call restore first)")
+        image = x[0] if x.ndim == 4 else x
+        out = write_image(Path(path), image.detach().cpu(), bit_depth=bit_depth)
+        write_text(out.with_name(out.name + ".json"), json.dumps({**self.last_record, "bit_depth": bit_depth}, indent=2) + "\n")
+
+    def say(self, line: str) -> None:
+        """A one-line notice on the notify channel, said once per Restorer (the CLI says the boundary note
+        through it before the work, so the restoration does not repeat it)."""
+        if line not in self._said:
+            self._said.add(line)
+            self._notify(line)
 
     def _restore(self, method, model, path: RuntimePath, y, operator, config, seed, x_T, noise, callback) -> Tensor:
         """The path's loop (restore's body): the graph runtime, or engine.sample; tiled per self.tiling.
@@ -388,9 +515,7 @@ class Restorer:
         path.name = "cuda-eager"
         if line not in path.fallbacks:
             path.fallbacks.append(line)
-        if line not in self._said:
-            self._said.add(line)
-            self._notify(line)
+        self.say(line)
 
     def generate(self, shape: Sequence[int], config: Any, seed: Any = None, callback=None) -> Tensor:
         """Unconditional samples (DDIM, DDPM) of shape (B, C, H, W) in [0, 1]."""
@@ -426,9 +551,7 @@ class Restorer:
         path.fallbacks.append(line)
         path.name = "torch-fast" if self.device.type == "cpu" else "cuda-eager"
         path.backend, path.precision = "torch", precision
-        if line not in self._said:
-            self._said.add(line)
-            self._notify(line)
+        self.say(line)
         return self._torch_fallback, path
 
     def denoiser_size(self) -> int:

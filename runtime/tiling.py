@@ -23,6 +23,11 @@ AUTO_MIN_PIXELS = 640 * 640
 #: The smallest automatic tile (a model trained at 64 px is tiled at 128: per pixel a 64-px tile
 #: is no faster on CPU, and needs more overlap).
 AUTO_MIN_TILE = 128
+#: Tiles per UNet call when the model runs on a CPU (unless `batch` is given). Measured with the
+#: bundled prior (ONNX Runtime, one thread; benchmarks/results/tile_cost/): a 128² tile costs
+#: ~20 % less per pixel alone than in a batch of 8, whose activations outgrow the caches. On a
+#: GPU the engine's DEFAULT_TILE_BATCH keeps the device busy.
+CPU_TILE_BATCH = 1
 
 
 def parse_tile(value: Union[None, str, int]) -> Union[None, str, int]:
@@ -47,7 +52,8 @@ class TilingPolicy:
     Args:
         tile: "auto", None/"off", or a tile side (a multiple of the model's size multiple).
         overlap: pixels neighbouring tiles share at least; default tile // 8 (at least 16).
-        batch: tiles per UNet call (default: engine's DEFAULT_TILE_BATCH).
+        batch: tiles per UNet call (default: CPU_TILE_BATCH for a model on a CPU, else the
+            engine's DEFAULT_TILE_BATCH).
         training_size: the model's training resolution (for "auto").
     """
 
@@ -77,8 +83,10 @@ class TilingPolicy:
                 if high is not None:
                     multiple = int(getattr(model, "size_multiple", 1))
                     tile = max(multiple, min(tile, *high) // multiple * multiple)
+            on_cpu = getattr(getattr(model, "device", None), "type", None) == "cpu"
+            batch = self.batch if self.batch is not None else (CPU_TILE_BATCH if on_cpu else None)
             found = TiledDenoiser(model, tile, min(self.overlap, tile // 2) if self.mode == "auto" else self.overlap,
-                                  self.batch, min_pixels=AUTO_MIN_PIXELS if self.mode == "auto" else None)  # fmt: skip
+                                  batch, min_pixels=AUTO_MIN_PIXELS if self.mode == "auto" else None)  # fmt: skip
             self._wrapped[id(model)] = found
         return found
 
@@ -101,4 +109,4 @@ class TilingPolicy:
         return dict(self.last)
 
 
-__all__ = ["AUTO_MIN_PIXELS", "AUTO_MIN_TILE", "TilingPolicy", "parse_tile", "tile_argument"]
+__all__ = ["AUTO_MIN_PIXELS", "AUTO_MIN_TILE", "CPU_TILE_BATCH", "TilingPolicy", "parse_tile"]

@@ -50,7 +50,9 @@ from starlette.responses import JSONResponse, Response
 from diffpir_rt import __version__
 from diffpir_rt.errors import DiffPIRError
 
+from . import page
 from .forms import RequestError, Upload, check_config, parse_restore_form
+from .progress import ProgressBoard
 from .settings import (
     DRAIN_KEY,
     DRAIN_NAMESPACE,
@@ -178,6 +180,7 @@ class DiffPIRRestorer:
         self._batch.set_batch_wait_timeout_s(s.batch_wait_s)
         self.pending = 0
         self._pending: dict[Any, list[_Entry]] = {}  # batch key -> waiting requests
+        self.progress = ProgressBoard()  # the web page's progress: each request's UNet calls done, its place in the queue
         self._runner: Optional[asyncio.Task] = None
         self.batch_sizes = Histogram(f"{METRIC_PREFIX}batch_size", description="requests per restore batch (one run_requests call)",
                                      boundaries=BATCH_BOUNDARIES)  # fmt: skip
@@ -210,17 +213,19 @@ class DiffPIRRestorer:
             from diffpir_rt.runtime import batch_key
 
             try:
-                check_config(self.restorer, request, s.limits)
+                config = check_config(self.restorer, request, s.limits)
                 key = batch_key(self.restorer, request)
             except RequestError as e:
                 return {"status": e.status, "error": str(e)}
             except DiffPIRError as e:
                 return {"status": 422, "error": str(e)}
+            self.progress.add(entry, _request_id(), config.model_calls())
             return await self._batch((key, entry))
         except asyncio.CancelledError:
             entry.abandoned.set()  # the caller left (its timeout, a client that hung up): never run it for nobody
             raise
         finally:
+            self.progress.remove(entry)
             self.pending -= 1
             self.queued.set(self.pending)
 
@@ -289,9 +294,11 @@ class DiffPIRRestorer:
         batch = list(requests) + [requests[-1]] * (size - n)  # padding repeats the last request; its results are dropped
 
         def watch(step: dict[str, Any]) -> None:
+            self.progress.step(group, step)
             if all(entry.past_caring() for entry in group):
                 raise _Abandoned()
 
+        self.progress.start(group)
         start = time.perf_counter()
         try:
             outs = run_requests(self.restorer, batch, callback=watch)[:n]
@@ -321,13 +328,13 @@ class DiffPIRRestorer:
                 "pid": os.getpid()}  # fmt: skip
 
     async def info(self) -> dict[str, Any]:
-        from diffpir_rt.runtime import catalogue
+        from diffpir_rt.runtime import describe_service
 
         return {
             "version": __version__,
             "config": self.config_id,
             "runtime": self.restorer.describe(),
-            **catalogue(self.restorer),
+            **describe_service(self.restorer),
             "batching": {"max_batch_size": self.settings.max_batch_size, "wait_ms": self.settings.batch_wait_ms,
                          "pad_to": self.pad_sizes if self.pad else None},  # fmt: skip
         }
@@ -350,7 +357,8 @@ class DiffPIRIngress:
         self.settings = ServeSettings.from_dict(settings)
         self.config_id = self.settings.digest()
         self._info: Optional[dict[str, Any]] = None
-        self._replicas: tuple[float, dict[str, int]] = (0.0, {})
+        self._replicas: tuple[float, dict[str, int]] = (-1e9, {})  # (when counted, running replicas per deployment)
+        self._counting: Optional[asyncio.Task] = None
         self._draining = False
         self.in_flight = 0
         threading.Thread(target=self._watch_drain, name="diffpir-drain-watch", daemon=True).start()
@@ -394,6 +402,8 @@ class DiffPIRIngress:
             raise RequestError(503, "the server is shutting down (draining in-flight requests); retry on another server")
         if route == "/healthz":
             return await self._health()
+        if page.handles(route):  # the web page at /, its files, and its progress stream and preview under /v1/ (token)
+            return await page.answer(request, route, self.settings, self._authorise)
         if not route.startswith("/v1/"):
             raise RequestError(404, f"{route[:80]}: not found; the API is GET /healthz, GET /v1/info, POST /v1/restore")
         self._authorise(request)
@@ -420,11 +430,18 @@ class DiffPIRIngress:
                              "replicas": await self._replica_counts()})  # fmt: skip
 
     async def _replica_counts(self) -> dict[str, int]:
-        """Running replicas per deployment of this application (Serve's controller, asked at most once a second)."""
-        asked, counts = self._replicas
-        if time.monotonic() - asked < 1.0:
-            return counts
+        """Running replicas per deployment of this application, as last counted (empty until the first count).
 
+        Serve's controller is asked at most once a second, in the background: a health check never
+        waits for it.
+        """
+        asked, counts = self._replicas
+        if time.monotonic() - asked >= 1.0:
+            self._replicas = (time.monotonic(), counts)
+            self._counting = asyncio.create_task(self._count_replicas())  # (kept: a task nobody holds may vanish)
+        return counts
+
+    async def _count_replicas(self) -> None:
         def ask() -> dict[str, int]:
             from .settings import APP_NAME
 
@@ -434,11 +451,10 @@ class DiffPIRIngress:
             return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
 
         try:
-            counts = await asyncio.wait_for(asyncio.to_thread(ask), timeout=5.0)
+            counts = await asyncio.wait_for(asyncio.to_thread(ask), timeout=30.0)
         except Exception:  # noqa: BLE001 - the count is information, never a reason to fail a health check
-            counts = {}
+            return
         self._replicas = (time.monotonic(), counts)
-        return counts
 
     async def _get_info(self) -> dict[str, Any]:
         if self._info is None:

@@ -136,14 +136,14 @@ class BatchRestorer:
         """The row's RestoreRequest, built as `diffpir restore` builds it (runtime.build_request);
         a list file's second column is the task's per-image input (a kernel or a mask)."""
         from diffpir_rt.engine import InputFile, TaskInputs
-        from diffpir_rt.runtime import RequestOptions, build_request, per_image_input
+        from diffpir_rt.runtime import RequestOptions, build_request, per_image_input, task_file
 
         t = self.task
         files = {name: Path(t[name]) if t.get(name) else None for name in ("kernel", "mask")}
         aux_name = per_image_input(t["task"])
         if row["aux"] and aux_name is not None:
             files[aux_name] = Path(str(row["aux"]))
-        opened = {name: InputFile.from_path(path, name) if path is not None else None for name, path in files.items()}
+        opened = {name: task_file(path, name) for name, path in files.items()}  # a path, or `auto` (estimated)
         inputs = TaskInputs(kernel=opened["kernel"], kernel_index=t["kernel_index"], mask=opened["mask"], scale=t["scale"])
         image = InputFile.from_path(Path(str(row["input"])), "input")
         request = build_request(t["task"], image, inputs, t["method"], dict(t["overrides"]),

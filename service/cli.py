@@ -87,7 +87,6 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     d = ServeSettings()
     p = subparsers.add_parser(
         "serve",
-        help="run the restoration service (Ray Serve: HTTP API, dynamic batching, replicas)",
         description="Serve restorations over HTTP with Ray Serve: POST /v1/restore (multipart form: image, task, "
         "kernel, mask, scale, method, seed and each method's parameters, as the flags of `diffpir restore`), GET /v1/info "
         "(tasks, methods, parameters and defaults), GET /healthz. Requests that "
@@ -223,7 +222,6 @@ def _yaml(data: Any) -> str:
 def add_request_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "request",
-        help="send a restore to a `diffpir serve` server",
         description="Call a DiffPIR-RT server: restore one image (the flags of `diffpir restore`; the output is the "
         "server's PNG and <output>.json its run record), or print its --info / --health.",
         epilog=EXAMPLES_REQUEST,
@@ -270,14 +268,17 @@ def run_request(args: argparse.Namespace) -> int:
     from diffpir_rt.engine import paths
     from diffpir_rt.runtime import check_paths, method_overrides, request_options, task_values
 
-    check_paths({"--input": args.input, "--kernel": args.kernel, "--mask": args.mask})
-    plan = paths.OutputPlan([args.input, args.kernel, args.mask])
+    from diffpir_rt.runtime import is_auto
+
+    kernel = "auto" if args.kernel is not None and is_auto(str(args.kernel)) else args.kernel  # --kernel auto: a text field
+    check_paths({"--input": args.input, "--kernel": None if isinstance(kernel, str) else kernel, "--mask": args.mask})
+    plan = paths.OutputPlan([args.input, None if isinstance(kernel, str) else kernel, args.mask])
     plan.add(args.output, "--output", suffixes=(".png",))
     record_path = plan.add(args.output.with_name(args.output.name + ".json"), "the run record")
     # the form's fields are the flags' names (generated from the same declarations)
     values = {k: v for k, v in task_values(args).items() if k not in ("kernel", "mask")}
     fields = {**values, "method": args.method, **method_overrides(args), **cliargs.given(args, ("seed", "boundary", "bit_depth"))}
-    result = client.restore(args.input, args.task, kernel=args.kernel, mask=args.mask, **fields)
+    result = client.restore(args.input, args.task, kernel=kernel, mask=args.mask, **fields)
     from diffpir_rt.engine import write_text
 
     from .batch import write_atomic
@@ -299,7 +300,6 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "batch",
-        help="restore a folder or a list of files with Ray Data (resumable)",
         description="Restore every image of a folder (recursively) or of a list file with Ray Data: map_batches over "
         "Restorer actors, one per GPU or CPU slot. Outputs are <output>/<relative name>.png with a .json run record; "
         "a rerun skips what is done; a file that fails is listed with its reason and never stops the job. "
@@ -330,10 +330,16 @@ OUTPUT_FORMATS_CHOICES = ("png", "tif", "jpg")
 def run_batch(args: argparse.Namespace) -> int:
     from diffpir_rt.runtime import check_paths, method_overrides, request_options, resolve_boundary, runtime_options
 
+    from diffpir_rt.engine import AUTO, estimating_method
+    from diffpir_rt.runtime import is_auto
+
     from .batch import SUMMARY_NAME, list_jobs, run_batch_job, write_atomic
     from .settings import options_dict
 
-    check_paths({"--kernel": args.kernel, "--mask": args.mask})
+    blind = args.kernel is not None and is_auto(str(args.kernel))  # --kernel auto: estimated per image
+    if blind:
+        args.method = estimating_method("kernel", args.task, args.method)
+    check_paths({"--kernel": None if blind else args.kernel, "--mask": args.mask})
     runtime = runtime_options(args)
     options = request_options(args)
     resolve_boundary(args.task, options.boundary, args.method or DEFAULT_METHOD)
@@ -351,7 +357,7 @@ def run_batch(args: argparse.Namespace) -> int:
         model["device"] = "cuda"
     task = {"task": args.task, "method": args.method or DEFAULT_METHOD, "overrides": method_overrides(args),
             "seed": options.seed, "boundary": options.boundary,
-            "kernel": str(args.kernel.resolve()) if args.kernel else None, "kernel_index": args.kernel_index,
+            "kernel": AUTO if blind else str(args.kernel.resolve()) if args.kernel else None, "kernel_index": args.kernel_index,
             "mask": str(args.mask.resolve()) if args.mask else None, "scale": args.scale,
             "bit_depth": options.bit_depth, "format": args.format}  # fmt: skip
     summary = run_batch_job(jobs, model, task, address=args.address, workers=workers, cpus_per_worker=args.cpus_per_worker,

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
 from diffpir_rt.engine import (
-    DEFAULT_METHOD,
+    AUTO,
     FILE_INPUTS,
     INPUT_PARAMS,
     TASKS,
     InputFile,
     TaskInputs,
+    estimable_inputs,
     method_params,
     restoration_names,
 )
@@ -108,19 +109,21 @@ def parse_restore_form(items: FormItems, limits: Limits = Limits()) -> ParsedReq
         raise RequestError(400, f"field task: required (one of {', '.join(TASKS)})")
     values: dict[str, Any] = {}
     for name, raw in text.items():
+        if name in estimable_inputs():  # the word `auto` for a file input (_collect let nothing else through)
+            continue
         try:
             values[name] = declared[name].parse(raw)
         except ParamError as e:
             raise RequestError(400, f"field {name}: {e}") from None
-    task, method = values["task"], values.get("method", DEFAULT_METHOD)
+    task, method = values["task"], values.get("method")  # None: build_request's default (the estimating method for kernel=auto)
     request_options = {k: values[k] for k in RequestOptions.params() if values.get(k) is not None}
     overrides = {k: v for k, v in values.items() if k in method_params(restoration_names())}
     try:
         uploads = {name: InputFile.from_bytes(upload.filename, upload.data, name) for name, upload in files.items()}
     except DiffPIRError as e:  # an empty upload
         raise RequestError(415, str(e)) from None
-    inputs = TaskInputs(kernel=uploads.get("kernel"), kernel_index=values.get("kernel_index"), mask=uploads.get("mask"),
-                        scale=values.get("scale"))  # fmt: skip
+    inputs = TaskInputs(kernel=uploads.get("kernel", text.get("kernel")), kernel_index=values.get("kernel_index"),
+                        mask=uploads.get("mask"), scale=values.get("scale"))  # fmt: skip
     try:
         request = build_request(task, uploads[IMAGE_FIELD], inputs, method, overrides, RequestOptions(**request_options),
                                 max_pixels=limits.max_pixels)  # fmt: skip
@@ -155,6 +158,9 @@ def _collect(items: FormItems, declared: dict[str, Param]) -> tuple[dict[str, st
             known = ", ".join((*uploads, *declared))
             raise RequestError(400, f"field {name[:40]!r}: unknown; expected one of {known}")
         if name in uploads:
+            if not isinstance(value, Upload) and name in estimable_inputs() and value.strip().lower() == AUTO:
+                text[name] = AUTO  # `kernel=auto`: estimated from the image (blind deblurring)
+                continue
             if not isinstance(value, Upload):
                 raise RequestError(400, f"field {name}: expected a file upload, got a text value")
             if name in files:

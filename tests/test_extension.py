@@ -146,13 +146,16 @@ def test_every_method_takes_steps_and_sigma_n_everywhere(method: str, task: str,
 
     photo = write_image(tmp_path / "y.png", read_image(IMAGE)[:, 100:132, 100:132])
     inputs: dict[str, Path] = {}
-    if task in ("deblur",):
+    estimated: list[str] = []
+    if task in ("deblur",) and "kernel" in config_class(method).estimates:  # blind: the kernel comes from the image
+        estimated = ["--kernel", "auto", "--kernel-size", "5"]
+    elif task in ("deblur",):
         inputs["kernel"] = tmp_path / "k.npy"
         np.save(inputs["kernel"], np.full((3, 3), 1 / 9, np.float32))
     if task in ("inpaint",):
         inputs["mask"] = write_image(tmp_path / "m.png", (torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.5).float())
     steps = FEW.get(method, 3)
-    flags = [x for name, path in inputs.items() for x in (f"--{name}", str(path))]
+    flags = [x for name, path in inputs.items() for x in (f"--{name}", str(path))] + estimated
     out = tmp_path / "x.png"
     assert main(["restore", "--task", task, "--method", method, "--steps", str(steps), "--sigma-n", "0.05", "--input",
                  str(photo), "--output", str(out), *flags, "--checkpoint", str(tiny_checkpoint), "--arch", "tiny",
@@ -168,6 +171,7 @@ def test_every_method_takes_steps_and_sigma_n_everywhere(method: str, task: str,
     fields = [("task", task), ("method", method), ("steps", str(steps)), ("sigma_n", "0.05"),
               ("image", Upload(photo.name, photo.read_bytes()))]  # fmt: skip
     fields += [(name, Upload(path.name, path.read_bytes())) for name, path in inputs.items()]
+    fields += [(estimated[i][2:].replace("-", "_"), estimated[i + 1]) for i in range(0, len(estimated), 2)]
     parsed = parse_restore_form(fields)
     restorer = Restorer(ModelSource("checkpoint", tiny_checkpoint, "tiny"), device="cpu", notify=lambda line: None)
     config = parsed.request.config(restorer)

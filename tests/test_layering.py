@@ -142,9 +142,9 @@ def test_a_room_refuses_its_top_level_name(monkeypatch: pytest.MonkeyPatch) -> N
 #: it, never a later one (schedule and operators < tasks < methods < backends < the loop and the
 #: graph runtime < the public API). A new engine module joins a group here.
 ENGINE_GROUPS: list[tuple[str, ...]] = [
-    ("paths", "device", "schedule", "padding", "unet"),
+    ("paths", "device", "schedule", "padding", "archs", "unet"),
     ("imageio", "artifacts", "degrade", "denoiser"),
-    ("operators", "step", "fast_unet", "prior", "boundary", "fused", "estimate"),
+    ("operators", "step", "fast_unet", "prior", "boundary_models", "boundary", "boundary_sr", "boundary_taper", "fused", "estimate"),
     ("tasks",),
     ("methods",),
     ("backends", "model_source", "tiling"),

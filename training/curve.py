@@ -98,7 +98,7 @@ def task_psnr(restorer: Restorer, crops: Sequence[tuple[int, np.ndarray]], task:
         m = make_measurement(task, x, sigma_n=config.sigma_n, noise_seed=2**20 + index, kernel_index=index,
                              mask_seed=index, **options)  # fmt: skip
         y = torch.from_numpy(np.ascontiguousarray(m.y.transpose(2, 0, 1), dtype=np.float32))[None]
-        out = restorer.restore(y, m.operator, config, seed=index)[0].permute(1, 2, 0).double().numpy()
+        out = restorer.restore(y, m.operator, config, seed=index, boundary="circular")[0].permute(1, 2, 0).double().numpy()
         shave = get_task(task).shave(m.operator)
         scores.append(psnr_uint8(out[shave : out.shape[0] - shave, shave : out.shape[1] - shave],
                                  x[shave : x.shape[0] - shave, shave : x.shape[1] - shave]))  # fmt: skip

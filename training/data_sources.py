@@ -19,6 +19,12 @@ of 32x32 grey thumbnails of central crops >= `DUPLICATE_SIMILARITY`). The same t
 within the collected images (one repository keeps re-encoded versions of a wallpaper).
 Greyscale photos and images too small for a 128 crop are left out.
 
+The project's own reference run took, besides shared/data's CBSD68, McMaster, set3c and
+BSDS432, the test sets of two public repositories, unpacked with `git archive`:
+cszn/FFDNet at e787f46d (testsets/: Kodak24, CBSD68, BSD68, Set12, RNI15, RNI6) and
+jiny2001/dcscn-super-resolution at d382bc30 (data/: set5, set14, bsd100, bsd200). About 20
+minutes on two busy cores.
+
 Outputs in --out: the PNGs, manifest.csv (one row per image: source, origin, blob or file
 hash, size, output sha256) and PROVENANCE.md (sources, terms, counts, the exclusion check and
 the closest reference match seen). `--manifest FILE` rebuilds exactly the images a manifest
@@ -97,8 +103,10 @@ SOURCES: tuple[Source, ...] = (
         "per photo in the repository's debian/copyright: Unsplash photos (CC0 before 2017-06-08, the Unsplash "
         "License after), Pexels License, and CC BY-SA 4.0 for the project's own; all allow use and modification",
         repo="elementary/wallpapers", commit="f28b86144ba01d788ac61ad198ca16fa9477913f",
-        # artwork, renders and gradients, not photographs (looked at one by one)
-        exclude=r"(?i)(odin|low poly|mesh gradient|reborn|urban dream\.png|early_access|\.svg$)",
+        # artwork, renders, gradients and graphics, not photographs, and colour-graded copies of
+        # one photo (looked at one by one)
+        exclude=r"(?i)(odin|low poly|mesh gradient|reborn|urban dream\.png|early_access|\.svg$|artcast|bokeh glow|relax|"
+                r"somewhere far away|star river|luna-prerelease|viktor forgacs 0[23])",
         notes="desktop wallpapers of elementary OS, every version in the repository's history",
     ),
     Source(
@@ -196,14 +204,24 @@ def read_source(source: Source, mirrors: Path, skipped: list[str]) -> Iterator[C
 
 
 def decode(data: bytes) -> Optional[np.ndarray]:
-    """(H, W, 3) uint8 RGB, or None for a greyscale or unreadable image."""
+    """(H, W, 3) uint8 RGB, or None for a greyscale or unreadable image.
+
+    Photos over 2 MAX_SIDE on a side come out reduced to between 2 and 4 MAX_SIDE (JPEG's DCT
+    scaling, else a box reduction): they end at MAX_SIDE anyway, and a full decode of a
+    20-megapixel wallpaper costs seconds and hundreds of MB for nothing.
+    """
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode in ("L", "LA", "1", "I", "I;16", "F"):
                 return None
-            rgb = np.asarray(im.convert("RGB"))
+            im.draft("RGB", (2 * MAX_SIDE, 2 * MAX_SIDE))  # JPEG only; a no-op for other formats
+            im = im.convert("RGB")
+            factor = max(im.size) // (2 * MAX_SIDE)
+            if factor > 1:
+                im = im.reduce(factor)
+            rgb = np.asarray(im)
     except Exception:  # not an image PIL reads: leave it out
         return None
     a = rgb.astype(np.int16)
@@ -227,16 +245,19 @@ def fit(rgb: np.ndarray) -> Optional[np.ndarray]:
 
 
 def thumbnails(rgb: np.ndarray) -> np.ndarray:
-    """(8 len(CROPS), THUMB*THUMB) unit vectors: grey 32x32 thumbnails of the image's central
-    crops (`CROPS`), each in the 8 rotations and mirrorings (rows 8 i: crop i as it is), each
-    zero-mean (exposure and contrast do not matter)."""
+    """(16 len(CROPS), THUMB*THUMB) unit vectors: grey 32x32 thumbnails of the image's central
+    crops (`CROPS` of each side, then the same fractions of its central square, which another
+    aspect ratio of the same picture shares), each in the 8 rotations and mirrorings (rows 8 i:
+    crop i as it is), each zero-mean (exposure and contrast do not matter)."""
     from PIL import Image
 
     grey = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) if rgb.ndim == 3 else rgb.astype(np.float64)
     height, width = grey.shape
+    side = min(height, width)
+    boxes = [(height * f, width * f) for f in CROPS] + [(side * f, side * f) for f in CROPS]
     out = []
-    for fraction in CROPS:
-        top, left = round(height * (1 - fraction) / 2), round(width * (1 - fraction) / 2)
+    for box_height, box_width in boxes:
+        top, left = round((height - box_height) / 2), round((width - box_width) / 2)
         part = grey[top : height - top, left : width - left]
         small = np.asarray(Image.fromarray(part.astype(np.float32)).resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.float64)
         for k in range(4):
@@ -255,7 +276,7 @@ class Reference:
     file_hashes: dict[str, str] = field(default_factory=dict)
     pixel_hashes: dict[str, str] = field(default_factory=dict)
     stems: dict[str, str] = field(default_factory=dict)
-    thumbs: list[np.ndarray] = field(default_factory=list)  # (8 len(CROPS), D) per image
+    thumbs: list[np.ndarray] = field(default_factory=list)  # (16 len(CROPS), D) per image
 
     def add(self, label: str, data: bytes, stem: str) -> None:
         from PIL import Image
@@ -269,7 +290,7 @@ class Reference:
         self.thumbs.append(thumbnails(pixels))
 
     def matrix(self) -> np.ndarray:
-        """(len(CROPS) N, D): each reference's central crops as they are."""
+        """(2 len(CROPS) N, D): each reference's central crops as they are."""
         return plain(self.thumbs)
 
 
@@ -306,86 +327,125 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
+@dataclass
+class _BuildState:
+    """The references, and what the build keeps, drops and notes as it screens candidates in order."""
+
+    out: Path
+    reference: Reference
+    ref_matrix: np.ndarray
+    ref_labels: list[str]
+    rows: list[dict[str, object]] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    nearest: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    kept_thumbs: list[np.ndarray] = field(default_factory=list)
+    kept_labels: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, label: str) -> None:
+        """Count a left-out candidate under its reason (PROVENANCE.md lists them)."""
+        self.dropped.setdefault(reason, []).append(label)
+
+
+def _wanted_blobs(manifest: Optional[Path]) -> Optional[set[tuple[str, str]]]:
+    """The (source, blob) pairs a --manifest lists, so a rebuild keeps exactly those; None: no manifest."""
+    if manifest is None:
+        return None
+    with open(manifest, newline="") as f:
+        return {(row["source"], row["blob"]) for row in csv.DictReader(f)}
+
+
+def _decode_unless_reference(c: Candidate, stem: str, reference: Reference) -> tuple[Optional[np.ndarray], str]:
+    """(the decoded RGB, "") or (None, why it is left out): same file, name or pixels as a reference, or greyscale."""
+    if hashlib.sha256(c.data).hexdigest() in reference.file_hashes:
+        return None, "same file as a reference image"
+    if stem.lower() in reference.stems:
+        return None, f"same name as reference {reference.stems[stem.lower()]}"
+    rgb = decode(c.data)
+    if rgb is None:
+        return None, "greyscale or unreadable"
+    if hashlib.sha256(rgb.tobytes()).hexdigest() in reference.pixel_hashes:  # (large photos: reduced pixels)
+        return None, "same pixels as a reference image"
+    return rgb, ""
+
+
+def _keep(
+    state: _BuildState, source: Source, c: Candidate, stem: str, fitted: np.ndarray, thumbs: np.ndarray, label: str, similarity: float, match: str
+) -> None:
+    """Write a kept image as PNG and add its manifest row; its thumbnails join the near-duplicate check."""
+    from PIL import Image
+
+    name = f"{source.name}_{_safe(stem)}_{c.blob[:8]}.png"
+    buffer = io.BytesIO()
+    Image.fromarray(fitted).save(buffer, format="PNG", optimize=False)
+    (state.out / name).write_bytes(buffer.getvalue())
+    state.kept_thumbs.append(thumbs)
+    state.kept_labels.append(label)
+    state.rows.append({"file": name, "source": source.name, "repo": source.repo or "scikit-image", "commit": source.commit,
+                       "origin": c.origin, "blob": c.blob, "width": fitted.shape[1], "height": fitted.shape[0],
+                       "closest_reference_similarity": f"{similarity:.3f}", "closest_reference": match,
+                       "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})  # fmt: skip
+
+
+def _consider(state: _BuildState, source: Source, c: Candidate) -> None:
+    """Screen one candidate against the references and the kept images; keep it if it passes every check."""
+    label = f"{source.name}:{c.origin}"
+    stem = Path(c.origin).stem
+    rgb, reason = _decode_unless_reference(c, stem, state.reference)
+    if rgb is None:
+        state.drop(reason, label)
+        return
+    thumbs = thumbnails(rgb)
+    similarity, match = closest(thumbs, state.ref_matrix, state.ref_labels)
+    if similarity >= DUPLICATE_SIMILARITY:
+        state.drop("same picture as a reference image", label)
+        state.skipped.append(f"{label}: similarity {similarity:.3f} to {match}")
+        return
+    best = state.nearest.get(source.name)
+    if best is None or similarity > best[0]:
+        state.nearest[source.name] = (similarity, label, match)
+    fitted = fit(rgb)
+    if fitted is None:
+        state.drop(f"short side below {MIN_SIDE} px", label)
+        return
+    twin, twin_label = closest(thumbs, plain(state.kept_thumbs), [x for x in state.kept_labels for _ in range(2 * len(CROPS))])
+    if twin >= DUPLICATE_SIMILARITY:
+        state.drop("near-duplicate of a kept image", label)
+        state.skipped.append(f"{label}: similarity {twin:.3f} to kept {twin_label}")
+        return
+    _keep(state, source, c, stem, fitted, thumbs, label, similarity, match)
+
+
+def _write_manifest(out: Path, rows: list[dict[str, object]]) -> None:
+    """manifest.csv: one row per kept image (a header only when none was kept)."""
+    with open(out / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def build(
     mirrors: Path, references: Sequence[Path], out: Path, manifest: Optional[Path] = None, sources: Sequence[Source] = SOURCES
 ) -> dict[str, object]:
     """Write the images, manifest.csv and PROVENANCE.md into `out`; returns the counts."""
     reference, ref_counts = load_references(references)
     ref_matrix = reference.matrix()
-    ref_labels = [label for label in reference.names for _ in CROPS]
-    wanted: Optional[set[tuple[str, str]]] = None
-    if manifest is not None:
-        with open(manifest, newline="") as f:
-            wanted = {(row["source"], row["blob"]) for row in csv.DictReader(f)}
+    ref_labels = [label for label in reference.names for _ in range(2 * len(CROPS))]
+    state = _BuildState(out, reference, ref_matrix, ref_labels)
+    wanted = _wanted_blobs(manifest)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()
-    rows: list[dict[str, object]] = []
-    dropped: dict[str, list[str]] = {}
-    skipped: list[str] = []
-    nearest: dict[str, tuple[float, str, str]] = {}
-    kept_thumbs: list[np.ndarray] = []
-    kept_labels: list[str] = []
     for source in sources:
-        for c in read_source(source, mirrors, skipped):
+        for c in read_source(source, mirrors, state.skipped):
             if wanted is not None and (source.name, c.blob) not in wanted:
                 continue
-            label = f"{source.name}:{c.origin}"
-
-            def drop(reason: str) -> None:
-                dropped.setdefault(reason, []).append(label)
-
-            stem = Path(c.origin).stem
-            if hashlib.sha256(c.data).hexdigest() in reference.file_hashes:
-                drop("same file as a reference image")
-                continue
-            if stem.lower() in reference.stems:
-                drop(f"same name as reference {reference.stems[stem.lower()]}")
-                continue
-            rgb = decode(c.data)
-            if rgb is None:
-                drop("greyscale or unreadable")
-                continue
-            if hashlib.sha256(rgb.tobytes()).hexdigest() in reference.pixel_hashes:
-                drop("same pixels as a reference image")
-                continue
-            thumbs = thumbnails(rgb)
-            similarity, match = closest(thumbs, ref_matrix, ref_labels)
-            if similarity >= DUPLICATE_SIMILARITY:
-                drop("same picture as a reference image")
-                skipped.append(f"{label}: similarity {similarity:.3f} to {match}")
-                continue
-            best = nearest.get(source.name)
-            if best is None or similarity > best[0]:
-                nearest[source.name] = (similarity, label, match)
-            fitted = fit(rgb)
-            if fitted is None:
-                drop(f"short side below {MIN_SIDE} px")
-                continue
-            twin, twin_label = closest(thumbs, plain(kept_thumbs), [x for x in kept_labels for _ in CROPS])
-            if twin >= DUPLICATE_SIMILARITY:
-                drop("near-duplicate of a kept image")
-                skipped.append(f"{label}: similarity {twin:.3f} to kept {twin_label}")
-                continue
-            name = f"{source.name}_{_safe(stem)}_{c.blob[:8]}.png"
-            from PIL import Image
-
-            buffer = io.BytesIO()
-            Image.fromarray(fitted).save(buffer, format="PNG", optimize=False)
-            (out / name).write_bytes(buffer.getvalue())
-            kept_thumbs.append(thumbs)
-            kept_labels.append(label)
-            rows.append({"file": name, "source": source.name, "repo": source.repo or "scikit-image", "commit": source.commit,
-                         "origin": c.origin, "blob": c.blob, "width": fitted.shape[1], "height": fitted.shape[0],
-                         "closest_reference_similarity": f"{similarity:.3f}", "closest_reference": match,
-                         "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})  # fmt: skip
-    with open(out / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+            _consider(state, source, c)
+    rows = state.rows
+    _write_manifest(out, rows)
     summary = {"kept": len(rows), "per_source": {s.name: sum(r["source"] == s.name for r in rows) for s in sources},
-               "dropped": {k: len(v) for k, v in dropped.items()}, "references": ref_counts}  # fmt: skip
-    (out / "PROVENANCE.md").write_text(_provenance(sources, summary, dropped, skipped, nearest, len(reference.names)))
+               "dropped": {k: len(v) for k, v in state.dropped.items()}, "references": ref_counts}  # fmt: skip
+    (out / "PROVENANCE.md").write_text(_provenance(sources, summary, state.dropped, state.skipped, state.nearest, len(reference.names)))
     return summary
 
 
@@ -417,9 +477,9 @@ def _provenance(sources: Sequence[Source], summary: dict, dropped: dict, skipped
         "",
         "A candidate is left out if it has the same file bytes, the same decoded pixels or the same file name as a "
         f"reference, or if a 32x32 grey zero-mean thumbnail of one of its central crops ({', '.join(f'{c:g}' for c in CROPS)} "
-        f"of each side; 8 rotations and mirrorings) has cosine similarity >= {DUPLICATE_SIMILARITY} with one of a "
-        "reference's (resized, re-encoded, rotated, mirrored or centre-cropped copies). The same test against the "
-        "images kept so far removes near-duplicates.",
+        f"of each side, and the same of its central square; 8 rotations and mirrorings) has cosine similarity >= "
+        f"{DUPLICATE_SIMILARITY} with one of a reference's (resized, re-encoded, rotated, mirrored, centre-cropped or "
+        "re-framed copies). The same test against the images kept so far removes near-duplicates.",
         "",
         "| reason | candidates left out |",
         "|---|---:|",

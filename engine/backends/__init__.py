@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
-
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
 from . import onnxruntime_backend, tensorrt_backend, torch_backend
 from .base import Backend, Denoiser
+
+torch = lazy_module("torch")
 
 #: name -> declaration. A new backend: its module, and one line here.
 BACKENDS: dict[str, Backend] = {

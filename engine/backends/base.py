@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 @runtime_checkable
@@ -47,7 +50,7 @@ def batch_timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor
     Raises:
         DiffPIRError: t not an integer, or its size neither 1 nor batch.
     """
-    if not isinstance(t, Tensor):
+    if not isinstance(t, torch.Tensor):
         try:
             t = torch.tensor(operator.index(t), dtype=torch.int64)
         except TypeError:
@@ -61,7 +64,7 @@ def batch_timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor
 
 def check_image_input(x_t: Tensor, channels: int) -> None:
     """x_t must be a floating (B, channels, H, W) tensor with B, H, W >= 1."""
-    if not isinstance(x_t, Tensor):
+    if not isinstance(x_t, torch.Tensor):
         raise DiffPIRError(f"x_t: expected a torch.Tensor, got {type(x_t).__name__}")
     if x_t.ndim != 4 or x_t.shape[1] != channels or 0 in x_t.shape:
         raise DiffPIRError(f"x_t: expected shape (B, {channels}, H, W), got {tuple(x_t.shape)}")

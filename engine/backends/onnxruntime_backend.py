@@ -22,16 +22,20 @@ import os
 import platform
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .contract import IOContract, contract_from_dims, parse_metadata, unet_contract
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 from .base import Backend, batch_timesteps, check_image_input
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 

@@ -15,19 +15,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Optional
 
 from dataclasses import dataclass
 from typing import Mapping
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
 from ..artifacts import read_sidecar, sha256_files
 from .base import Backend, batch_timesteps, check_image_input
 from .contract import contract_from_dict, contract_from_dims, parse_metadata
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +126,6 @@ def onnx_files(onnx_path: Path, model_header: Any) -> list[Path]:
     return [onnx_path] + [onnx_path.parent / name for name in sorted(locations)]
 
 
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
-
-
 class TensorRTDenoiser:
     """eps from a TensorRT engine plan.
 
@@ -199,7 +198,7 @@ class TensorRTDenoiser:
             "t": batch_timesteps(t, x_t.shape[0], self.device),
         }
         for spec in self.contract.outputs:
-            tensors[spec.name] = torch.empty(shapes[spec.name], dtype=_TORCH_DTYPES[spec.dtype], device=self.device)
+            tensors[spec.name] = torch.empty(shapes[spec.name], dtype=getattr(torch, spec.dtype), device=self.device)
         for name in self._inputs:
             self.context.set_input_shape(name, shapes[name])
         for name, tensor in tensors.items():

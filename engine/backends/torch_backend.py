@@ -7,19 +7,24 @@ measures is what a user runs.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Optional
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
-from ..denoiser import UNetDenoiser
 from .base import Backend
-from ..fast_unet import DTYPES, prepare_unet
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+    from ..denoiser import UNetDenoiser
+
+torch = lazy_module("torch")
 
 
 def parse_dtype(dtype: str) -> torch.dtype:
+    from ..fast_unet import DTYPES  # the UNet's modules load with the model, not with the declaration
+
     try:
         return DTYPES[dtype]
     except (KeyError, TypeError):
@@ -52,6 +57,8 @@ class TorchDenoiser:
         self.channels_last = channels_last
         self.attention = attention
         self.source = source
+        from ..fast_unet import prepare_unet
+
         self.denoiser = prepare_unet(denoiser, parse_dtype(dtype), channels_last=channels_last, attention=attention, copy=False)
         self.size_multiple: int = denoiser.size_multiple
         self.device = next(self.denoiser.parameters()).device

@@ -12,7 +12,6 @@ from .kernel import (
     gaussian_kernel,
     initial_kernel,
     kernel_error,
-    otf_of,
     project_kernel,
 )
 from .noise import ESTIMATORS, estimate_sigma_n, noise_pca_tail, noise_pca_weak_texture, noise_wavelet_mad
@@ -20,6 +19,6 @@ from .sparse import CoarseToFine, estimate_kernel, estimate_kernel_on_window
 
 __all__ = [
     "ESTIMATORS", "CoarseToFine", "KernelFit", "best_window", "estimate_kernel", "estimate_kernel_on_window", "estimate_sigma_n", "fit_kernel", "gaussian_kernel",
-    "initial_kernel", "kernel_error", "noise_pca_tail", "noise_pca_weak_texture", "noise_wavelet_mad", "otf_of",
+    "initial_kernel", "kernel_error", "noise_pca_tail", "noise_pca_weak_texture", "noise_wavelet_mad",
     "project_kernel",
 ]  # fmt: skip

@@ -25,19 +25,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
-from ..operators import psf2otf
+
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 __all__ = [
     "KernelFit", "best_window", "fit_kernel", "fit_kernel_gradients", "gaussian_kernel", "initial_kernel", "kernel_error",
-    "otf_of", "project_kernel",
+    "project_kernel",
 ]  # fmt: skip
 
 _TINY = 1e-30
@@ -73,15 +77,17 @@ class KernelFit:
 # --------------------------------------------------------------------------- kernels
 
 
-def gaussian_kernel(size: int, std: float, device: Any = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
-    """An isotropic Gaussian of standard deviation `std` px sampled on size × size, centred at size//2, sum 1."""
-    r = torch.arange(size, device=device, dtype=dtype) - size // 2
+def gaussian_kernel(size: int, std: float, device: Any = "cpu", dtype: Optional["torch.dtype"] = None) -> Tensor:
+    """An isotropic Gaussian of standard deviation `std` px sampled on size × size, centred at size//2, sum 1
+    (dtype None: float64)."""
+    r = torch.arange(size, device=device, dtype=dtype or torch.float64) - size // 2
     g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * std * std))
     return g / g.sum()
 
 
-def initial_kernel(size: int, std: float = 1.0, device: Any = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
-    """The blind loop's first kernel guess, (size, size): a small Gaussian (std 0 = a centred delta)."""
+def initial_kernel(size: int, std: float = 1.0, device: Any = "cpu", dtype: Optional["torch.dtype"] = None) -> Tensor:
+    """The blind loop's first kernel guess, (size, size): a small Gaussian (std 0 = a centred delta; dtype None: float64)."""
+    dtype = dtype or torch.float64
     if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
         raise DiffPIRError(f"kernel size: expected an odd integer >= 3, got {size!r}")
     if std <= 0:
@@ -89,11 +95,6 @@ def initial_kernel(size: int, std: float = 1.0, device: Any = "cpu", dtype: torc
         k[size // 2, size // 2] = 1.0
         return k
     return gaussian_kernel(size, std, device, dtype)
-
-
-def otf_of(kernel: Tensor, height: int, width: int) -> Tensor:
-    """The (B, 1, H, W) complex OTF of (B, kh, kw) kernels (engine.operators.psf2otf, in their dtype)."""
-    return psf2otf(kernel, height, width)
 
 
 def _embed(kernel: Tensor, height: int, width: int) -> Tensor:
@@ -157,6 +158,7 @@ def fit_kernel(
     fit: KernelFit = KernelFit(),
     mask: Optional[Tensor] = None,
     project: bool = True,
+    proximal: float = 0.0,
 ) -> Tensor:
     """One M-step: the kernel that best maps x0's gradients to y's (module docstring).
 
@@ -169,11 +171,12 @@ def fit_kernel(
         mask: (1, 1, H, W), 1 where y is observed; None = everywhere (circular).
         project: project the least-squares solution onto blur kernels (False: the raw solve,
             for tests against a dense solution).
+        proximal: γ of ‖k − kernel‖² (absolute; see fit_kernel_gradients).
     Returns:
         (B, N, N) kernels in x0's dtype.
     """
     weights = None if mask is None else gradient_masks(mask.to(x0.dtype), x0.shape[1])
-    return fit_kernel_gradients(_gradients(x0), _gradients(y), kernel, fit, weights, project)
+    return fit_kernel_gradients(_gradients(x0), _gradients(y), kernel, fit, weights, project, proximal)
 
 
 def fit_kernel_gradients(
@@ -183,8 +186,10 @@ def fit_kernel_gradients(
     fit: KernelFit = KernelFit(),
     weights: Optional[Tensor] = None,
     project: bool = True,
+    proximal: float = 0.0,
 ) -> Tensor:
-    """The M-step on given gradient images: argmin_k Σ ‖W ⊙ (gy − k ⊛ gx)‖² + α‖k‖² + β‖∇k‖² on the support.
+    """The M-step on given gradient images: argmin_k Σ ‖W ⊙ (gy − k ⊛ gx)‖² + α‖k‖² + β‖∇k‖² + γ‖k − k₀‖²
+    on the support, k₀ the warm start.
 
     Args:
         gx: the sharp image's gradient channels, (B, G, H, W) (e.g. [∂_h x, ∂_v x] per colour,
@@ -192,6 +197,8 @@ def fit_kernel_gradients(
         gy: the measurement's, (B, G, H, W), on the same grid.
         kernel: the warm start, (B or 1, N, N).
         weights: (1 or B, G, H, W), 1 where gy is observed; None = everywhere.
+        proximal: γ, an absolute weight (a trust region around the warm start: the kernel moves
+            only as far as the data pays for).
     Returns:
         (B, N, N) kernels in gx's dtype.
     """
@@ -201,7 +208,7 @@ def fit_kernel_gradients(
         gy = gy * weights
     gx_spectrum = torch.fft.rfft2(gx)  # (B, G, H, W//2+1)
     energy = gx.pow(2).sum(dim=(1, 2, 3)).reshape(b, 1, 1)  # the scale of AᵀA's diagonal: α and β are relative to it
-    alpha = fit.alpha * energy
+    alpha = fit.alpha * energy + proximal
     beta = fit.beta * energy
 
     if weights is None:
@@ -220,9 +227,8 @@ def fit_kernel_gradients(
             return _extract(ak, n) + alpha * k + beta * _laplacian(k)
 
     rhs_image = torch.fft.irfft2((gx_spectrum.conj() * torch.fft.rfft2(gy)).sum(dim=1, keepdim=True), s=(height, width))
-    rhs = _extract(rhs_image, n)
-
     k = kernel.to(gx.dtype).expand(b, n, n).clone()
+    rhs = _extract(rhs_image, n) + proximal * k
     r = rhs - normal(k)
     p = r
     rr = _batch_dot(r, r)

@@ -21,13 +21,18 @@ and why, is measured in docs/blind.md §1.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
+
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 __all__ = ["ESTIMATORS", "estimate_sigma_n", "noise_pca_tail", "noise_pca_weak_texture", "noise_wavelet_mad"]
 
@@ -53,7 +58,7 @@ MIN_SAMPLES = 64
 
 def _batch(y: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], bool]:
     """y as (B, C, H, W) float64 and the mask as (B or 1, C or 1, H, W) booleans (True = observed)."""
-    if not isinstance(y, Tensor):
+    if not isinstance(y, torch.Tensor):
         raise DiffPIRError(f"y: expected a torch.Tensor, got {type(y).__name__}")
     unbatched = y.ndim == 3
     if unbatched:
@@ -72,7 +77,7 @@ def _batch(y: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor],
     unclipped = ((y != 0.0) & (y != 1.0)).all(dim=1, keepdim=True)
     if mask is None:
         return y, (None if bool(unclipped.all()) else unclipped), unbatched
-    if not isinstance(mask, Tensor):
+    if not isinstance(mask, torch.Tensor):
         mask = torch.as_tensor(mask)
     m = mask.to(y.device)
     while m.ndim < 4:

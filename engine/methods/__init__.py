@@ -16,7 +16,9 @@ from typing import Any, Mapping, Optional
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import Param, merge_params
 
-from .base import SIGMA_N, STEPS, Capabilities, Method, MethodBase, MethodConfig, Step
+from ..tasks import get_task
+from .base import AUTO, SIGMA_N, SIGMA_N_INPUT, STEPS, Capabilities, Method, MethodBase, MethodConfig, Step
+from .blind_diffpir import BlindDiffPIR, BlindDiffPIRConfig
 from .ddim import DDIM, DDIMConfig
 from .ddnm import DDNM, DDNMConfig
 from .ddpm import DDPM, DDPMConfig
@@ -40,15 +42,17 @@ METHODS: dict[str, tuple[type[MethodConfig], type]] = {
     "ilvr": (ILVRConfig, ILVR),
     "ddpm": (DDPMConfig, DDPM),
     "ddim": (DDIMConfig, DDIM),
+    "blind_diffpir": (BlindDiffPIRConfig, BlindDiffPIR),
 }
 #: The method every surface runs unless told otherwise, and the sampler of `generate`.
 DEFAULT_METHOD = "diffpir"
 DEFAULT_SAMPLER = "ddim"
 
 __all__ = [
-    "DEFAULT_METHOD", "DEFAULT_SAMPLER", "METHODS", "SIGMA_N", "STEPS", "Capabilities", "Configured", "DDIMConfig", "DDNMConfig", "DDPMConfig",
+    "AUTO", "DEFAULT_METHOD", "DEFAULT_SAMPLER", "METHODS", "SIGMA_N", "SIGMA_N_INPUT", "STEPS", "Capabilities", "Configured", "DDIMConfig", "DDNMConfig", "DDPMConfig",
     "DDRMConfig", "DMPSConfig", "DPIRConfig", "DPSConfig", "DiffPIR", "DiffPIRConfig", "ILVRConfig", "Method", "MethodBase",
-    "MethodConfig", "RePaintConfig", "Step", "build_method", "config_class", "configure", "family_names", "generation_names",
+    "MethodConfig", "RePaintConfig", "Step", "build_method", "config_class", "configure", "estimable_inputs", "estimating_method", "family_names",
+    "generation_names",
     "method_names", "method_params", "register_method", "restoration_names",
 ]  # fmt: skip
 
@@ -79,6 +83,32 @@ def family_names() -> tuple[str, ...]:
     return tuple(n for n, (c, _) in METHODS.items() if c.family)
 
 
+def estimable_inputs() -> tuple[str, ...]:
+    """The task inputs some method estimates from the measurement when given as `auto` ("kernel")."""
+    return tuple(dict.fromkeys(name for c, _ in METHODS.values() for name in c.estimates))
+
+
+def estimating_method(name: str, task: str, method: Optional[str] = None) -> str:
+    """The method that restores `task` with its input `name` (e.g. "kernel") estimated from the
+    measurement (`--kernel auto`): the first that declares it in `estimates`.
+
+    Raises:
+        DiffPIRError: no method estimates it for this task, or the user's `method` is another.
+    """
+    owners = [n for n, (c, _) in METHODS.items() if name in c.estimates]
+    serving = [n for n in owners if task in METHODS[n][0].tasks]
+    flag = "--" + name.replace("_", "-")
+    if not serving:
+        tasks = sorted({t for n in owners for t in METHODS[n][0].tasks})
+        where = f"--task {' or '.join(tasks)}" if tasks else "no task"
+        takes = name in get_task(task).inputs
+        raise DiffPIRError(f"{flag} {AUTO}: estimating the {name} from the image applies to {where}, not to --task {task}"
+                           + (f"; give a {name} file" if takes else f" (it takes no {flag})"))  # fmt: skip
+    if method is not None and method not in serving:
+        raise DiffPIRError(f"{flag} {AUTO}: runs method {serving[0]} (it estimates the {name}), not --method {method}")
+    return method or serving[0]
+
+
 def config_class(method: str) -> type[MethodConfig]:
     try:
         return METHODS[method][0]
@@ -95,7 +125,7 @@ def method_params(names: Optional[tuple[str, ...]] = None) -> dict[str, Param]:
     # a method's budget field is what --steps sets: it has no second spelling
     own = merge_params((name, {k: v for k, v in cls.params().items() if k not in ("steps", "sigma_n", cls.budget)})
                        for name, cls in owners)  # fmt: skip
-    return {"steps": STEPS, "sigma_n": SIGMA_N, **own}
+    return {"steps": STEPS, "sigma_n": SIGMA_N_INPUT, **own}
 
 
 def build_method(config: Any, impl: str = "torch") -> Method:

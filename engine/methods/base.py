@@ -14,11 +14,10 @@ image units everywhere (docs/algorithm.md, "Units").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Mapping, Optional, Protocol
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Protocol
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import Param, check_fields, declared
@@ -26,12 +25,21 @@ from diffpir_rt.params import Param, check_fields, declared
 from ..operators import DataStep, Operator
 from ..tasks import get_task
 
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
 #: The two parameters every method takes on every surface, whatever it calls them: the
 #: iteration budget (each config maps it to its own field, `MethodConfig.budget`) and the
 #: measurement's noise level (a property of the measurement; a method without a noise model
 #: records that it did not use it).
 STEPS = Param("iteration budget: the method's number of steps (see --help --method NAME for what it counts)", int, 1, 1000)
 SIGMA_N = Param("measurement noise std in [0, 1] image units (0.05 = 12.75/255)", float, 0.0, 1.0)
+#: The word a user gives for "estimate it from the measurement" (--sigma-n auto, --kernel auto).
+AUTO = "auto"
+#: sigma_n as a user gives it on every surface (flag, form field, batch option, Restorer.restore):
+#: a number, or `auto` (engine.estimate_sigma_n of the measurement, recorded in the run record).
+#: A config always holds the number.
+SIGMA_N_INPUT = dataclasses.replace(SIGMA_N, words=(AUTO,), help=SIGMA_N.help + "; auto: estimated from the measurement")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,9 @@ class MethodConfig:
     tasks: ClassVar[tuple[str, ...]] = ()
     #: Whether eval's comparison family includes it.
     family: ClassVar[bool] = False
+    #: The task inputs it estimates from the measurement when the user gives `auto` instead of a
+    #: file (blind deblurring: ("kernel",)); its `estimate_operator` then makes the operator.
+    estimates: ClassVar[tuple[str, ...]] = ()
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: The field the user's --steps sets, and what it counts for this method.
     budget: ClassVar[str] = "steps"
@@ -171,12 +182,26 @@ class MethodConfig:
             values["sigma_n"] = sigma_n
         return cls(**values)
 
+    @classmethod
+    def estimate_operator(cls, y: Any, *, sigma_n: float, boundary: Optional[str], overrides: Mapping[str, Any],
+                          multiple: int = 16) -> Any:  # fmt: skip
+        """The operator of a measurement whose `estimates` inputs were given as `auto`, estimated
+        from y (B, C, h, w) in [0, 1] with the user's hyperparameter `overrides` (e.g. a kernel
+        support); `boundary` is the resolved boundary model. Only methods that declare `estimates`."""
+        raise DiffPIRError(f"method {cls.method}: estimates no task input from the measurement")
+
     # ------------------------------------------------------------------ what it needs
 
     @property
     def needs_variance(self) -> bool:
         """Whether the update reads the UNet's learned variance (only some configs do)."""
         return False
+
+    @property
+    def size_multiple(self) -> int:
+        """The state's height and width must be multiples of this (1: any size); an extended boundary
+        grid (engine.boundary_models) is rounded up to it as to the UNet's."""
+        return 1
 
     def model_calls(self) -> int:
         """UNet calls of this config's loop (NFE)."""

@@ -22,20 +22,17 @@ first step, and copied into a buffer the operator exposes after the run (`BlindK
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 from diffpir_rt.params import param
 
 from ..boundary import ExtendedDeblur, MaskedFourierDataStep, edgetaper_extend
 from ..estimate.kernel import KernelFit, fit_kernel, initial_kernel
-from ..estimate.sparse import CoarseToFine, estimate_kernel
+from ..estimate.sparse import CoarseToFine, estimate_kernel, estimate_kernel_on_window
 from ..imageio import from_model, to_model
 from ..operators import Deblur, FourierDataStep, Operator, psf2otf
 from ..schedule import linear_schedule
@@ -43,12 +40,22 @@ from ..step import StepCoefficients, predict_x0, renoise
 from .base import Capabilities, MethodBase, Step, check_config
 from .diffpir import DiffPIRConfig, initial_state
 
-__all__ = ["BlindDiffPIR", "BlindDiffPIRConfig", "BlindKernel", "blind_operator", "check_blind_size", "prepare_blind"]
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+
+__all__ = ["BlindDiffPIR", "BlindDiffPIRConfig", "BlindKernel", "blind_operator", "check_blind_size", "kernel_estimate", "prepare_blind"]
 
 #: The largest kernel support relative to the image: beyond a quarter of its shorter side the
 #: measurement holds too few independent edges per kernel entry for the fit to be determined.
 MAX_KERNEL_FRACTION = 4
 DEFAULT_KERNEL_SIZE = 31
+#: `--kernel auto` on a photo larger than this estimates the kernel on its busiest window of this side
+#: (docs/blind.md §2.5): the cost of one window, whatever the photo's size.
+ESTIMATE_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -58,9 +65,13 @@ class BlindDiffPIRConfig(DiffPIRConfig):
     Args:
         kernel_size: N, the largest kernel support considered (odd).
         kernel_t_max: the kernel is re-estimated at the steps whose timestep is at or below this.
+        kernel_sigma_max: ... and only when sigma_n is at most this: the M-step reads x0's fine edges,
+            which noisier measurements do not determine (measured: docs/blind.md §2.4).
         kernel_alpha, kernel_beta: weights of ‖k‖² and ‖∇k‖², relative to the gradient energy of x0.
         kernel_iters: conjugate-gradient iterations per kernel update.
         kernel_threshold: kernel entries below this fraction of the peak are set to zero.
+        kernel_trust: κ of the proximal term κ · 2σ_n² · n ‖k − k_prev‖² (n the gradient samples
+            compared): at high noise the data pay for less movement (docs/blind.md §2.3).
         sigma_floor: rho_t uses max(sigma_n, sigma_floor): with an estimated kernel the data term's
             residual holds the kernel's error besides the noise, and the near-inverse filter of the
             first steps amplifies it (docs/blind.md §2.3).
@@ -75,21 +86,26 @@ class BlindDiffPIRConfig(DiffPIRConfig):
     )
     tasks: ClassVar[tuple[str, ...]] = ("deblur",)
     family: ClassVar[bool] = False
+    estimates: ClassVar[tuple[str, ...]] = ("kernel",)
     capabilities: ClassVar[Capabilities] = Capabilities(extended_boundary=True)
     defaults_source: ClassVar[str] = "tuned for the bundled prior on McMaster crops (docs/blind.md §2.4)"
     OFFICIAL: ClassVar[dict[str, dict[str, Any]]] = {"deblur": {"lam": 2.0, "zeta": 1.0, "steps": 20}}
 
     kernel_size: int = param(DEFAULT_KERNEL_SIZE, help="the largest blur-kernel support considered (odd, px)", kind=int,
                              low=3, high=255)  # fmt: skip
-    kernel_t_max: int = param(999, help="re-estimate the kernel at steps whose timestep is at or below this (0: never)", kind=int,
+    kernel_t_max: int = param(150, help="re-estimate the kernel at steps whose timestep is at or below this (0: never)", kind=int,
                               low=0, high=999, group="advanced")  # fmt: skip
-    kernel_alpha: float = param(1e-3, help="weight of |k|^2 in the kernel fit, relative to the image's gradient energy",
+    kernel_sigma_max: float = param(0.02, help="re-estimate the kernel in the loop only if sigma_n is at most this", low=0.0,
+                                    high=1.0, group="advanced")  # fmt: skip
+    kernel_alpha: float = param(0.05, help="weight of |k|^2 in the kernel fit, relative to the image's gradient energy",
                                 low=0.0, group="advanced")  # fmt: skip
-    kernel_beta: float = param(1e-3, help="weight of |grad k|^2 in the kernel fit, relative likewise", low=0.0, group="advanced")
+    kernel_beta: float = param(0.05, help="weight of |grad k|^2 in the kernel fit, relative likewise", low=0.0, group="advanced")
     kernel_iters: int = param(20, help="conjugate-gradient iterations per kernel update", kind=int, low=1, high=200,
                               group="advanced")  # fmt: skip
     kernel_threshold: float = param(0.05, help="kernel entries below this fraction of the peak are set to zero", low=0.0,
                                     high=0.5, group="advanced")  # fmt: skip
+    kernel_trust: float = param(4.0, help="keeps each kernel update near the previous kernel, in proportion to the noise "
+                                "variance (0: a plain least-squares update)", low=0.0, group="advanced")  # fmt: skip
     sigma_floor: float = param(0.03, help="the data term assumes at least this noise level: a kernel estimate's error "
                                "acts as noise", low=0.0, high=1.0, group="advanced")  # fmt: skip
 
@@ -109,6 +125,23 @@ class BlindDiffPIRConfig(DiffPIRConfig):
 
     def kernel_fit(self) -> KernelFit:
         return KernelFit(alpha=self.kernel_alpha, beta=self.kernel_beta, iters=self.kernel_iters, threshold=self.kernel_threshold)
+
+    @classmethod
+    def estimate_operator(cls, y: Any, *, sigma_n: float, boundary: Optional[str], overrides: Any, multiple: int = 16) -> Operator:
+        """`--kernel auto`: the coarse-to-fine kernel of y as the loop's first kernel (`prepare_blind`), on
+        a circular Deblur that the runtime puts under the resolved boundary model; the estimate itself
+        models a real photo's edges unless the boundary is circular."""
+        size = overrides.get("kernel_size")
+        size = DEFAULT_KERNEL_SIZE if size is None else size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
+            raise DiffPIRError(f"--kernel-size {size!r}: expected an odd integer >= 3")
+        check_blind_size(size, *y.shape[-2:])
+        photo = boundary not in (None, "circular")
+        if photo and max(y.shape[-2:]) > ESTIMATE_WINDOW:  # one kernel for the photo: estimated once, on its busiest window
+            kernel, _ = estimate_kernel_on_window(y, size, ESTIMATE_WINDOW, CoarseToFine(), "extend", sigma_n)
+        else:
+            kernel = estimate_kernel(y, size, CoarseToFine(), "extend" if photo else "circular", sigma_n)
+        return blind_operator(size, "circular", init=kernel, multiple=multiple)
 
 
 def check_blind_size(kernel_size: int, height: int, width: int) -> None:
@@ -141,6 +174,15 @@ class BlindKernel:
         return self._buffer.detach().to("cpu", torch.float64).clone()
 
 
+def kernel_estimate(operator: Any) -> Optional[BlindKernel]:
+    """The `BlindKernel` an operator carries, itself or under a boundary model (its `inner`), or None."""
+    for candidate in (operator, getattr(operator, "inner", None)):
+        estimate = getattr(candidate, "estimate", None)
+        if isinstance(estimate, BlindKernel):
+            return estimate
+    return None
+
+
 def blind_operator(kernel_size: int = DEFAULT_KERNEL_SIZE, boundary: str = "circular", init: Optional[Tensor] = None,
                    multiple: int = 16) -> Operator:
     """The operator of a blind deblurring: the N x N initial kernel as a Deblur (circular) or an
@@ -163,7 +205,7 @@ def blind_operator(kernel_size: int = DEFAULT_KERNEL_SIZE, boundary: str = "circ
 
 
 def prepare_blind(y: Tensor, kernel_size: int = DEFAULT_KERNEL_SIZE, boundary: str = "circular",
-                  prior: Optional[CoarseToFine] = None, multiple: int = 16) -> Operator:
+                  sigma_n: Optional[Any] = None, prior: Optional[CoarseToFine] = None, multiple: int = 16) -> Operator:
     """The operator for `--kernel auto`: the coarse-to-fine estimate of y's kernel (engine.estimate.sparse)
     as the blind loop's first kernel, one per sample.
 
@@ -171,18 +213,20 @@ def prepare_blind(y: Tensor, kernel_size: int = DEFAULT_KERNEL_SIZE, boundary: s
         y: the measurement, (B, C, H, W) in [0, 1].
         kernel_size: N, the largest support considered (odd, at most a quarter of the image's shorter side).
         boundary: "circular" (a circularly blurred measurement) or "extend" (a photo).
+        sigma_n: y's noise level (a float, or one per sample); None = engine.estimate_sigma_n's estimate.
+        prior: the coarse-to-fine settings (default: CoarseToFine()).
         multiple: the UNet's size multiple (the extended domain's size is a multiple of it).
     Raises:
         DiffPIRError: an even size, a size larger than a quarter of the image, an unknown boundary.
     """
-    if not isinstance(y, Tensor) or y.ndim != 4:
+    if not isinstance(y, torch.Tensor) or y.ndim != 4:
         raise DiffPIRError(f"y: expected a (B, C, H, W) tensor, got {getattr(y, 'shape', type(y).__name__)}")
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
         raise DiffPIRError(f"--kernel-size {kernel_size!r}: expected an odd integer >= 3")
     check_blind_size(kernel_size, *y.shape[-2:])
     if boundary not in ("circular", "extend"):
         raise DiffPIRError(f"--boundary {boundary!r}: expected circular or extend for blind deblurring")
-    kernel = estimate_kernel(y, kernel_size, prior or CoarseToFine(), boundary)
+    kernel = estimate_kernel(y, kernel_size, prior or CoarseToFine(), boundary, sigma_n)
     return blind_operator(kernel_size, boundary, init=kernel, multiple=multiple)
 
 
@@ -196,12 +240,14 @@ class BlindDiffPIR(MethodBase):
         self.schedule = linear_schedule()
         self.fit = config.kernel_fit()
         self._kernel: Optional[Tensor] = None  # the state carried between steps
+        self.n = config.kernel_size  # the support; initial_state takes the operator's
         self.buffer: Optional[Tensor] = None  # the last step's kernel, kept for the caller (BlindKernel)
 
     def steps(self) -> tuple[Step, ...]:
         rho = self.schedule.rho(self.config.lam, self.config.sigma_data)
         ts = self.config.timesteps()
-        fits = [float(t <= self.config.kernel_t_max) for t in ts[:-1]]
+        refine = self.config.sigma_n <= self.config.kernel_sigma_max
+        fits = [float(refine and t <= self.config.kernel_t_max) for t in ts[:-1]]
         # "own": no step so far has re-estimated the kernel, so the operator's own data step applies as it is
         own = [float(not any(fits[: i + 1])) for i in range(len(fits))]
         return tuple(
@@ -217,19 +263,20 @@ class BlindDiffPIR(MethodBase):
         if getattr(operator, "sf", 1) != 1:
             raise DiffPIRError("method blind_diffpir: estimates a blur kernel for deblurring, not for super-resolution")
         kernel = getattr(operator, "kernel", None)
-        if kernel is None or kernel.shape[-1] != self.config.kernel_size or kernel.shape[-2] != self.config.kernel_size:
+        # the support N is the operator's (blind_operator / prepare_blind made it N x N); kernel_size is
+        # the support `--kernel auto` estimates with
+        if kernel is None or kernel.shape[-1] != kernel.shape[-2] or kernel.shape[-1] % 2 == 0:
             got = "no kernel" if kernel is None else f"a {kernel.shape[-1]}x{kernel.shape[-2]} kernel"
-            raise DiffPIRError(
-                f"method blind_diffpir: expected the operator of a {self.config.kernel_size}x{self.config.kernel_size} initial "
-                f"kernel (blind_operator), got {got}"
-            )
+            raise DiffPIRError(f"method blind_diffpir: expected the operator of a square, odd-sized initial kernel "
+                               f"(blind_operator), got {got}")  # fmt: skip
+        self.n = int(kernel.shape[-1])
         height, width = y.shape[-2:]
-        check_blind_size(self.config.kernel_size, height, width)
+        check_blind_size(self.n, height, width)
         batch = y.shape[0]
-        if self.buffer is None or self.buffer.shape[0] != batch or self.buffer.device != y.device:
-            self.buffer = torch.zeros(batch, self.config.kernel_size, self.config.kernel_size, device=y.device, dtype=y.dtype)
-        estimate = getattr(operator, "estimate", None)
-        if isinstance(estimate, BlindKernel):
+        if self.buffer is None or self.buffer.shape != (batch, self.n, self.n) or self.buffer.device != y.device:
+            self.buffer = torch.zeros(batch, self.n, self.n, device=y.device, dtype=y.dtype)
+        estimate = kernel_estimate(operator)
+        if estimate is not None:
             estimate.bind(self.buffer)
         return initial_state(operator, y, dataclasses.replace(self.config, sigma_n=self.config.sigma_data), z[0], self.schedule)
 
@@ -248,10 +295,17 @@ class BlindDiffPIR(MethodBase):
             return y, data.mask
         raise DiffPIRError(f"method blind_diffpir: no kernel update for {type(data).__name__}")
 
+    def _observed(self, mask: Tensor) -> int:
+        """How many pixels a (1, 1, H, W) frame mask observes: static for a layout, counted once (no sync per step)."""
+        key = tuple(mask.shape)
+        if getattr(self, "_observed_key", None) != key:
+            self._observed_key, self._observed_count = key, int(mask.sum())
+        return self._observed_count
+
     def _kernel_of(self, data: Any, like: Tensor) -> Tensor:
         """The bound operator's own kernel, (B, N, N), read back from its OTF (tensor work only, so the
         graph runtime's reloaded operator buffers carry each restoration's initial kernel)."""
-        n = self.config.kernel_size
+        n = self.n
         if isinstance(data, FourierDataStep):
             psf = torch.fft.ifft2(data.otf).real
         else:
@@ -286,7 +340,10 @@ class BlindDiffPIR(MethodBase):
         kernel = self._kernel
         if step["fit"]:  # 2. M-step
             y_grid, mask = self._measurement_on_grid(data, x)
-            kernel = fit_kernel(x0_01, y_grid, kernel, self.fit, mask)
+            # the trust region's weight: the noise power of the gradients the fit compares, per sample
+            samples = 2 * y_grid.shape[1] * (y_grid[0, 0].numel() if mask is None else float(self._observed(mask)))
+            proximal = self.config.kernel_trust * 2.0 * self.config.sigma_n**2 * samples
+            kernel = fit_kernel(x0_01, y_grid, kernel, self.fit, mask, proximal=proximal)
         self._kernel = kernel
         if self.buffer is not None:
             self.buffer.copy_(kernel)
@@ -296,12 +353,3 @@ class BlindDiffPIR(MethodBase):
 
     def finish(self, x: Tensor) -> Tensor:
         return from_model(x).clamp(0.0, 1.0)
-
-
-def kernel_psnr_note(kernel: Tensor) -> str:
-    """One line describing a kernel estimate for logs: its support and spread."""
-    k = kernel.to(torch.float64)
-    n = k.shape[-1]
-    r = torch.arange(n, dtype=torch.float64) - n // 2
-    spread = math.sqrt(float((k * (r[:, None] ** 2 + r[None, :] ** 2)).sum() / k.sum()))
-    return f"{n}x{n} kernel, rms radius {spread:.2f} px, {int((k > 0).sum())} non-zero entries"

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import param
@@ -26,6 +24,9 @@ from diffpir_rt.params import param
 from ..operators import DataStep, Operator
 from .base import MethodBase, MethodConfig, Step, check_config
 from .ddpm import check_steps, clip_param, steps_param, finish_image, noise_state, schedule_of, timesteps_of
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
 
 
 @dataclass(frozen=True)

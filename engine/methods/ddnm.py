@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import torch
-from torch import Tensor
-
-from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 from diffpir_rt.params import param
 
 from ..imageio import from_model
-from ..operators import RCOND, DataStep, Operator
+from ..operators import DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, linear_schedule
 from .base import SIGMA_N, STEPS, MethodBase, MethodConfig, Step, check_config
 from .ddrm import alpha_bar_at, model_measurement, rcond_param
 from .repaint import schedule_counts, schedule_jump
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 def ddnm_timestep_pairs(steps: int, travel_length: int = 1, travel_repeat: int = 1,

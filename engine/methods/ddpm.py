@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import param
@@ -26,6 +25,9 @@ from ..imageio import from_model
 from ..operators import DataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, linear_schedule
 from .base import STEPS, MethodBase, MethodConfig, Step, check_config
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
 
 #: The variance of the DDPM step: guided-diffusion's FIXED_SMALL (the clipped posterior
 #: variance), FIXED_LARGE (beta, first entry the posterior variance) and LEARNED_RANGE

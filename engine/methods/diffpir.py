@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 from diffpir_rt.params import param
 
 from .. import fused
@@ -24,6 +22,11 @@ from ..operators import DataStep, ElementwiseDataStep, FourierDataStep, Operator
 from ..schedule import NUM_TRAIN_TIMESTEPS, SKIP_TYPES, Schedule, linear_schedule, timesteps
 from ..step import StepCoefficients, diffpir_update
 from .base import SIGMA_N, STEPS, Capabilities, MethodBase, MethodConfig, Step, check_config
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 @dataclass(frozen=True)

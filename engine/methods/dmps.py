@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import numpy as np
-from torch import Tensor
 
-from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import param
 
 from ..imageio import from_model
@@ -31,6 +29,9 @@ from ..operators import RCOND, DataStep
 from ..schedule import NUM_TRAIN_TIMESTEPS
 from .base import SIGMA_N, MethodConfig, Step
 from .ddpm import AncestralMethod, RespacedSchedule, check_steps, clip_param, ddpm_step, ddpm_steps, spacing_param, steps_param, variance_param
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
 
 #: The official clip of alpha and abar in the likelihood step.
 ALPHA_CLIP = 1e-16

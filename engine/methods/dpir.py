@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import numpy as np
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import param
@@ -34,6 +33,9 @@ from ..imageio import from_model, to_model
 from ..operators import DataStep, Operator
 from ..schedule import linear_schedule
 from .base import SIGMA_N, STEPS, Capabilities, MethodBase, MethodConfig, Step, check_config
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
 
 #: get_rho_sigma's floor on the noise level ([0, 1] units) and its rho constant.
 SIGMA_FLOOR = 0.255 / 255.0

@@ -16,12 +16,10 @@ each image as it would alone. Needs a differentiable model: the torch backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 from diffpir_rt.params import param
 
 from ..imageio import from_model
@@ -40,6 +38,11 @@ from .ddpm import (
     predict_x0,
     split_output,
 )
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 #: zeta per task: the official configs' `conditioning.params.scale` (configs/
 #: super_resolution_config.yaml, gaussian_deblur_config.yaml, motion_deblur_config.yaml: 0.3;

@@ -28,13 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 from diffpir_rt.params import param
 
 from ..imageio import to_model
@@ -42,6 +41,11 @@ from ..schedule import NUM_TRAIN_TIMESTEPS
 from ..operators import DataStep, ElementwiseDataStep, FourierDataStep
 from .base import MethodConfig, Step
 from .ddpm import AncestralMethod, RespacedSchedule, check_steps, clip_param, ddpm_step, ddpm_steps, spacing_param, steps_param, variance_param
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 #: Low-pass factor N per task when `factor` is None (our choices); SR uses its scale.
 ILVR_FACTOR = {"deblur": 8, "denoise": 4}
@@ -175,6 +179,11 @@ class ILVRConfig(RespacedSchedule, MethodConfig):
     def task_defaults(cls, task: str, sigma_n: float, scale: Optional[int]) -> dict[str, Any]:
         """N per task (ILVR_FACTOR); SR leaves it None, which follows the scale. ILVR has no noise model."""
         return {"factor": ILVR_FACTOR[task]} if task in ILVR_FACTOR else {}
+
+    @property
+    def size_multiple(self) -> int:
+        """phi_N works on images whose sides N divides (for SR, N is the scale, which divides them already)."""
+        return self.factor or 1
 
 
 class ILVR(AncestralMethod):

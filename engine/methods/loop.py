@@ -10,18 +10,21 @@ step's, in loop order, from one generator per batch or one per sample.
 from __future__ import annotations
 
 import operator as _operator
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence, Union
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.lazy import lazy_module
 
 from ..operators import DataStep
 from ..padding import pad_to_multiple
 from .base import Method, Step
 
-EpsModel = Callable[[Tensor, Tensor], Tensor]
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
+
+torch = lazy_module("torch")
+
+EpsModel = Callable[["Tensor", "Tensor"], "Tensor"]
 Callback = Callable[[dict[str, Any]], None]
 Seed = Union[int, Sequence[int], None]
 #: torch.Generator.manual_seed takes seeds in [-2^63, 2^64); we accept the unsigned half.
@@ -49,7 +52,7 @@ def check_seed(seed: Any, batch: int) -> Seed:
 
 def check_state(name: str, value: Any, shape: torch.Size, like: Tensor) -> Tensor:
     """A user-given state or noise tensor: the right shape, finite, moved to like's device/dtype."""
-    if not isinstance(value, Tensor):
+    if not isinstance(value, torch.Tensor):
         raise DiffPIRError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.shape != shape:
         raise DiffPIRError(f"{name}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
@@ -116,7 +119,7 @@ def noise_count(method: Method) -> int:
 def check_given_noise(method: Method, noise: Optional[Sequence[Tensor]]) -> None:
     if noise is None:
         return
-    if isinstance(noise, Tensor) and noise.ndim >= 1:
+    if isinstance(noise, torch.Tensor) and noise.ndim >= 1:
         noise = list(noise)
     if not isinstance(noise, (list, tuple)):
         raise DiffPIRError(f"noise: expected a sequence of tensors, got {type(noise).__name__}")
@@ -132,7 +135,7 @@ def pad_model(eps_model: EpsModel, pad_mode: str) -> EpsModel:
         return eps_model
 
     def crop(out: Any, h: int, w: int) -> Any:
-        return out[..., :h, :w] if isinstance(out, Tensor) else out
+        return out[..., :h, :w] if isinstance(out, torch.Tensor) else out
 
     def call(x_t: Tensor, t: Tensor) -> Tensor:
         h, w = x_t.shape[-2:]
@@ -153,7 +156,7 @@ def pad_model(eps_model: EpsModel, pad_mode: str) -> EpsModel:
 def check_model_output(out: Any, x: Tensor, name: str = "eps_model") -> Tensor:
     """The denoiser's answer must be a real floating tensor of the state's shape on the state's
     device; anything else is the model's fault. (No values are read: no sync, capturable.)"""
-    if not isinstance(out, Tensor):
+    if not isinstance(out, torch.Tensor):
         raise DiffPIRError(f"{name}: returned {type(out).__name__}, expected a tensor of shape {tuple(x.shape)}")
     if out.shape != x.shape:
         raise DiffPIRError(f"{name}: returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.params import param
@@ -28,6 +26,9 @@ from ..schedule import NUM_TRAIN_TIMESTEPS
 from .base import STEPS, MethodBase, MethodConfig, Step, check_config
 from .ddpm import ddpm_step, ddpm_values, finish_image, space_timesteps, spaced_schedule, variance_param
 from .ddrm import model_measurement
+
+if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
+    from torch import Tensor
 
 
 # --------------------------------------------------------------------------- schedules

@@ -7,7 +7,7 @@ task object (`get_task(name)`) and never branches on a task's name.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -26,7 +26,7 @@ TASKS: dict[str, Task] = {
 
 __all__ = [
     "FILE_INPUTS", "INPUT_PARAMS", "TASKS", "Degradation", "Task", "TaskInputs", "build_operator", "get_task",
-    "make_measurement", "register_task", "task_names",
+    "make_measurement", "register_task", "task_names", "task_of",
 ]  # fmt: skip
 
 
@@ -46,6 +46,13 @@ def get_task(name: Any) -> Task:
         return TASKS[name]
     except (KeyError, TypeError):
         raise DiffPIRError(f"task: expected one of {', '.join(TASKS)}, got {name!r}") from None
+
+
+def task_of(operator: Any) -> Optional[Task]:
+    """The task whose operator this is (by its class), or None (an operator of no task, or one already
+    wrapped in a boundary model)."""
+    kind = type(operator).__name__
+    return next((task for task in TASKS.values() if task.operator_type == kind), None)
 
 
 def register_task(task: Task) -> Task:

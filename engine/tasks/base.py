@@ -83,6 +83,8 @@ class Task:
         description: one line for --help, /v1/info and the web page.
         family: the operator family its data step belongs to: "fourier" (blur, decimation)
             or "mask" (pixel masks); methods say which families they can run on.
+        operator_type: the class name of its operator (engine.operators), so an operator a
+            Python user built is known as this task's (`task_of`).
         inputs: the names (of INPUT_PARAMS) it takes besides the measurement.
         required: the inputs it cannot do without.
         per_image_input: the file a batch list pairs with each image ("kernel", "mask"), or None.
@@ -100,6 +102,7 @@ class Task:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    operator_type: ClassVar[str] = ""
     inputs: ClassVar[tuple[str, ...]] = ()
     required: ClassVar[tuple[str, ...]] = ()
     per_image_input: ClassVar[Optional[str]] = None
@@ -221,38 +224,55 @@ class Task:
 
     # ------------------------------------------------------------------ boundaries
 
-    def resolve_boundary(self, boundary: str, extended_ok: bool, method: str) -> Optional[str]:
-        """The boundary model that runs: "extend", "circular", or None for a task without one.
+    def resolve_boundary(self, boundary: str, capabilities: Any, method: str) -> Optional[str]:
+        """The boundary model that runs (engine.boundary_models): "extend", "taper", "circular", or None
+        for a task without one.
 
-        auto: the task's first boundary model when the method can run on it, circular
-        otherwise; an explicit model the task or the method cannot take is refused.
+        auto: the first of the task's `boundaries` the method's capabilities allow (`runnable`);
+        an explicit model the task or the method cannot take is refused.
 
         Args:
-            boundary: "auto", "circular" or "extend".
-            extended_ok: whether the method runs on the extended (masked) data step.
+            boundary: "auto" or a model's name (engine.BOUNDARIES).
+            capabilities: the method's declared Capabilities (engine.methods.base).
             method: its name, for messages.
         """
-        from ..boundary import BOUNDARIES, MaskedFourierDataStep
+        from ..boundary_models import AUTO, BOUNDARIES, BOUNDARY_MODELS, runnable
 
         if boundary not in BOUNDARIES:
             raise DiffPIRError(f"--boundary {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
         if not self.boundaries:
-            if boundary == "extend":
-                raise DiffPIRError(f"--boundary extend: --task {self.name} has no boundary model (its data step is pixelwise)")
+            if boundary not in (AUTO, "circular"):
+                raise DiffPIRError(f"--boundary {boundary}: --task {self.name} has no boundary model (its data step is pixelwise)")
             return None
-        if boundary == "auto":
-            preferred = self.boundaries[0]
-            return preferred if preferred != "extend" or extended_ok else "circular"
+        if boundary == AUTO:
+            return next((model for model in self.boundaries if runnable(model, capabilities)), self.boundaries[-1])
         if boundary not in self.boundaries:
-            raise DiffPIRError(f"--boundary {boundary}: --task {self.name} has {' and '.join(self.boundaries)}")
-        if boundary == "extend" and not extended_ok:
-            raise DiffPIRError(MaskedFourierDataStep.refusal(method))
+            raise DiffPIRError(f"--boundary {boundary}: --task {self.name} has {', '.join(self.boundaries)}")
+        if not runnable(boundary, capabilities):
+            fallback = next((m for m in self.boundaries if runnable(m, capabilities) and BOUNDARY_MODELS[m].real_photo), "circular")
+            raise DiffPIRError(f"method {method}: cannot run on --boundary {boundary} ({BOUNDARY_MODELS[boundary].lacks}); "
+                               f"use --boundary {fallback} (auto picks it)")  # fmt: skip
         return boundary
 
-    def apply_boundary(self, operator: Any, boundary: Optional[str], multiple: int = 1) -> Any:
-        """`operator` under a resolved boundary model (the extended domain for "extend")."""
-        if boundary == "extend":
-            from ..boundary import ExtendedDeblur
+    def boundary_note(self, boundary: str, resolved: Optional[str], method: str) -> Optional[str]:
+        """One line when `auto` could not give the method this task's best boundary model (the first of
+        `boundaries`): which model it cannot run and why, and what ran instead. Said once on stderr and
+        kept in the run record; None when auto got the best model, or the model was asked for by name."""
+        from ..boundary_models import AUTO, BOUNDARY_MODELS
 
-            return ExtendedDeblur(operator, multiple=multiple)
-        return operator
+        if boundary != AUTO or resolved is None or not self.boundaries or resolved == self.boundaries[0]:
+            return None
+        best = BOUNDARY_MODELS[self.boundaries[0]]
+        why = f" ({best.lacks})" if best.lacks else ""
+        if BOUNDARY_MODELS[resolved].real_photo:
+            effect = f"an approximation of {best.name}: with a wide blur kernel its border strips restore less well, docs/algorithm.md §11"
+        else:
+            effect = "expect artefacts at the borders"
+        return (f"method {method} cannot run on --boundary {best.name} of --task {self.name}{why}: the image's edges "
+                f"are restored with --boundary {resolved} ({effect})")  # fmt: skip
+
+    def apply_boundary(self, operator: Any, boundary: Optional[str], multiple: int = 1) -> Any:
+        """`operator` under a resolved boundary model (engine.boundary_models.boundary_operator)."""
+        from ..boundary_models import boundary_operator
+
+        return boundary_operator(operator, boundary, multiple)

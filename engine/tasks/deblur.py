@@ -17,14 +17,16 @@ KERNEL_NAMES = ("gaussian", "motion")
 class DeblurTask(Task):
     name = "deblur"
     description = "deblurring: undo a known blur (a kernel file), real photos restored on an extended domain"
+    operator_type = "Deblur"
     family = "fourier"
     inputs = ("kernel", "kernel_index")
     required = ("kernel",)
     per_image_input = "kernel"
     default_sigma_n = 0.05
-    # A photo's blur does not wrap around: the extended domain is the default for user images
-    # (docs/algorithm.md §11); circular is the official protocol's synthetic model.
-    boundaries = ("extend", "circular")
+    # A photo's blur does not wrap around: the masked extended domain for user images, the tapered
+    # extension for methods that need closed forms (docs/algorithm.md §11); circular is the official
+    # protocol's synthetic model.
+    boundaries = ("extend", "taper", "circular")
     variants = KERNEL_NAMES
     baselines = ("wiener", "unsupervised_wiener", "measurement", "datastep")
 

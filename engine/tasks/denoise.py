@@ -12,6 +12,7 @@ from .base import Task
 class DenoiseTask(Task):
     name = "denoise"
     description = "denoising: remove additive Gaussian noise of a known (or estimated) level"
+    operator_type = "Denoise"
     family = "mask"
     default_sigma_n = 0.05
     baselines = ("nlmeans", "tv", "measurement", "datastep")

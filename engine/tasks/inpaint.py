@@ -17,6 +17,7 @@ MASK_NAMES = ("box", "random")
 class InpaintTask(Task):
     name = "inpaint"
     description = "inpainting: fill the pixels a mask marks missing (mask file: nonzero = observed)"
+    operator_type = "Inpaint"
     family = "mask"
     inputs = ("mask",)
     required = ("mask",)

@@ -17,11 +17,13 @@ DEFAULT_SCALE = 4
 class SuperResolutionTask(Task):
     name = "sr"
     description = "super-resolution: a larger image from a small one (x2, x3, x4; bicubic kernel unless given)"
+    operator_type = "SuperResolution"
     family = "fourier"
     inputs = ("scale", "kernel", "kernel_index")
     per_image_input = "kernel"
     default_sigma_n = 0.05
-    boundaries = ("circular",)
+    # An SR measurement of a photo does not wrap around either: as for deblurring (docs/algorithm.md §11).
+    boundaries = ("extend", "taper", "circular")
     variants = tuple(f"x{s}" for s in SR_SCALES)
     protocol_variants = ("x4",)  # the paper's SR table
     baselines = ("bicubic", "datastep")

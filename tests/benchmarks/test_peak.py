@@ -77,10 +77,13 @@ def test_the_bench_reports_flops_against_the_measured_peak(tmp_path, monkeypatch
     assert calls == [(1, ("fp32", "bf16")), (2, ("fp32", "bf16"))]
     rows = {(r["backend"], r["threads"]): r for r in document["results"]}
     assert set(rows) == {("reference", 1), ("default", 1), ("torch-fast-bf16", 1), ("reference", 2), ("default", 2)}
+    from diffpir_rt.engine import cpu_native_bf16
+
+    bf16_arms = {"torch-fast-bf16"} | ({"default"} if cpu_native_bf16() else set())  # auto: bf16 where native
     for (name, threads), r in rows.items():
         assert "error" not in r, r
-        expected_peak = 4000.0 if name == "torch-fast-bf16" else 1000.0 * threads
-        assert r["peak_gflops"] == expected_peak and r["precision"] == ("bf16" if name == "torch-fast-bf16" else "fp32")
+        expected_peak = 4000.0 if name in bf16_arms else 1000.0 * threads
+        assert r["peak_gflops"] == expected_peak and r["precision"] == ("bf16" if name in bf16_arms else "fp32")
         work = r["model_calls"] * r["flops_per_call"] * r["batch"]
         assert r["gflops"] == pytest.approx(work / (r["latency_ms"]["median"] / 1e3) / 1e9)
         assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / expected_peak) == r["compute_fraction"]

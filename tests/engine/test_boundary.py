@@ -22,6 +22,7 @@ from diffpir_rt.engine import (
     ExtendedDeblur,
     GraphSampler,
     SuperResolution,
+    Tapered,
     build_unet,
     get_task,
     sample,
@@ -163,6 +164,85 @@ def test_fixed_iteration_pcg_equals_a_dense_transcription(iters: int) -> None:
     assert (got.flatten() - (x0v + d)).abs().max() < 1e-7
 
 
+def dense_pcg(k: np.ndarray, y: torch.Tensor, x0: torch.Tensor, rho: float, w: torch.Tensor, iters: int) -> torch.Tensor:
+    """x after `iters` textbook PCG steps on the masked prox, from the circular closed form on the
+    extended measurement w, with dense matrices (written from the equations, independently of the engine)."""
+    op = ExtendedDeblur(Deblur(k), multiple=1)
+    height, width = x0.shape[-2:]
+    n = height * width
+    K = dense_blur(k, height, width)
+    t, _, l, _ = op.pads(y.shape)
+    h, w_ = y.shape[-2:]
+    mask = torch.zeros(height, width, dtype=torch.float64)
+    mask[t : t + h, l : l + w_] = 1
+    M = torch.diag(mask.flatten())
+    eye = torch.eye(n, dtype=torch.float64)
+    normal, precond = K.T @ M @ K + rho * eye, torch.linalg.inv(K.T @ K + rho * eye)
+    x0v = x0.flatten()
+    d = precond @ K.T @ (w.flatten() - K @ x0v)  # the circular prox on w
+    r = K.T @ M @ (op.extend(y).flatten() - K @ x0v) - normal @ d  # the frame of y_ext is y: only it enters b
+    z = precond @ r
+    p, rz = z, r @ z
+    for _ in range(iters):
+        q = normal @ p
+        alpha = rz / (p @ q)
+        d, r = d + alpha * p, r - alpha * q
+        z = precond @ r
+        p, rz = z + (r @ z) / rz * p, r @ z
+    return (x0v + d).reshape(x0.shape)
+
+
+def carried_measurement(k: np.ndarray, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """w = M y_ext + (1 - M) K x: the frame's data, and the blur of the last solution in the pads."""
+    op = ExtendedDeblur(Deblur(k), multiple=1)
+    t, _, l, _ = op.pads(y.shape)
+    h, w = y.shape[-2:]
+    out = Deblur(k).forward(x)
+    out[..., t : t + h, l : l + w] = y
+    return out
+
+
+def test_carried_warm_start_equals_a_dense_transcription() -> None:
+    """Each solve after the first starts from the circular closed form on y with the previous solution's
+    blur in the pads (not on y_ext), then runs its PCG steps: three chained solves against dense algebra,
+    at both iteration counts of the schedule (early below early_rho, late above)."""
+    k = motion(3, 4)
+    op, y, x0, *_ = dense_problem(k, 6, 7, 0.01, seed=2)
+    data = ExtendedDeblur(Deblur(k), multiple=1, iters=2, early_iters=4, early_rho=0.05).data_step(y)
+    g = torch.Generator().manual_seed(3)
+    w = op.extend(y)  # the first solve's warm start: the edgetaper extension
+    for rho, iters in ((0.01, 4), (0.2, 2), (0.03, 4)):
+        x0 = x0 + 0.1 * torch.randn(x0.shape, dtype=torch.float64, generator=g)  # the denoiser's next estimate
+        assert data.iterations(rho) == iters
+        got = data(x0, rho)
+        assert (got - dense_pcg(k, y, x0, rho, w, iters)).abs().max() < 1e-7, rho  # float64 rounding, grown by CG
+        w = carried_measurement(k, y, got)
+        assert torch.allclose(torch.fft.irfft2(data.warm_spectrum, s=x0.shape[-2:]), w, atol=1e-10)
+    assert data.iterations(torch.tensor(0.5)) == 4  # a tensor ρ is not read: the larger count
+
+
+def test_carried_start_converges_to_the_prox_and_begin_loop_resets() -> None:
+    """From any carried start, enough iterations reach the same exact prox; after begin_loop the next
+    solve is exactly a fresh step's first; with carry=False every solve is one."""
+    k, rho = motion(3, 5), 0.03
+    op, y, x0, K, M, normal = dense_problem(k, 7, 5, rho, seed=3)
+    exact = torch.linalg.solve(normal, K.T @ M @ op.extend(y).flatten() + rho * x0.flatten()).reshape(x0.shape)
+    data = ExtendedDeblur(Deblur(k), multiple=1, iters=80).data_step(y)
+    data(torch.zeros_like(x0), 1e-4)  # another problem first: the carried start is now its solution's blur
+    assert (data(x0, rho) - exact).abs().max() < 1e-9
+
+    def first(x: torch.Tensor, carry: bool = True) -> torch.Tensor:  # a fresh step's first solve
+        return ExtendedDeblur(Deblur(k), multiple=1, iters=1, early_iters=1, carry=carry).data_step(y)(x, rho)
+
+    used = ExtendedDeblur(Deblur(k), multiple=1, iters=1, early_iters=1).data_step(y)
+    used(x0 + 0.3, rho)
+    assert (used(x0, rho) - first(x0)).abs().max() > 1e-6  # started from the carried pads
+    used.begin_loop()
+    assert torch.equal(used(x0, rho), first(x0))
+    stateless = ExtendedDeblur(Deblur(k), multiple=1, iters=1, early_iters=1, carry=False).data_step(y)
+    assert torch.equal(stateless(x0 + 0.3, rho), first(x0 + 0.3)) and torch.equal(stateless(x0, rho), first(x0))
+
+
 def test_masked_step_is_accurate_in_float32() -> None:
     """A photo-like problem (y = the frame of a blurred smooth scene plus noise, x0 = the scene plus
     noise) at the data weights of a run (ρ ~ 1e-6 at the first step): float32 makes nearly all of
@@ -188,7 +268,7 @@ def test_masked_step_is_accurate_in_float32() -> None:
         def objective(x: torch.Tensor, rho: float = rho) -> float:
             return float((data.forward(x) - y).pow(2).sum() + rho * (x - x0).pow(2).sum())
 
-        warm = ExtendedDeblur(Deblur(k), multiple=8, iters=0).data_step(y)(x0, rho)  # the closed form on y_ext
+        warm = ExtendedDeblur(Deblur(k), multiple=8, iters=0, early_iters=0).data_step(y)(x0, rho)  # the closed form on y_ext
         assert objective(exact) < objective(warm)
         assert objective(single.double()) - objective(exact) < 0.1 * (objective(warm) - objective(exact)), rho
         if rho >= 1e-2:
@@ -222,7 +302,7 @@ def test_forward_and_adjoint_are_the_masked_operator() -> None:
     assert torch.equal(data.measurement(), y)
     for call in (lambda: data.pinv(r), lambda: data.singular_values(), lambda: data.gram_solve(r, 0.1),
                  lambda: data.range_filter(x, torch.ones(1))):  # fmt: skip
-        with pytest.raises(DiffPIRError, match="--boundary circular"):
+        with pytest.raises(DiffPIRError, match="--boundary taper"):
             call()
 
 
@@ -261,12 +341,25 @@ def test_sample_returns_the_frame_and_the_graph_runtime_is_bit_identical(model) 
     assert sample(model, one, y[0], CONFIG, seed=5).shape == y.shape[1:]  # unbatched
 
 
+def test_the_loop_restarts_the_carried_warm_start(model) -> None:
+    """run_steps calls begin_loop before the first step: the static-buffer loop run twice on the same
+    loaded buffers (a CUDA graph replayed without a reload) gives the same image as sample()."""
+    op = ExtendedDeblur(Deblur(motion(7, 9)), multiple=model.size_multiple)
+    y = torch.rand(1, 3, 13, 17)
+    shape = op.image_shape(y.shape)
+    runtime = GraphRuntime(model, build_method(CONFIG), op.data_step(y), tuple(y.shape), tuple(shape), op.pad_mode, "cpu")
+    runtime.load(op, y, seed=3)
+    first = runtime.run().clone()
+    assert torch.equal(runtime.run(), first)
+    assert torch.equal(op.output(first, y.shape), sample(model, op, y, CONFIG, seed=3))
+
+
 def test_methods_that_need_closed_forms_refuse_with_the_message(model) -> None:
     op = ExtendedDeblur(Deblur(gaussian(5, 1.0)), multiple=model.size_multiple)
     y = torch.rand(1, 3, 12, 12)
     for name in ("ddrm", "ddnm", "dmps", "ilvr"):
         config = METHODS[name][0].for_task("deblur", 0.05)
-        with pytest.raises(DiffPIRError, match=rf"^method {name}: .*use --boundary circular") as info:
+        with pytest.raises(DiffPIRError, match=rf"^method {name}: .*use --boundary taper") as info:
             sample(model, op, y, config, seed=0)
         assert "\n" not in str(info.value)
     for name in ("dps", "dpir"):  # the prox (dpir) or A and Aᵀ (dps) are all they need
@@ -281,21 +374,23 @@ def test_methods_that_need_closed_forms_refuse_with_the_message(model) -> None:
 
 def test_resolve_boundary_policy() -> None:
     assert resolve_boundary("deblur", "auto", "diffpir") == "extend"
-    assert resolve_boundary("deblur", "auto", "ddrm") == "circular"  # auto never picks what cannot run
-    assert resolve_boundary("deblur", "circular", "diffpir") == "circular"
-    assert resolve_boundary("sr", "auto", "diffpir") == "circular" and resolve_boundary("sr", "circular", "diffpir") == "circular"
+    assert resolve_boundary("deblur", "auto", "ddrm") == "taper"  # auto never picks what cannot run
+    assert resolve_boundary("deblur", "circular", "diffpir") == "circular"  # circular only when asked for
+    assert resolve_boundary("sr", "auto", "diffpir") == "extend" and resolve_boundary("sr", "circular", "diffpir") == "circular"
+    assert resolve_boundary("sr", "auto", "ddnm") == "taper"
     assert resolve_boundary("inpaint", "auto", "diffpir") is None and resolve_boundary("denoise", "circular", "diffpir") is None
     for task, boundary, method, message in [
-        ("sr", "extend", "diffpir", "--task sr has circular"),
+        ("sr", "extend", "ddrm", "use --boundary taper"),
         ("inpaint", "extend", "diffpir", "has no boundary model"),
-        ("deblur", "extend", "ddnm", "use --boundary circular"),
-        ("deblur", "wrap", "diffpir", "expected one of auto, circular, extend"),
+        ("deblur", "extend", "ddnm", "use --boundary taper"),
+        ("deblur", "wrap", "diffpir", "expected one of auto, extend, taper, circular"),
     ]:
         with pytest.raises(DiffPIRError, match=message):
             resolve_boundary(task, boundary, method)
     op, deblur = Deblur(gaussian(3, 1.0)), get_task("deblur")
     assert deblur.apply_boundary(op, "circular") is op and deblur.apply_boundary(op, None) is op
     assert isinstance(deblur.apply_boundary(op, "extend", 8), ExtendedDeblur)
+    assert isinstance(deblur.apply_boundary(op, "taper", 8), Tapered)
 
 
 def test_requests_batch_by_kernel_size_and_do_not_depend_on_the_batch(tmp_path: Path) -> None:
@@ -335,12 +430,14 @@ def test_cli_boundary_in_the_record(tmp_path: Path, tiny_checkpoint: Path, capsy
         assert json.loads(out.with_name(out.name + ".json").read_text())["boundary"] == expected
         assert read_image(out).shape == read_image(y).shape  # output size = input size
     out = tmp_path / "sr.png"
-    assert main([*common, "--task", "sr", "--scale", "2", "--output", str(out)]) == 0
-    assert json.loads(out.with_name(out.name + ".json").read_text())["boundary"] == "circular"
+    for method, expected in (("diffpir", "extend"), ("ddrm", "taper")):  # auto: the best model the method runs
+        assert main([*common, "--task", "sr", "--scale", "2", "--output", str(out), "--method", method]) == 0
+        assert json.loads(out.with_name(out.name + ".json").read_text())["boundary"] == expected
+        assert read_image(out).shape[-2:] == tuple(2 * n for n in read_image(y).shape[-2:])
     capsys.readouterr()
-    err = cli_error(capsys, [*common, "--task", "sr", "--scale", "2", "--output", str(tmp_path / "e.png"), "--boundary", "extend"])
-    assert "--boundary extend: --task sr has circular" in err
+    err = cli_error(capsys, [*common, "--task", "inpaint", "--mask", str(y), "--output", str(tmp_path / "e.png"), "--boundary", "extend"])
+    assert "--boundary extend: --task inpaint has no boundary model" in err
     err = cli_error(capsys, [*common, "--task", "deblur", "--kernel", str(tmp_path / "k.npy"), "--output",
                              str(tmp_path / "e.png"), "--boundary", "extend", "--method", "ddrm"])  # fmt: skip
-    assert "method ddrm" in err and "--boundary circular" in err
+    assert "method ddrm" in err and "--boundary taper" in err
     assert not (tmp_path / "e.png").exists()

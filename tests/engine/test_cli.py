@@ -205,3 +205,30 @@ def test_generate_writes_a_reproducible_grid(tmp_path: Path, tiny_checkpoint: Pa
     assert outs[0] == outs[1]
     grid = read_image(tmp_path / "a.png")
     assert grid.shape == (3, 2 * 16 + 2, 2 * 16 + 2)  # 2x2 tiles with a 2-px gap
+
+
+def test_restore_takes_a_folder_and_several_files(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    """Several inputs, or a folder of them, go to a folder --output (one Restorer, no Ray); each image
+    gets its own run record, and a --suffix names the outputs."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, (top, left) in enumerate([(0, 0), (64, 96), (128, 32)]):
+        write_image(folder / f"p{i}.png", read_image(TEST_IMAGE)[:, top : top + 32, left : left + 32])
+    out = tmp_path / "out"
+    assert _restore(["--task", "denoise", "--sigma-n", "0.1", "--input", str(folder), "--output", str(out), "--suffix", "_x"],
+                    tiny_checkpoint) == 0  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"p{i}_x.png" for i in range(3)] + [f"p{i}_x.png.json" for i in range(3)])
+    records = [json.loads((out / f"p{i}_x.png.json").read_text()) for i in range(3)]
+    assert [Path(r["input"]).name for r in records] == ["p0.png", "p1.png", "p2.png"]
+    # the same image restored alone equals its restoration in the folder run
+    alone = tmp_path / "alone.png"
+    assert _restore(["--task", "denoise", "--sigma-n", "0.1", "--input", str(folder / "p1.png"), "--output", str(alone)],
+                    tiny_checkpoint) == 0  # fmt: skip
+    assert alone.read_bytes() == (out / "p1_x.png").read_bytes()
+    several = tmp_path / "several"
+    assert _restore(["--task", "denoise", "--input", str(folder / "p0.png"), str(folder / "p2.png"), "--output", str(several)],
+                    tiny_checkpoint) == 0  # fmt: skip
+    assert sorted(p.name for p in several.glob("*.png")) == ["p0.png", "p2.png"]
+    err = _error(capsys, ["restore", "--checkpoint", str(tiny_checkpoint), "--arch", "tiny", "--task", "denoise", "--input",
+                          str(folder / "p0.png"), "--output", str(tmp_path / "o.png"), "--suffix", "_x"])  # fmt: skip
+    assert "--suffix: applies to a folder --output" in err

@@ -248,6 +248,25 @@ def test_tensorrt_profile_bounds_the_tile_and_batch() -> None:
         TiledDenoiser(Profiled(), 128, 16)
 
 
+def test_policy_runs_one_tile_per_call_on_a_cpu() -> None:
+    """On a CPU a tile per call (runtime.tiling.CPU_TILE_BATCH); elsewhere, or when told, the batch asked for."""
+    from diffpir_rt.engine import DEFAULT_TILE_BATCH
+    from diffpir_rt.runtime import TilingPolicy
+    from diffpir_rt.runtime.tiling import CPU_TILE_BATCH
+
+    class OnCPU(Pointwise):
+        device = torch.device("cpu")
+
+    model = OnCPU()
+    tiled = TilingPolicy(16, 4, training_size=16).wrap(model)
+    assert tiled.batch == CPU_TILE_BATCH == 1
+    x, t = torch.rand(2, 3, 30, 40), torch.full((2,), 7)
+    assert torch.equal(tiled(x, t), TiledDenoiser(Pointwise(), 16, 4, batch=5)(x, t))  # the batch changes calls, not eps
+    assert set(model.calls) == {(1, 3, 16, 16)}
+    assert TilingPolicy(16, 4, training_size=16, batch=3).wrap(OnCPU()).batch == 3
+    assert TilingPolicy(16, 4, training_size=16).wrap(Pointwise()).batch == DEFAULT_TILE_BATCH  # no device: the engine's
+
+
 def test_bad_settings() -> None:
     with pytest.raises(DiffPIRError, match="overlap"):
         TiledDenoiser(Pointwise(), 16, 16)
@@ -275,14 +294,14 @@ def test_restorer_tiles_and_records_it() -> None:
     op = Deblur(np.full((3, 3), 1 / 9))
     y = torch.rand(1, 3, 20, 28)
     config = DiffPIRConfig(lam=7.0, zeta=0.3, sigma_n=0.05, steps=3)
-    out = r.restore(y, op, config, seed=0)
+    out = r.restore(y, op, config, seed=0, boundary="circular")
     assert out.shape == (1, 3, 20, 28) and bool(torch.isfinite(out).all())
     record = r.describe()["tiling"]
     assert record["used"] and record["mode"] == 8 and record["tile"] == [8, 8] and record["overlap"] == 4
     assert record["image"] == [20, 28] and record["tiles"] == len(tile_starts(20, 8, 4, 2)) * len(tile_starts(28, 8, 4, 2))
     # the same loop with the tiled model, run by engine.sample
     assert torch.equal(out, sample(TiledDenoiser(r.denoiser, 8, 4), op, y, config, seed=0))
-    small = r.restore(torch.rand(1, 3, 8, 6), op, config, seed=0)  # below the tile: whole
+    small = r.restore(torch.rand(1, 3, 8, 6), op, config, seed=0, boundary="circular")  # below the tile: whole
     assert small.shape == (1, 3, 8, 6) and not r.describe()["tiling"]["used"]
 
 

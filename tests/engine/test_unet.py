@@ -245,3 +245,17 @@ def test_unknown_arch_lists_known_ones() -> None:
 def test_invalid_config_raises(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(DiffPIRError, match=message):
         UNetConfig(**{**ARCH_PRESETS["tiny"].as_dict(), **overrides})
+
+
+def test_group_norm_of_a_single_value_per_group_is_its_bias() -> None:
+    """A 1x1 feature map with one channel per group: (x - mean) is exactly zero, so the output is
+    the bias (what the definition gives and ONNX Runtime computes), not torch's shape refusal."""
+    norm = GroupNorm32(32, 32)
+    with torch.no_grad():
+        norm.bias.copy_(torch.linspace(-1.0, 1.0, 32))
+        norm.weight.fill_(3.0)
+    x = torch.randn(2, 32, 1, 1)
+    torch.testing.assert_close(norm(x), norm.bias.view(1, -1, 1, 1).expand(2, -1, -1, -1), rtol=0, atol=0)
+    # Two values per group take the ordinary path: mean zero per group before the affine part.
+    y = norm(torch.randn(1, 32, 1, 2)) - norm.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(y.sum(dim=(-2, -1)), torch.zeros(1, 32), rtol=0, atol=1e-5)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffpir_rt.engine import DiffPIRError
+from diffpir_rt.engine.archs import ARCH_PRESETS
 from diffpir_rt.engine.unet import (
-    ARCH_PRESETS,
     AttentionBlock,
     UNetModel,
     legacy_qkv_attention,

@@ -100,7 +100,7 @@ def test_export_errors(capsys: pytest.CaptureFixture, tiny_checkpoint: Path, tmp
 
 def test_export_trt_without_tensorrt_says_how_to_get_it(capsys: pytest.CaptureFixture, cli_onnx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    err = _error(capsys, ["export", "trt", "--onnx", str(cli_onnx[0]), "--output", str(tmp_path / "u.plan"), "--fp16",
+    err = _error(capsys, ["export", "trt", "--onnx", str(cli_onnx[0]), "--output", str(tmp_path / "u.plan"), "--dtype", "fp16",
                           "--batch", "1:1:2", "--height", "8:16:32", "--width", "8:16:32"])
     assert err == "diffpir export: error: TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)\n"
     assert "--batch 1:2: expected N or MIN:OPT:MAX" in _error(

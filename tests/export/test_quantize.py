@@ -144,7 +144,7 @@ def test_cli_exports_int8_and_prints_its_parity(tmp_path: Path, capsys: pytest.C
     from diffpir_rt.cli import main
 
     out = tmp_path / "unet_int8.onnx"
-    assert main(["export", "onnx", "--random-weights", "--arch", "tiny", "--output", str(out), "--int8"]) == 0
+    assert main(["export", "onnx", "--random-weights", "--arch", "tiny", "--output", str(out), "--dtype", "int8"]) == 0
     printed = capsys.readouterr().out
     assert f"exported tiny (int8, from an fp32 export parity-checked against torch) -> {out}" in printed
     assert "at 16 timesteps from 999 to 0" in printed and "relative RMS error of eps" in printed and printed.rstrip().endswith("...)")
@@ -154,11 +154,11 @@ def test_cli_exports_int8_and_prints_its_parity(tmp_path: Path, capsys: pytest.C
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--int8", "--fp16"], "--int8: conflicts with --fp16"),
-        (["--calibration", "{dir}"], "--calibration/--calibration-method: apply to --int8 only"),
-        (["--int8", "--calibration", "{dir}/missing.png"], "--calibration {dir}/missing.png: no such file"),
-        (["--int8", "--calibration", "{dir}"], "--calibration {dir}: no images"),
-        (["--int8", "--external-data", "always"], "--external-data always: an --int8 graph keeps its weights inline"),
+        (["--dtype", "bf16"], "argument --dtype: invalid choice"),
+        (["--calibration", "{dir}"], "--calibration/--calibration-method: apply to --dtype int8 only"),
+        (["--dtype", "int8", "--calibration", "{dir}/missing.png"], "--calibration {dir}/missing.png: no such file"),
+        (["--dtype", "int8", "--calibration", "{dir}"], "--calibration {dir}: no images"),
+        (["--dtype", "int8", "--external-data", "always"], "--external-data always: an int8 graph keeps its weights inline"),
     ],
 )
 def test_cli_int8_errors(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -150,7 +150,7 @@ def test_build_precision_and_timing_cache_name(tmp_path: Path) -> None:
     assert resolve_build_precision("fp16", fp16=False, has_fp16_flag=True) == ("fp16", True)
     assert resolve_build_precision("fp32", fp16=False, has_fp16_flag=True) == ("fp32", True)
     assert resolve_build_precision("fp32", fp16=True, has_fp16_flag=True) == ("fp16", False)
-    with pytest.raises(DiffPIRError, match=r"--fp16: this TensorRT builds strongly typed networks only; export the ONNX with"):
+    with pytest.raises(DiffPIRError, match=r"--dtype fp16: this TensorRT builds strongly typed networks only; export the ONNX with"):
         resolve_build_precision("fp32", fp16=True, has_fp16_flag=False)
     assert default_timing_cache(tmp_path / "unet.plan", "10.3.0", H100) == tmp_path / "timing_trt10.3.0_sm90.cache"
 

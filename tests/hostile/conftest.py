@@ -32,8 +32,10 @@ class World:
     cache: Path  # DIFFPIR_RT_CACHE, with the ONNX export of `checkpoint`
 
     def model(self, backend: str | None = None) -> list[str]:
-        """Flags of the tiny model (ONNX path, cached) with 3 steps."""
+        """Flags of the tiny model (ONNX path, cached: fp32, since auto picks bf16 on the torch path
+        where the CPU has native bf16) with 3 steps."""
         flags = ["--checkpoint", str(self.checkpoint), "--arch", "tiny", "--steps", "3"]
+        flags += [] if backend else ["--dtype", "fp32"]
         return flags + (["--backend", backend] if backend else [])
 
 
@@ -66,7 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     mask = write_image(root / "mask32.png", torch.from_numpy((rng.random((1, 32, 32)) > 0.5).astype(np.float32)))
     # Warm the ONNX cache once (the CPU path exports the graph the first time a model is used).
     warm = run_cli(["restore", "--task", "denoise", "--input", str(clean16), "--output", str(cache / "warm.png"),
-                    "--quiet", "--checkpoint", str(checkpoint), "--arch", "tiny", "--steps", "3"], [])  # fmt: skip
+                    "--quiet", "--checkpoint", str(checkpoint), "--arch", "tiny", "--steps", "3", "--dtype", "fp32"], [])  # fmt: skip
     assert warm.code == 0, warm.err + (warm.escaped or "")
     # The export itself, not ONNX Runtime's optimised graph kept beside it (<key>.ort.onnx).
     onnx = next(p for p in sorted((cache / "onnx").glob("*.onnx")) if not p.name.endswith(".ort.onnx"))

@@ -18,7 +18,7 @@ from diffpir_rt.engine.sampler import sample
 from diffpir_rt.engine.unet import build_unet
 
 N = 7
-CONFIG = BlindDiffPIRConfig(lam=2.0, zeta=1.0, sigma_n=0.02, steps=4, kernel_size=N, kernel_iters=5)
+CONFIG = BlindDiffPIRConfig(lam=2.0, zeta=1.0, sigma_n=0.02, steps=4, kernel_size=N, kernel_iters=5, kernel_t_max=999)
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +75,10 @@ def test_the_kernel_starts_from_the_operators_and_stays_without_updates(model) -
     assert torch.allclose(op.estimate.kernel()[0], k0, atol=1e-6)
     expected = sample(model, Deblur(k0), y, DiffPIRConfig(lam=2.0, zeta=1.0, sigma_n=0.05, steps=4), seed=3)
     assert torch.allclose(got, expected, atol=1e-5)
+    # above kernel_sigma_max the loop does not re-estimate either, whatever kernel_t_max says
+    noisy = BlindDiffPIRConfig(lam=2.0, zeta=1.0, sigma_n=0.05, steps=4, kernel_size=N, kernel_t_max=999, kernel_sigma_max=0.02)
+    assert torch.equal(sample(model, op, y, noisy, seed=3), got)
+    assert not any(step["fit"] for step in build_method(noisy).steps())
 
 
 def test_the_graph_runtimes_static_loop_equals_sample(model) -> None:
@@ -112,11 +116,28 @@ def test_refusals(model) -> None:
         sample(model, blind_operator(N, "circular"), y, CONFIG, seed=0)  # 4 x 7 > 24
     with pytest.raises(DiffPIRError, match="odd"):
         BlindDiffPIRConfig(lam=2.0, zeta=1.0, sigma_n=0.02, steps=4, kernel_size=8)
-    with pytest.raises(DiffPIRError, match="expected the operator of a 7x7"):
-        sample(model, Deblur(initial_kernel(5, 1.0).numpy()), blurred(), CONFIG, seed=0)
-    with pytest.raises(DiffPIRError, match="applies to deblur"):
+    with pytest.raises(DiffPIRError, match="expected the operator of a square, odd-sized initial kernel"):
+        sample(model, Deblur(np.ones((5, 4)) / 20), blurred(), CONFIG, seed=0)
+    with pytest.raises(DiffPIRError, match="for deblurring, not for super-resolution"):
         sample(model, SuperResolution(2, np.ones((N, N)) / N**2), blurred(size=32), CONFIG, seed=0)
     with pytest.raises(DiffPIRError, match="boundary"):
         blind_operator(N, "reflect")
     with pytest.raises(DiffPIRError, match="init: expected a 7x7"):
         blind_operator(N, "circular", init=torch.ones(5, 5) / 25)
+
+
+def test_estimate_operator_of_a_large_photo_uses_one_window() -> None:
+    """`--kernel auto` on a photo wider than the estimate window: a kernel of the asked support, a
+    circular Deblur carrying the estimate (the runtime puts it under the boundary model)."""
+    from diffpir_rt.engine.methods.blind_diffpir import ESTIMATE_WINDOW, kernel_estimate
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 3, 40, ESTIMATE_WINDOW + 8, generator=g, dtype=torch.float64)
+    k = torch.zeros(N, N, dtype=torch.float64)
+    k[3, 1:6] = 0.2
+    y = Deblur(k).forward(x).float()
+    op = BlindDiffPIRConfig.estimate_operator(y, sigma_n=0.01, boundary="extend", overrides={"kernel_size": N})
+    assert isinstance(op, Deblur) and kernel_estimate(op) is op.estimate
+    check_kernels(op.kernel.to(torch.float64), 1)
+    with pytest.raises(DiffPIRError, match="larger than a quarter"):
+        BlindDiffPIRConfig.estimate_operator(y, sigma_n=0.01, boundary="extend", overrides={"kernel_size": 11})

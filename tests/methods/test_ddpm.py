@@ -17,7 +17,8 @@ from diffpir_rt.engine.methods import DDPMConfig, build_method
 from diffpir_rt.engine.methods.ddpm import schedule_of, space_timesteps
 from diffpir_rt.engine.methods.loop import DrawnInputs, NoiseStream, run_steps
 from diffpir_rt.engine.sampler import generate
-from diffpir_rt.engine.unet import build_unet, resolve_arch
+from diffpir_rt.engine.archs import resolve_arch
+from diffpir_rt.engine.unet import build_unet
 from tests.methods import reference_methods as R
 from tests.methods.gd_family import LinearModel, flat, noises, one_step, step_at
 

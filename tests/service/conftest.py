@@ -112,7 +112,9 @@ def cli_restore(inputs: Inputs, out: Path, args: list[str]) -> Path:
     """`diffpir restore` in this process with the tiny model; returns the output path."""
     from diffpir_rt.cli import main
 
-    code = main(["restore", "--checkpoint", str(inputs.checkpoint), "--arch", "tiny", "--quiet", "--output", str(out), *args])
+    # fp32 on both sides: bf16 results depend on the thread count, which differs between the two.
+    code = main(["restore", "--checkpoint", str(inputs.checkpoint), "--arch", "tiny", "--quiet",
+                 "--dtype", "fp32", "--output", str(out), *args])  # fmt: skip
     assert code == 0
     return out
 
@@ -135,7 +137,7 @@ def start_server(inputs: Inputs, env: dict[str, str], log: Path, extra: list[str
 
     port, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "diffpir_rt", "serve", "--checkpoint", str(inputs.checkpoint), "--arch", "tiny",
-           "--port", str(port), "--metrics-port", str(metrics_port), "--num-cpus", "2", *extra]  # fmt: skip
+           "--port", str(port), "--metrics-port", str(metrics_port), "--num-cpus", "2", "--dtype", "fp32", *extra]  # fmt: skip
     handle = open(log, "wb")
     proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
     handle.close()

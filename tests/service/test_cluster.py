@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from diffpir_rt.benchmarks.soak import LoadRequest, SteadyLoad, load_counts
-from diffpir_rt.client import Client
+from diffpir_rt.client import Client, ServiceError
 from diffpir_rt.engine.imageio import decode_image, read_image, read_image_and_depth, write_image
 
 from .cluster import LocalCluster
@@ -91,6 +91,8 @@ def _print_config(checkpoint: Path, port: int, folder: Path, name: str, *flags: 
     return path, ServeSettings.from_dict(config["applications"][0]["args"]).digest()
 
 
+#: Two restorer replicas (one per node), one HTTP ingress (a proxy runs on every node either way).
+V1_FLAGS = ("--replicas", "2", "--ingress-replicas", "1")
 SIGMA_N = 0.3  # a noise level at which the prior shapes the answer: other weights, other images
 
 
@@ -126,12 +128,27 @@ def _wait_healthy(url: str, timeout: float = 120.0) -> dict:
     return Client(url, timeout=10.0).wait_ready(timeout=timeout)
 
 
+def _wait_config(url: str, digest: str, timeout: float = 120.0) -> None:
+    """Until /healthz answers from the configuration `digest` (a new deployment has taken over)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            seen = Client(url, timeout=10.0).health()
+            if seen.get("config") == digest and seen.get("replica", {}).get("config") == digest:
+                return
+        except ServiceError as e:
+            seen = e
+        time.sleep(0.5)
+    raise AssertionError(f"{url}: configuration {digest} not serving after {timeout:g} s (last: {seen})")
+
+
 # ----------------------------------------------------------------------------- 1. a node dies
 
 
 def test_worker_node_killed_under_load(cluster: LocalCluster, inputs: Inputs, port: int, tmp_path_factory) -> None:
     folder = tmp_path_factory.mktemp("node-killed")
-    config, digest = _print_config(inputs.checkpoint, port, folder, "v1", "--replicas", "2", "--ingress-replicas", "2")
+    config, digest = _print_config(inputs.checkpoint, port, folder, "v1", *V1_FLAGS)
     cluster.deploy(config)
     head, worker = cluster.nodes[0], cluster.nodes[1]
     on_both = cluster.wait_replicas("DiffPIRRestorer", lambda rs: len(rs) == 2 and {r["node_id"] for r in rs} == {head.node_id, worker.node_id})
@@ -139,10 +156,13 @@ def test_worker_node_killed_under_load(cluster: LocalCluster, inputs: Inputs, po
     _wait_healthy(url)
     count = 6
     expected = _references(inputs, inputs.checkpoint, folder, count)
-    load = SteadyLoad(url, _requests(inputs, count), clients=4, retries=10, backoff=0.3, timeout=120.0,
+    load = SteadyLoad(url, _requests(inputs, count), clients=6, retries=10, backoff=0.3, timeout=120.0,
                       check=lambda key, png: float((decode_image(png)[0] - expected[key]).abs().max())).start()  # fmt: skip
     try:
         assert load.wait_for(24, timeout=120), "the load did not start"
+        deadline = time.monotonic() + 60  # until both nodes' replicas have answered: the node killed carries load
+        while {head.node_id[:12], worker.node_id[:12]} - {a.service.get("node") for a in load.answers()} and time.monotonic() < deadline:
+            time.sleep(0.2)
         served_by = {a.service.get("node") for a in load.answers()}
         killed_at = time.monotonic()
         pids = cluster.kill(worker)
@@ -170,10 +190,10 @@ def test_worker_node_killed_under_load(cluster: LocalCluster, inputs: Inputs, po
 def test_rolling_update_to_new_weights_under_load(cluster: LocalCluster, inputs: Inputs, port: int, second_checkpoint: Path,
                                                   tmp_path_factory) -> None:  # fmt: skip
     folder = tmp_path_factory.mktemp("rolling")
-    cluster.add_worker(num_cpus=1)  # a node joins again
-    flags = ("--replicas", "2", "--ingress-replicas", "2")
-    old, old_digest = _print_config(inputs.checkpoint, port, folder, "v1", *flags)
-    new, new_digest = _print_config(second_checkpoint, port, folder, "v2", *flags)
+    if all(n.killed for n in cluster.nodes if not n.head):
+        cluster.add_worker(num_cpus=1)  # a node joins again
+    old, old_digest = _print_config(inputs.checkpoint, port, folder, "v1", *V1_FLAGS)
+    new, new_digest = _print_config(second_checkpoint, port, folder, "v2", *V1_FLAGS)
     assert old_digest != new_digest
     cluster.deploy(old)  # as the previous test left it (a no-op), or deployed now
     url = f"http://127.0.0.1:{port}"
@@ -233,9 +253,7 @@ def test_autoscaling_grows_under_load_and_shrinks_after(cluster: LocalCluster, i
     cluster.deploy(config)
     url = f"http://127.0.0.1:{port}"
     cluster.wait_replicas("DiffPIRRestorer", lambda rs: len(rs) == 1, timeout=240)
-    deadline = time.monotonic() + 120
-    while Client(url, timeout=10).health().get("config") != digest and time.monotonic() < deadline:
-        time.sleep(0.5)
+    _wait_config(url, digest)
     timeline: list[tuple[float, int]] = []  # (seconds since the load started, running restorer replicas)
     stop = threading.Event()
 

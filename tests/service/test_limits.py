@@ -363,6 +363,7 @@ def test_hostile_requests_are_answered_4xx_in_bounded_time_and_the_replica_keeps
         assert fragment in answer["error"] and "\n" not in answer["error"] and "Traceback" not in answer["error"], (name, answer)
         assert headers["content-type"] == "application/json", (name, headers)
     after = rss_mb(ingress)
+    print(f"\nhostile requests (name, status, seconds): {outcomes}; ingress RSS {before:.0f} -> {after:.0f} MiB")
     assert server_processes(server.proc.pid)["ingress"] == [ingress]  # the same process: it never crashed
     # Nothing of the 100 MB bodies or the decompressed bombs stays: at most a few bodies of --max-body-bytes.
     assert after - before < 8 * MAX_BODY / 2**20 + 64, (before, after, outcomes)

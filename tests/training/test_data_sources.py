@@ -58,6 +58,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path, ds.Source]:
         "new_b.jpg": _encode(_photo(11, 180, 240), "JPEG"),
         "disguised.jpg": _encode(np.rot90(np.asarray(Image.fromarray(reference).resize((240, 160)))).copy(), "JPEG"),
         "cropped.png": _encode(reference[35:165, 52:248][:, ::-1].copy()),  # the central 65 %, mirrored
+        "reframed.png": _encode(reference[:, 40:260].copy()),  # another aspect ratio: 11:10 instead of 3:2
         "testimage.jpg": _encode(_photo(12, 200, 200), "JPEG"),  # a test image's name
         "grey.png": _encode(np.repeat(_photo(13, 200, 200)[..., :1], 3, axis=2)),
         "small.png": _encode(_photo(14, 100, 400)),  # short side 100 < 128
@@ -87,7 +88,7 @@ def test_only_new_photos_come_out_scaled_with_their_provenance(setup, tmp_path: 
     big = next(r for r in rows if r["origin"] == "new_a.png")
     assert (int(big["width"]), int(big["height"])) == (512, 171)
     dropped = summary["dropped"]
-    assert dropped["same picture as a reference image"] == 2  # the disguised copy and the mirrored crop
+    assert dropped["same picture as a reference image"] == 3  # the disguised copy, the mirrored crop, the reframed one
     assert dropped["same name as reference refs/testimage.png"] == 1
     assert dropped["greyscale or unreadable"] == 1
     assert dropped[f"short side below {ds.MIN_SIDE} px"] == 1
