@@ -30,10 +30,21 @@ from .protocol import Scenario, load_images, make_measurement
 LADDER = (3, 5, 10, 20, 50, 100, 250, 500, 1000)
 
 
-def scenario_for(method: str) -> Scenario:
-    """The method's first task, its default variant, at the task's default noise level."""
+def scenario_for(method: str, image: Any = None) -> Scenario:
+    """The method's first task at the task's default noise level, in its default variant, or the
+    first of its variants whose measurement fits `image` (a 128² crop holds no 128² inpainting box)."""
     task = get_task(config_class(method).tasks[0])
-    return Scenario.named(task.name, task.default_sigma_n)
+    default = Scenario.named(task.name, task.default_sigma_n)
+    if image is None or not task.variants:
+        return default
+    for variant in dict.fromkeys((default.variant, *task.variants)):
+        scenario = Scenario.named(f"{task.name}/{variant}", task.default_sigma_n)
+        try:
+            make_measurement(scenario, image)
+        except DiffPIRError:
+            continue
+        return scenario
+    return default
 
 
 def takes_budget(method: str, task: str, budget: int) -> bool:
@@ -54,7 +65,7 @@ def budgets_for(method: str, largest: int) -> list[int]:
 
 
 def measure(restorer: Restorer, method: str, images: Sequence[Any], budget: int) -> dict[str, Any]:
-    spec = scenario_for(method)
+    spec = scenario_for(method, images[0])
     scores, seconds = [], []
     for image in images:
         m = make_measurement(spec, image)
@@ -74,12 +85,27 @@ def useful_minimum(rows: Sequence[dict[str, Any]], within: float) -> Optional[in
     return min(good) if good else None
 
 
+def write_results(args: Any, rows: Sequence[dict[str, Any]], restorer: Restorer) -> None:
+    """budgets.json and budgets.md in args.out: every row and each method's useful minimum."""
+    minimum = {m: useful_minimum([r for r in rows if r["method"] == m], args.within) for m in dict.fromkeys(r["method"] for r in rows)}
+    record = {"rows": list(rows), "useful_minimum": minimum, "within_db": args.within, "images": args.images, "crop": args.crop,
+              "data": args.data.name, "runtime": restorer.describe(), "environment": harness.environment(restorer.device)}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "budgets.json").write_text(json.dumps(record, indent=1) + "\n")
+    lines = [f"# PSNR against the budget (--steps), {args.data.name} first {args.images} images, {args.crop}² crops", "",
+             "| method | task | steps | UNet calls | PSNR (dB) | s / image |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['method']} | {r['task']} | {r['steps']} | {r['model_calls']} | {r['psnr']:.2f} | {r['seconds']:.1f} |" for r in rows]
+    lines += ["", f"Useful minimum (smallest budget within {args.within} dB of the best): "
+              + ", ".join(f"{m} {v}" for m, v in minimum.items())]  # fmt: skip
+    (args.out / "budgets.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = cliargs.OneLineParser(prog="python -m diffpir_rt.benchmarks.budgets", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="a folder of test images (e.g. McMaster)")
     parser.add_argument("--images", type=cliargs.positive_int, default=2, help="first N images (default: %(default)s)")
     parser.add_argument("--crop", type=cliargs.positive_int, default=128, help="centre crop side (default: %(default)s)")
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every restoration method")
+    parser.add_argument("--methods", nargs="+", default=None, choices=restoration_names(), help="default: every restoration method")
     parser.add_argument("--largest", type=cliargs.positive_int, default=1000, help="largest budget tried (default: %(default)s)")
     parser.add_argument("--within", type=float, default=1.0, help="dB of the best that count as usable (default: %(default)s)")
     parser.add_argument("--out", required=True, type=Path, help="folder for budgets.json and budgets.md")
@@ -92,17 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for budget in budgets_for(method, args.largest):
             rows.append(measure(restorer, method, images, budget))
             print(json.dumps(rows[-1]), flush=True)
-    minimum = {m: useful_minimum([r for r in rows if r["method"] == m], args.within) for m in dict.fromkeys(r["method"] for r in rows)}
-    record = {"rows": rows, "useful_minimum": minimum, "within_db": args.within, "images": args.images, "crop": args.crop,
-              "data": args.data.name, "runtime": restorer.describe(), "environment": harness.environment(restorer.device)}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "budgets.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = [f"# PSNR against the budget (--steps), {args.data.name} first {args.images} images, {args.crop}² crops", "",
-             "| method | task | steps | UNet calls | PSNR (dB) | s / image |", "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['method']} | {r['task']} | {r['steps']} | {r['model_calls']} | {r['psnr']:.2f} | {r['seconds']:.1f} |" for r in rows]
-    lines += ["", f"Useful minimum (smallest budget within {args.within} dB of the best): "
-              + ", ".join(f"{m} {v}" for m, v in minimum.items())]  # fmt: skip
-    (args.out / "budgets.md").write_text("\n".join(lines) + "\n")
+        write_results(args, rows, restorer)  # after every method: a long run keeps what it measured
     return 0
 
 

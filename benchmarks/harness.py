@@ -161,3 +161,13 @@ def run_script(argv: Optional[list[str]], parse_args: Callable[[Optional[list[st
     except SystemExit as e:
         return int(e.code or 0), None
     return None, run(args)
+
+
+def script_main(parse_args: Callable[[Optional[list[str]]], Any], run: Callable[[Any], Any]) -> Callable[[Optional[list[str]]], int]:
+    """The `main(argv) -> exit code` of a script whose run's result is written to files, not returned."""
+
+    def main(argv: Optional[list[str]] = None) -> int:
+        code, _ = run_script(argv, parse_args, run)
+        return code or 0
+
+    return main

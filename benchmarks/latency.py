@@ -78,7 +78,6 @@ from diffpir_rt.engine import (
     capture_cuda_graph,
     check_input_file,
     check_capturable,
-    degrade,
     pad_model,
     prepare_unet,
     resolve_device,

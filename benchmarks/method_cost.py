@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 logger.info("%s: skipped (%s)", name, e)
                 continue
             calls[name] = sum(1 for s in build_method(config).steps() if s.t is not None)
-            arms[name] = lambda op=op, y=y, config=config: restorer.restore(y, op, config, seed=0)
+            # circular: the UNet runs on the same grid as the forward arm (an extended domain would not)
+            arms[name] = lambda op=op, y=y, config=config: restorer.restore(y, op, config, seed=0, boundary="circular")
         samples: dict[str, list[float]] = {a: [] for a in arms}
         names = list(arms)
         for r in range(args.repeats + 1):
@@ -153,9 +154,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return harness.parse_script_args(parser, argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    code, _ = harness.run_script(argv, parse_args, run)
-    return code or 0
+main = harness.script_main(parse_args, run)
 
 
 if __name__ == "__main__":

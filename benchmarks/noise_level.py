@@ -359,6 +359,7 @@ def restore_markdown(document: dict[str, Any]) -> str:
         f"- {meta['date_utc']}, commit {meta['git_commit']}, torch {meta['torch']}, path {meta['runtime']['name']}, "
         f"load average {meta['load_average']}",
         f"- data: {meta['datasets']}, measurements stored as 8-bit; seed {meta['restore_seed']}",
+        "- boundary: " + ", ".join(f"{name} {boundary or 'as given'}" for name, (_, _, boundary) in SCENARIOS.items()),
         f"- reproduce: `{meta['command']}`",
         "",
         "| task | σ_n | images | mean estimate | PSNR true σ_n | PSNR auto | PSNR default | auto − true | auto − default |",

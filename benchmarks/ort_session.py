@@ -105,9 +105,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return harness.parse_script_args(parser, argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    code, _ = harness.run_script(argv, parse_args, run)
-    return code or 0
+main = harness.script_main(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from diffpir_rt.engine import TASKS, ModelSource, degrade, get_task
+from diffpir_rt.engine import TASKS, ModelSource, get_task
 from diffpir_rt import cliargs
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.runtime import Restorer

@@ -29,6 +29,11 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
+#: The word a user gives for "choose or estimate it for me": `--sigma-n auto` and `--kernel auto`
+#: (estimated from the measurement), `--boundary auto` (the task's best model the method can run).
+AUTO = "auto"
+
+
 class ParamError(ValueError):
     """Text that does not parse as a parameter's value; the message says what was expected."""
 

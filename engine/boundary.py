@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.lazy import lazy_module
@@ -169,8 +169,37 @@ def _refusal(what: str) -> str:
     )
 
 
+class MaskedDataStepBase:
+    """What the sampler and the method check read on every masked extended-domain data step
+    (deblurring here, super-resolution in engine/boundary_sr.py)."""
+
+    #: The sampler's operator family, and the method capability this data step requires.
+    family: ClassVar[str] = "fourier"
+    requires: ClassVar[str] = "extended_boundary"
+
+    @staticmethod
+    def refusal(method: str) -> str:
+        """The one-line error for a method that cannot run on this data step."""
+        return _refusal(f"method {method}")
+
+    # The closed forms the mask destroys: a method that needs one is refused before it runs
+    # (Capabilities.extended_boundary); these answer a direct call the same way.
+
+    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
+        raise DiffPIRError(_refusal("(AAᵀ + μ)⁻¹"))
+
+    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
+        raise DiffPIRError(_refusal("the pseudo-inverse"))
+
+    def singular_values(self) -> Tensor:
+        raise DiffPIRError(_refusal("the singular values"))
+
+    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
+        raise DiffPIRError(_refusal("the range filter"))
+
+
 @dataclass(frozen=True)
-class MaskedFourierDataStep:
+class MaskedFourierDataStep(MaskedDataStepBase):
     """Blur on an extended domain of which only the frame is observed: A = S K, bound to y.
 
     K is circular convolution on the extended (H, W) grid, S keeps the frame
@@ -219,15 +248,6 @@ class MaskedFourierDataStep:
     early_iters: int = EARLY_PCG_ITERS  # while ρ < early_rho (at least iters)
     early_rho: float = EARLY_RHO
     carry: bool = True  # update w after each solve (False: every call starts from y_ext)
-
-    #: The sampler's operator family, and the method capability this data step requires.
-    family: ClassVar[str] = "fourier"
-    requires: ClassVar[str] = "extended_boundary"
-
-    @staticmethod
-    def refusal(method: str) -> str:
-        """The one-line error for a method that cannot run on this data step."""
-        return _refusal(f"method {method}")
 
     # ------------------------------------------------------------------ the prox
 
@@ -304,18 +324,6 @@ class MaskedFourierDataStep:
         bottom, right = H - h - self.top, W - w - self.left
         filled = torch.nn.functional.pad(r, (self.left, right, self.top, bottom))
         return _rfilter(filled, self.otf.conj())
-
-    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
-        raise DiffPIRError(_refusal("(AAᵀ + μ)⁻¹"))
-
-    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
-        raise DiffPIRError(_refusal("the pseudo-inverse"))
-
-    def singular_values(self) -> Tensor:
-        raise DiffPIRError(_refusal("the singular values"))
-
-    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
-        raise DiffPIRError(_refusal("the range filter"))
 
 
 def _hermitian_weights(width: int) -> Tensor:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from diffpir_rt.errors import DiffPIRError
+from diffpir_rt.params import AUTO
 
 __all__ = ["AUTO", "BOUNDARIES", "BOUNDARY_MODELS", "BoundaryModel", "boundary_help", "boundary_operator", "runnable"]
 
@@ -61,8 +62,6 @@ BOUNDARY_MODELS: dict[str, BoundaryModel] = {
         BoundaryModel("circular", "the blur wraps around the image (the official protocol's synthetic data)", False),
     )
 }
-#: The value that picks the task's best model the method can run.
-AUTO = "auto"
 #: `--boundary` choices.
 BOUNDARIES = (AUTO, *BOUNDARY_MODELS)
 

@@ -33,14 +33,14 @@ DPS: A and Aᵀ); the others get the "taper" model (engine/boundary_taper.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.lazy import lazy_module
 
-from .boundary import DEFAULT_PCG_ITERS, EARLY_PCG_ITERS, EARLY_RHO, _refusal
+from .boundary import DEFAULT_PCG_ITERS, EARLY_PCG_ITERS, EARLY_RHO, MaskedDataStepBase
 from .boundary_taper import FourierExtension
-from .operators import RCOND, SuperResolution, fold_mean, tile
+from .operators import SuperResolution, fold_mean, tile
 
 if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
     from torch import Tensor
@@ -53,7 +53,7 @@ _TINY = 1e-30
 
 
 @dataclass(frozen=True)
-class MaskedSRDataStep:
+class MaskedSRDataStep(MaskedDataStepBase):
     """SR of a photo on an extended domain of which only the frame is observed: A = S D K, bound to y.
 
     Vectors of the PCG are full fft2 spectra on the low-resolution extended grid (h_e, w_e);
@@ -77,15 +77,6 @@ class MaskedSRDataStep:
     early_iters: int = EARLY_PCG_ITERS  # while ρ < early_rho (at least iters)
     early_rho: float = EARLY_RHO
     carry: bool = True
-
-    #: The sampler's operator family, and the method capability this data step requires.
-    family: ClassVar[str] = "fourier"
-    requires: ClassVar[str] = "extended_boundary"
-
-    @staticmethod
-    def refusal(method: str) -> str:
-        """The one-line error for a method that cannot run on this data step."""
-        return _refusal(f"method {method}")
 
     # ------------------------------------------------------------------ the prox
 
@@ -156,18 +147,6 @@ class MaskedSRDataStep:
         he, we = self.mask.shape[-2:]
         filled = torch.nn.functional.pad(r, (self.left, we - w - self.left, self.top, he - h - self.top))
         return torch.fft.ifft2(self.otf.conj() * tile(torch.fft.fft2(filled), self.sf)).real
-
-    def gram_solve(self, r: Tensor, mu: float | Tensor) -> Tensor:
-        raise DiffPIRError(_refusal("(AAᵀ + μ)⁻¹"))
-
-    def pinv(self, r: Tensor, rcond: float = RCOND) -> Tensor:
-        raise DiffPIRError(_refusal("the pseudo-inverse"))
-
-    def singular_values(self) -> Tensor:
-        raise DiffPIRError(_refusal("the singular values"))
-
-    def range_filter(self, x: Tensor, coefficients: Tensor, rcond: float = RCOND) -> Tensor:
-        raise DiffPIRError(_refusal("the range filter"))
 
 
 class ExtendedSuperResolution(FourierExtension):

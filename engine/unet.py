@@ -52,9 +52,10 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
-        if x.shape[1] // self.num_groups * x.shape[2:].numel() == 1:
+        if not torch.jit.is_tracing() and x.shape[1] // self.num_groups * x.shape[2:].numel() == 1:
             # One value per group (a 1x1 feature map): normalised it is exactly zero, as ONNX Runtime
             # computes it, but torch's group_norm refuses the shape; the affine part is then the bias.
+            # (An exported graph's GroupNorm handles it itself, so the trace keeps the plain call.)
             zero = torch.zeros_like(x, dtype=torch.float32)
             return (zero if bias is None else zero + bias.view(1, -1, 1, 1)).to(x.dtype)
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)

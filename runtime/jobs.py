@@ -30,7 +30,7 @@ from diffpir_rt.engine.operators import stack_operators
 from diffpir_rt.errors import DiffPIRError, TooLargeError
 from diffpir_rt.lazy import lazy_module
 
-from .options import RequestOptions
+from .options import DEFAULT_SIGMA_N, RequestOptions
 
 if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
     from torch import Tensor
@@ -146,9 +146,10 @@ def build_request(
     blind = is_auto(inputs.kernel)
     if blind:
         method = phase("unfit", lambda: estimating_method("kernel", task_object.name, method))
-        if overrides.get("sigma_n") is None:  # an unknown blur comes with an unknown noise level
-            overrides["sigma_n"] = AUTO
     method = method or DEFAULT_METHOD
+    defaulted = overrides.get("sigma_n") is None and phase("unfit", lambda: config_class(method)).uses_sigma_n()
+    if defaulted:
+        overrides["sigma_n"] = DEFAULT_SIGMA_N
     phase("unfit", lambda: config_class(method).check_task(task_object.name))
     phase("unfit", lambda: task_object.check_inputs(**inputs.given()))
     phase("unfit", lambda: task_object.check_required(**inputs.given()))
@@ -159,11 +160,18 @@ def build_request(
     if is_auto(overrides.get("sigma_n")):
         from .restorer import measured_sigma_n
 
-        (estimates["sigma_n_estimate"],) = phase("unfit", lambda: measured_sigma_n(photo.rgb, operator))
-        overrides["sigma_n"] = estimates["sigma_n_estimate"]
+        try:
+            (estimates["sigma_n_estimate"],) = measured_sigma_n(photo.rgb, operator)
+            overrides["sigma_n"] = estimates["sigma_n_estimate"]
+        except DiffPIRError as e:
+            if not defaulted:  # asked for: say why it cannot be done
+                raise RequestInputError(str(e), "unfit") from None
+            overrides.pop("sigma_n")  # the default: the model's fixed value, with a note
+            estimates["sigma_n_fallback"] = f"sigma_n: no estimate ({e}); the model's default applies"
     if blind:
+        sigma_n = overrides.get("sigma_n", get_task(task_object.name).default_sigma_n)
         operator = phase("unfit", lambda: config_class(method).estimate_operator(
-            photo.rgb[None], sigma_n=overrides["sigma_n"], boundary=boundary, overrides=overrides))  # fmt: skip
+            photo.rgb[None], sigma_n=sigma_n, boundary=boundary, overrides=overrides))  # fmt: skip
     # sizes: the kernel or mask against the image, and a file that is no kernel at all
     if inputs.kernel is not None and not blind:
         phase("unfit", lambda: task_object.check_fit(operator, photo.rgb.shape))
@@ -247,6 +255,8 @@ def run_record(shared: dict[str, Any], request: RestoreRequest, configured: Any)
     notes = list(configured.notes)
     if "sigma_n_estimate" in request.estimates:
         notes.append(f"sigma_n auto: {request.estimates['sigma_n_estimate']:.4f} estimated from the measurement")
+    if "sigma_n_fallback" in request.estimates:
+        notes.append(request.estimates["sigma_n_fallback"])
     boundary_note = request.boundary_note()
     if boundary_note:
         notes.append(boundary_note)
@@ -258,7 +268,7 @@ def run_record(shared: dict[str, Any], request: RestoreRequest, configured: Any)
         **record,
         "defaults_source": configured.defaults_source,
         **get_task(request.task).record(request.operator),
-        **request.estimates,
+        **{k: v for k, v in request.estimates.items() if k != "sigma_n_fallback"},
         "seed": request.seed,
         "bit_depth": request.bit_depth,
         "notes": notes,

@@ -22,6 +22,14 @@ from diffpir_rt.params import Param, check_fields, declared, param
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
+#: sigma_n when a user gives none for a photo (`diffpir restore`, the service, batch jobs, and
+#: Restorer.restore without a config): estimated from the measurement, which restored better on
+#: average than the model's fixed per-task default (docs/blind.md §1.4). Where no estimate can be
+#: made (too few observed pixels) the fixed default applies, with a note. `diffpir eval` keeps the
+#: official protocol's explicit values.
+DEFAULT_SIGMA_N = "auto"
+
+
 def backend_choices() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 

@@ -32,6 +32,7 @@ from diffpir_rt.engine import (
     BACKENDS,
     DEFAULT_METHOD,
     Configured,
+    config_class,
     estimating_method,
     kernel_estimate,
     task_of,
@@ -48,7 +49,7 @@ from diffpir_rt.engine import (
 from diffpir_rt.errors import DiffPIRError
 from diffpir_rt.lazy import lazy_module
 
-from .options import PRECISIONS, RuntimeOptions, backend_choices
+from .options import DEFAULT_SIGMA_N, PRECISIONS, RuntimeOptions, backend_choices
 
 if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
     from torch import Tensor
@@ -59,6 +60,19 @@ logger = logging.getLogger(__name__)
 #: Above this many bytes of pre-drawn noise a CUDA graph is not worth its memory (RePaint's
 #: default schedule draws ~7000 images of noise); such runs take the eager loop.
 MAX_GRAPH_NOISE_BYTES = 2 * 1024**3
+
+
+def _estimates_record(estimated: Optional[list[float]], operator: Any) -> dict[str, Any]:
+    """The run record's entries for what was estimated from the measurement: sigma_n (one per
+    sample, a number for one sample) and the kernel of a blind restoration."""
+    out: dict[str, Any] = {}
+    if estimated is not None:
+        out["sigma_n_estimate"] = estimated if len(estimated) > 1 else estimated[0]
+    blind = kernel_estimate(operator)
+    if blind is not None:
+        kernels = [[[round(float(v), 6) for v in row] for row in k] for k in blind.kernel()]
+        out["kernel_estimate"] = kernels[0] if len(kernels) == 1 else kernels
+    return out
 
 
 def measured_sigma_n(y: Tensor, operator: Any) -> list[float]:
@@ -374,12 +388,15 @@ class Restorer:
             `method` (engine.DEFAULT_METHOD by default), as the CLI takes them.
         seed: one integer for the batch, one per sample (a sample's result then does not
             depend on its batch), or None. x_T / noise: as in engine.sample.
-        boundary: "auto" (the task's real-photo boundary model where the method can run it: a
-            deblurred photo is restored on an extended domain, as the CLI does), "circular" (the
-            official protocol's synthetic measurements), "extend", or None (the operator as given).
+        boundary: "auto" (as the CLI: the task's best real-photo model the method can run, extend
+            or else taper, Task.resolve_boundary; a fallback is said once and noted in the record),
+            "extend", "taper", "circular" (the official protocol's synthetic measurements), or None
+            (the operator as given).
         sigma_n: the measurement's noise level, replacing the config's: a number, or "auto" (estimated
             from y by engine.estimate_sigma_n, the mean over the batch; each sample's estimate is kept in
-            the run record as `sigma_n_estimate`). None: the config's, or this model's default.
+            the run record as `sigma_n_estimate`). None: the config's; without a config, "auto"
+            (runtime.options.DEFAULT_SIGMA_N, as the command line), or this model's default where no
+            estimate can be made.
 
         An operator with a kernel to estimate (engine.prepare_blind, `--kernel auto`) runs the method
         that estimates it when no config is given; the kernel it ends with is in the run record
@@ -388,34 +405,14 @@ class Restorer:
         if not isinstance(y, torch.Tensor):
             raise DiffPIRError(f"y: expected a torch.Tensor, got {type(y).__name__}")
         task = task_of(operator)
-        estimated = None
-        if isinstance(sigma_n, str):
-            if sigma_n != AUTO:
-                raise DiffPIRError(f"sigma_n: expected a number in [0, 1] or {AUTO}, got {sigma_n!r}")
-            estimated = measured_sigma_n(y, operator)
-            sigma_n = round(sum(estimated) / len(estimated), 6)
-        if config is None:
-            if task is None:
-                raise DiffPIRError(f"config: required for a {type(operator).__name__} operator (no task declares it)")
-            if method is None and kernel_estimate(operator) is not None:
-                method = estimating_method("kernel", task.name)
-            configured = self.configure(task.name, method, scale=task.record(operator).get("scale"), sigma_n=sigma_n)
-        else:
-            if sigma_n is not None and type(config).uses_sigma_n():
-                config = dataclasses.replace(config, sigma_n=sigma_n)
-            configured = Configured(config, (), "given by the caller")
+        if config is None and method is None and task is not None and kernel_estimate(operator) is not None:
+            method = estimating_method("kernel", task.name)
+        sigma_n, estimated = self._resolve_sigma_n(y, operator, config, method, sigma_n)
+        configured = self._configured(task, operator, config, method, sigma_n)
         config = configured.config
         for note in configured.notes:
             self.say(note)
-        resolved = boundary_note = None
-        if task is not None and boundary is not None:
-            resolved = task.resolve_boundary(boundary, type(config).capabilities, config.method)
-            boundary_note = task.boundary_note(boundary, resolved, config.method)
-            if boundary_note:
-                self.say(boundary_note)
-            # the extended grid suits the UNet and the method's own size rule (ILVR's low-pass factor)
-            multiple = math.lcm(int(getattr(self.denoiser, "size_multiple", 1)), int(config.size_multiple))
-            operator = task.apply_boundary(operator, resolved, multiple)
+        operator, resolved, boundary_note = self._with_boundary(task, operator, config, boundary)
         y = y.to(self.device, torch.float32)
         self.runs += 1
         loop = build_method(config)
@@ -428,15 +425,53 @@ class Restorer:
         self.last_record = self._record(task, configured, resolved, seed, time.perf_counter() - start, y, operator)
         if boundary_note:
             self.last_record["notes"].append(boundary_note)
-        if estimated is not None:
-            self.last_record["sigma_n_estimate"] = estimated if len(estimated) > 1 else estimated[0]
-        blind = kernel_estimate(operator)
-        if blind is not None:
-            kernels = blind.kernel()
-            self.last_record["kernel_estimate"] = [[[round(float(v), 6) for v in row] for row in k] for k in kernels]
-            if kernels.shape[0] == 1:
-                self.last_record["kernel_estimate"] = self.last_record["kernel_estimate"][0]
+        self.last_record.update(_estimates_record(estimated, operator))
         return out
+
+    def _resolve_sigma_n(self, y: Tensor, operator: Operator, config: Any, method: Optional[str],
+                         sigma_n: Union[float, str, None]) -> tuple[Optional[float], Optional[list[float]]]:  # fmt: skip
+        """The number restore uses for sigma_n (None: the config's or the model's), and the per-sample
+        estimates when it was estimated. Without a config or a value, "auto", as the command line."""
+        defaulted = config is None and sigma_n is None and config_class(method or DEFAULT_METHOD).uses_sigma_n()
+        if defaulted:
+            sigma_n = DEFAULT_SIGMA_N  # as the command line takes it (runtime.options)
+        if not isinstance(sigma_n, str):
+            return sigma_n, None
+        if sigma_n != AUTO:
+            raise DiffPIRError(f"sigma_n: expected a number in [0, 1] or {AUTO}, got {sigma_n!r}")
+        try:
+            estimated = measured_sigma_n(y, operator)
+        except DiffPIRError as e:
+            if not defaulted:
+                raise
+            self._say(f"sigma_n: no estimate ({e}); the model's default applies")
+            return None, None
+        return round(sum(estimated) / len(estimated), 6), estimated
+
+    def _configured(self, task: Any, operator: Operator, config: Any, method: Optional[str],
+                    sigma_n: Optional[float]) -> Configured:  # fmt: skip
+        """The given config (with sigma_n replaced where it has one), or this model's defaults for the task."""
+        if config is None:
+            if task is None:
+                raise DiffPIRError(f"config: required for a {type(operator).__name__} operator (no task declares it)")
+            return self.configure(task.name, method, scale=task.record(operator).get("scale"), sigma_n=sigma_n)
+        if sigma_n is not None and type(config).uses_sigma_n():
+            config = dataclasses.replace(config, sigma_n=sigma_n)
+        return Configured(config, (), "given by the caller")
+
+    def _with_boundary(self, task: Any, operator: Operator, config: Any,
+                       boundary: Optional[str]) -> tuple[Operator, Optional[str], Optional[str]]:  # fmt: skip
+        """The operator on the boundary model that runs, that model's name, and the one-line note
+        when `auto` could not give this method the task's best model (said once here)."""
+        if task is None or boundary is None:
+            return operator, None, None
+        resolved = task.resolve_boundary(boundary, type(config).capabilities, config.method)
+        note = task.boundary_note(boundary, resolved, config.method)
+        if note:
+            self.say(note)
+        # the extended grid suits the UNet and the method's own size rule (ILVR's low-pass factor)
+        multiple = math.lcm(int(getattr(self.denoiser, "size_multiple", 1)), int(config.size_multiple))
+        return task.apply_boundary(operator, resolved, multiple), resolved, note
 
     def _record(self, task: Any, configured: Configured, boundary: Optional[str], seed: Any, seconds: float,
                 y: Tensor, operator: Any) -> dict[str, Any]:  # fmt: skip

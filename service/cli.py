@@ -266,7 +266,7 @@ def run_request(args: argparse.Namespace) -> int:
     if missing:
         raise DiffPIRError(f"{', '.join(missing)}: required to restore (or use --info / --health)")
     from diffpir_rt.engine import paths
-    from diffpir_rt.runtime import check_paths, method_overrides, request_options, task_values
+    from diffpir_rt.runtime import check_paths, method_overrides, task_values
 
     from diffpir_rt.runtime import is_auto
 

@@ -632,10 +632,12 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         "parameters not given (each row's source says how it was chosen):",
         "",
     ]
-    columns = [k for k in next(iter(card["task_defaults"].values()), {}) if k != "source"]
-    lines += ["| task | " + " | ".join(columns) + " | source |", "|---|" + "---|" * (len(columns) + 1)]
+    columns = [k for k in next(iter(card["task_defaults"].values()), {}) if k not in ("source", "psnr_by_steps")]
+    lines += ["| task | " + " | ".join(columns) + " | PSNR by steps (tuning crops) | source |",
+              "|---|" + "---|" * (len(columns) + 2)]  # fmt: skip
     for task, d in card["task_defaults"].items():
-        lines.append(f"| {task} | " + " | ".join(str(d.get(c, "")) for c in columns) + f" | {d['source']} |")
+        by_steps = ", ".join(f"{n}: {v:.2f}" for n, v in (d.get("psnr_by_steps") or {}).items()) or "–"
+        lines.append(f"| {task} | " + " | ".join(str(d.get(c, "")) for c in columns) + f" | {by_steps} | {d['source']} |")
     if card.get("quality"):
         lines += ["", "## Measured quality", "", card["quality"]]
     if card.get("curve"):

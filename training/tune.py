@@ -2,8 +2,11 @@
 
 A grid over lambda and zeta per task, 20 steps, on the tuning crops (CBSD68 images 0-2,
 centre 128x128: disjoint from the training set and from the curve's images); the best mean
-PSNR wins, and a task keeps the official values when they win. The result is what
-`diffpir train export --task-defaults FILE` writes into the model card:
+PSNR wins, and a task keeps the official values when they win. Then the number of steps: with
+the chosen lambda and zeta, each of STEP_CHOICES; a task takes the fewest steps within
+STEPS_WITHIN_DB of its best, since every step is a UNet call the user waits for (inpainting
+needs more steps than deblurring). The result is what `diffpir train export --task-defaults
+FILE` writes into the model card:
 
     diffpir train tune --data DIR --weights W.safetensors --out defaults.json
 """
@@ -25,6 +28,9 @@ TUNE_IMAGES = 3
 LAMBDAS = (1.0, 2.0, 3.0, 5.0, 8.0)
 ZETAS = (0.3, 0.6, 1.0)
 STEPS = 20
+#: The step counts tried once lambda and zeta are chosen, and how much PSNR fewer steps may give up.
+STEP_CHOICES = (20, 50, 100)
+STEPS_WITHIN_DB = 0.1
 #: task -> (measurement options, sigma_n), as the curve and the model card's table measure them.
 TASKS: dict[str, tuple[dict[str, Any], float]] = {
     "deblur": ({"kernel": "gaussian"}, 0.05),
@@ -47,10 +53,25 @@ def tune(weights: Path, folder: Path, arch: str = "compact_fast", progress=print
                 results.append((task_psnr(restorer, crops, task, config, TASKS[task][0]), lam, zeta))
         best, lam, zeta = max(results)
         progress(f"{task}: lam {lam:g}, zeta {zeta:g}: {best:.2f} dB (grid of {len(results)})")
-        table[task] = {"lam": lam, "zeta": zeta, "steps": STEPS, "sigma_n": sigma_n,
+        by_steps = {STEPS: best}
+        for steps in STEP_CHOICES:
+            if steps not in by_steps:
+                config = DiffPIRConfig(lam=lam, zeta=zeta, sigma_n=sigma_n, steps=steps)
+                by_steps[steps] = task_psnr(restorer, crops, task, config, TASKS[task][0])
+        steps = fewest_steps(by_steps)
+        progress(f"{task}: steps " + ", ".join(f"{n}: {v:.2f} dB" for n, v in sorted(by_steps.items())) + f" -> {steps}")
+        table[task] = {"lam": lam, "zeta": zeta, "steps": steps, "sigma_n": sigma_n,
+                       "psnr_by_steps": {str(n): round(v, 3) for n, v in sorted(by_steps.items())},
                        "source": f"tuned for this prior on CBSD68 centre crops ({TUNE_IMAGES} images, {CROP}x{CROP}, "
-                                 f"{STEPS} steps; never training images): lambda in {list(LAMBDAS)}, zeta in {list(ZETAS)}"}  # fmt: skip
+                                 f"never training images): lambda in {list(LAMBDAS)}, zeta in {list(ZETAS)} at {STEPS} steps, "
+                                 f"then the fewest of {list(STEP_CHOICES)} steps within {STEPS_WITHIN_DB} dB of the best"}  # fmt: skip
     return table
+
+
+def fewest_steps(psnr_by_steps: dict[int, float], within: float = STEPS_WITHIN_DB) -> int:
+    """The smallest step count whose PSNR is within `within` dB of the best."""
+    best = max(psnr_by_steps.values())
+    return min(n for n, v in psnr_by_steps.items() if v >= best - within)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

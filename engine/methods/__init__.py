@@ -201,8 +201,9 @@ def configure(
     config = cls(**values)
     budget = getattr(config, cls.budget)
     if budget < cls.min_useful_steps:
+        other = "" if method == DEFAULT_METHOD else f", or --method {DEFAULT_METHOD}"
         notes.append(
             f"method {method}: {budget} {cls.budget.replace('_', ' ')} is below the {cls.min_useful_steps} it needs to "
-            f"give a usable result; expect little of the image (use --steps {cls.min_useful_steps} or more, or --method {DEFAULT_METHOD})"
+            f"give a usable result; expect little of the image (use --steps {cls.min_useful_steps} or more{other})"
         )
     return Configured(config, tuple(notes), source, ignored)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Protocol
 
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.params import Param, check_fields, declared
+from diffpir_rt.params import AUTO, Param, check_fields, declared
 
 from ..operators import DataStep, Operator
 from ..tasks import get_task
@@ -34,12 +34,11 @@ if TYPE_CHECKING:  # annotations only: torch loads when the math first runs
 #: records that it did not use it).
 STEPS = Param("iteration budget: the method's number of steps (see --help --method NAME for what it counts)", int, 1, 1000)
 SIGMA_N = Param("measurement noise std in [0, 1] image units (0.05 = 12.75/255)", float, 0.0, 1.0)
-#: The word a user gives for "estimate it from the measurement" (--sigma-n auto, --kernel auto).
-AUTO = "auto"
 #: sigma_n as a user gives it on every surface (flag, form field, batch option, Restorer.restore):
 #: a number, or `auto` (engine.estimate_sigma_n of the measurement, recorded in the run record).
 #: A config always holds the number.
-SIGMA_N_INPUT = dataclasses.replace(SIGMA_N, words=(AUTO,), help=SIGMA_N.help + "; auto: estimated from the measurement")
+SIGMA_N_INPUT = dataclasses.replace(SIGMA_N, words=(AUTO,), help=SIGMA_N.help + "; auto: estimated from the measurement "
+                                    "(restoring a photo: the default)")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 
 from diffpir_rt.errors import DiffPIRError
-from diffpir_rt.params import Param
+from diffpir_rt.params import AUTO, Param
 
 from ..paths import InputFile
 
@@ -47,7 +47,8 @@ class TaskInputs:
 #: Every input a task may declare, with its help: one spelling for the flag, the form
 #: field and the batch option. A task lists which of these it takes in `Task.inputs`.
 INPUT_PARAMS: dict[str, Param] = {
-    "kernel": Param("blur kernel file (.npy, .png, .mat)", str),
+    "kernel": Param(f"blur kernel file (.npy, .png, .mat), or {AUTO}: estimated from the image with the method "
+                    "that estimates it", str, words=(AUTO,)),
     "kernel_index": Param("which kernel of a .mat cell array (0-based)", int, 0),
     "mask": Param("inpainting mask image, nonzero = observed", str),
     "scale": Param("super-resolution factor", int, choices=(2, 3, 4)),
@@ -236,7 +237,7 @@ class Task:
             capabilities: the method's declared Capabilities (engine.methods.base).
             method: its name, for messages.
         """
-        from ..boundary_models import AUTO, BOUNDARIES, BOUNDARY_MODELS, runnable
+        from ..boundary_models import BOUNDARIES, BOUNDARY_MODELS, runnable
 
         if boundary not in BOUNDARIES:
             raise DiffPIRError(f"--boundary {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
@@ -258,7 +259,7 @@ class Task:
         """One line when `auto` could not give the method this task's best boundary model (the first of
         `boundaries`): which model it cannot run and why, and what ran instead. Said once on stderr and
         kept in the run record; None when auto got the best model, or the model was asked for by name."""
-        from ..boundary_models import AUTO, BOUNDARY_MODELS
+        from ..boundary_models import BOUNDARY_MODELS
 
         if boundary != AUTO or resolved is None or not self.boundaries or resolved == self.boundaries[0]:
             return None

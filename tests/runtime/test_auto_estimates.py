@@ -169,3 +169,37 @@ def test_api_picks_the_estimating_method_for_a_blind_operator(tmp_path: Path, re
     assert restorer.last_record["method"] == estimating_method("kernel", "deblur")
     check_kernel(np.asarray(restorer.last_record["kernel_estimate"]), 7)
     np.testing.assert_allclose(op.estimate.kernel()[0].numpy(), np.asarray(restorer.last_record["kernel_estimate"]), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the default
+
+
+def test_a_photo_without_sigma_n_runs_with_the_estimate(tmp_path: Path, restorer: Restorer) -> None:
+    """The default for user images is the estimate (docs/blind.md §1.4); a method without a noise
+    model estimates nothing, and where no estimate can be made the model's default applies, said."""
+    from diffpir_rt.engine import config_class, restoration_names
+
+    photo, _ = noisy_crop(tmp_path)
+    image = InputFile.from_path(photo, "--input")
+    request = build_request("denoise", image, TaskInputs(), None, {"steps": 3}, RequestOptions())
+    ((_, record),) = run_requests(restorer, [request])
+    assert abs(record["sigma_n_estimate"] - SIGMA) < 0.25 * SIGMA and record["config"]["sigma_n"] == record["sigma_n_estimate"]
+    # the API without a config takes it the same way
+    restorer.restore(read_image(photo), Denoise(), seed=0)
+    assert restorer.last_record["sigma_n_estimate"] == record["sigma_n_estimate"]
+    noiseless = [m for m in restoration_names("inpaint") if not config_class(m).uses_sigma_n()]
+    if noiseless:
+        mask = write_image(tmp_path / "m.png", torch.ones(1, SIZE, SIZE))
+        other = build_request("inpaint", image, TaskInputs(mask=InputFile.from_path(mask, "--mask")), noiseless[0], {}, RequestOptions())
+        assert "sigma_n" not in other.overrides and not other.estimates
+    # a mask that leaves too few observed pixels: no estimate, the fixed default, and a note
+    sparse = torch.zeros(1, SIZE, SIZE)
+    sparse[0, ::8, ::8] = 1.0
+    mask = write_image(tmp_path / "sparse.png", sparse)
+    fallback = build_request("inpaint", image, TaskInputs(mask=InputFile.from_path(mask, "--mask")), None, {"steps": 3}, RequestOptions())
+    assert "sigma_n" not in fallback.overrides and "sigma_n_fallback" in fallback.estimates
+    ((_, record),) = run_requests(restorer, [fallback])
+    assert record["config"]["sigma_n"] == restorer.default_sigma_n("inpaint")
+    assert any(note.startswith("sigma_n: no estimate") for note in record["notes"])
+    with pytest.raises(Exception, match="too few observed pixels"):  # asked for explicitly: refused, one line
+        build_request("inpaint", image, TaskInputs(mask=InputFile.from_path(mask, "--mask")), None, {"sigma_n": AUTO}, RequestOptions())

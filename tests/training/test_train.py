@@ -250,3 +250,12 @@ def test_cosine_schedule_and_min_snr_weights_follow_their_formulas(image_dir: Pa
     np.testing.assert_allclose(trainer.loss_weights(t).numpy(), expected, rtol=1e-5)
     with pytest.raises(DiffPIRError, match="loss_weighting"):
         tr.Recipe(arch="tiny", crop=16, loss_weighting="p2")
+
+
+def test_the_fewest_steps_within_the_tolerance_of_the_best_win() -> None:
+    from diffpir_rt.training.tune import fewest_steps
+
+    # inpainting-like: more steps keep paying, so the most wins; deblurring-like: 20 is as good
+    assert fewest_steps({20: 27.0, 50: 27.6, 100: 27.9}) == 100
+    assert fewest_steps({20: 22.05, 50: 22.10, 100: 22.08}) == 20
+    assert fewest_steps({20: 25.0, 50: 25.45, 100: 25.5}, within=0.1) == 50
