@@ -640,6 +640,8 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         lines.append(f"| {task} | " + " | ".join(str(d.get(c, "")) for c in columns) + f" | {by_steps} | {d['source']} |")
     if card.get("quality"):
         lines += ["", "## Measured quality", "", card["quality"]]
+    if card.get("study"):
+        lines += ["", "## Recipe study and training data", "", card["study"]]
     if card.get("curve"):
         protocol, points = card["curve"]["protocol"], card["curve"]["points"]
         tasks = [key for key in points[0] if key.endswith("_psnr")]

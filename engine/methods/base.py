@@ -111,7 +111,9 @@ class MethodConfig:
     #: The field the user's --steps sets, and what it counts for this method.
     budget: ClassVar[str] = "steps"
     budget_note: ClassVar[str] = "timesteps (one UNet call each)"
-    #: Below this budget the method gives little with a small prior: one warning line.
+    #: Below this budget the method gives little with a small prior: one warning line. Set from
+    #: `python -m diffpir_rt.benchmarks.budgets` (benchmarks/results/method_budgets/): the smallest
+    #: budget within 1 dB of the method's best with the bundled prior.
     min_useful_steps: ClassVar[int] = 1
     #: Where the defaults of `for_task` come from (run records, --help).
     defaults_source: ClassVar[str] = "the official defaults"

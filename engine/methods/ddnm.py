@@ -70,7 +70,7 @@ class DDNMConfig(MethodConfig):
     tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
     family: ClassVar[bool] = True
     budget_note: ClassVar[str] = "DDNM's T_sampling: timesteps i * (1000 // steps), one UNet call each (more with time travel)"
-    min_useful_steps: ClassVar[int] = 20
+    min_useful_steps: ClassVar[int] = 5
     defaults_source: ClassVar[str] = "official DDNM: main.py (--eta 0.85), configs/*.yml (T_sampling 100)"
 
     sigma_n: float = param(like=SIGMA_N)

@@ -90,7 +90,7 @@ class DDRMConfig(MethodConfig):
     tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
     family: ClassVar[bool] = True
     budget_note: ClassVar[str] = "DDRM's --timesteps: UNet calls = len(range(0, 1000, 1000 // steps))"
-    min_useful_steps: ClassVar[int] = 10
+    min_useful_steps: ClassVar[int] = 5
     defaults_source: ClassVar[str] = "official DDRM: main.py (--eta 0.85 --etaB 1), README (--timesteps 20)"
 
     sigma_n: float = param(like=SIGMA_N)

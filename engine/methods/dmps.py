@@ -58,7 +58,7 @@ class DMPSConfig(RespacedSchedule, MethodConfig):
     description: ClassVar[str] = "DMPS (Meng & Kabashima 2022): DDPM step plus the closed-form noise-aware likelihood step"
     tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
     family: ClassVar[bool] = True
-    min_useful_steps: ClassVar[int] = 100
+    min_useful_steps: ClassVar[int] = 50
     defaults_source: ClassVar[str] = "official DMPS: configs/*_config.yaml (scale 1.75, 1000 steps)"
 
     sigma_n: float = param(like=SIGMA_N)

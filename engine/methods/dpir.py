@@ -97,7 +97,7 @@ class DPIRConfig(MethodConfig):
     capabilities: ClassVar[Capabilities] = Capabilities(extended_boundary=True)
     budget: ClassVar[str] = "iter_num"
     budget_note: ClassVar[str] = "K, the HQS iterations (one UNet call each)"
-    min_useful_steps: ClassVar[int] = 1
+    min_useful_steps: ClassVar[int] = 3
     defaults_source: ClassVar[str] = "official DPIR: main_dpir_deblur.py (K 8), main_dpir_sisr.py (K 24), main_dpir_denoising.py"
 
     sigma_n: float = param(like=SIGMA_N)

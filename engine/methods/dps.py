@@ -73,7 +73,7 @@ class DPSConfig(RespacedSchedule, MethodConfig):
     tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "inpaint", "denoise")
     family: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(gradients=True, extended_boundary=True, graph_capture=False)
-    min_useful_steps: ClassVar[int] = 250
+    min_useful_steps: ClassVar[int] = 500
     defaults_source: ClassVar[str] = "official DPS: configs/diffusion_config.yaml and the task configs"
 
     zeta: float = param(0.3, help="step size on the gradient of the residual norm (DPS's scale)", low=0.0, low_open=True)

@@ -158,7 +158,7 @@ class ILVRConfig(RespacedSchedule, MethodConfig):
     )
     tasks: ClassVar[tuple[str, ...]] = ("deblur", "sr", "denoise")
     family: ClassVar[bool] = True
-    min_useful_steps: ClassVar[int] = 50
+    min_useful_steps: ClassVar[int] = 100
     defaults_source: ClassVar[str] = "official ILVR: README (--timestep_respacing 100, range_t 20); N per task: ours"
 
     factor: Optional[int] = param(None, help="low-pass factor N of phi_N (none: the SR scale, 8 for deblurring, 4 for "

@@ -90,7 +90,7 @@ class RePaintConfig(MethodConfig):
     family: ClassVar[bool] = True
     budget: ClassVar[str] = "t_T"
     budget_note: ClassVar[str] = "t_T, the respaced chain's length; UNet calls grow with the resampling (250 -> 2410)"
-    min_useful_steps: ClassVar[int] = 50
+    min_useful_steps: ClassVar[int] = 250
     defaults_source: ClassVar[str] = "official RePaint: confs/*.yml (t_T 250, jump_length 10, jump_n_sample 10)"
     #: The official configs' values.
     OFFICIAL: ClassVar[dict[str, int]] = {"t_T": 250, "jump_length": 10, "jump_n_sample": 10}

@@ -128,6 +128,16 @@ def _stroke(page, points: list[tuple[float, float]]) -> None:
     page.mouse.up()
 
 
+def _wait_until(page, expression: str, timeout: float = 60.0) -> None:
+    """Poll a JS expression with page.evaluate: the page's CSP (script-src 'self') forbids the
+    string eval that Playwright's wait_for_function compiles its predicate with."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for: {expression}")
+        page.wait_for_timeout(100)
+
+
 def _max_error(png: Path, reference: Path) -> float:
     got, _ = decode_image(png.read_bytes())
     return float((got - read_image(reference)).abs().max())
@@ -143,7 +153,7 @@ def test_token_errors_then_the_empty_page(page, server, shots: Path) -> None:
     assert error.inner_text() == "missing bearer token (Authorization: Bearer <token>) (HTTP 401)"
     page.fill("#token", "not-the-token-000000")
     page.click("#token-form button")
-    page.wait_for_function("document.getElementById('error').textContent.includes('wrong bearer token')")
+    _wait_until(page, "document.getElementById('error').textContent.includes('wrong bearer token')")
     page.fill("#token", TOKEN)
     page.click("#token-form button")
     page.wait_for_selector("#f-steps")
@@ -180,7 +190,7 @@ def test_inpainting_with_a_drawn_mask_equals_diffpir_restore(page, inputs: Input
     page.click("#run")
     page.wait_for_selector("#compare-box:not([hidden])", timeout=120_000)
     assert page.locator("#result-error").is_hidden()
-    page.wait_for_function("document.getElementById('after').complete && document.getElementById('after').naturalWidth > 0")
+    _wait_until(page, "document.getElementById('after').complete && document.getElementById('after').naturalWidth > 0")
     page.locator("#split").fill("50")
     page.screenshot(path=str(shots / "web-result.png"), full_page=True)
     restored = _download(page, "#download-image", tmp_path / "restored.png")
