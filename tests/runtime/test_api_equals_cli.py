@@ -4,11 +4,9 @@ and records the same run (the CLI is a thin layer over `Restorer.restore`)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from diffpir_rt.cli import main
