@@ -20,7 +20,7 @@ Measured per run (uint8, docs/algorithm.md §9): PSNR in the outer 8 px and 16 p
 the interior beyond 16 px; and the jump across each edge: the mean |row 1 - row 0| (and the
 other three edges alike) against the largest such jump between neighbouring rows / columns
 inside the image (its own statistics) and the ground truth's jump at that edge. The criterion
-(issue 19): both strips within 1 dB of the interior, and no edge jump beyond
+(a photo's border restored as well as its inside): both strips within 1 dB of the interior, and no edge jump beyond
 max(the image's largest interior jump, the ground truth's edge jump).
 
   python -m diffpir_rt.benchmarks.border_matrix --data /work/shared/data/testsets --out benchmarks/results/boundary

@@ -18,7 +18,7 @@ Parts (--parts):
   run's extra time goes.
 - solve: per call, interleaved rounds, medians: the UNet at the frame's size and at the
   extended size, and one data step per solver setting, averaged over the run's own ρ schedule;
-  the solve's share of a UNet call. The target (issue 20): the solve ≤ 15 % of the UNet.
+  the solve's share of a UNet call. The target: the solve ≤ 15 % of the UNet (docs/algorithm.md §11).
 - convergence: for each step of a recorded run, the frame's RMS error (in 1/255) after
   n = 0 … 10 PCG iterations against the exact masked prox (float64, PCG to convergence), from
   the stateless start (the edgetaper extension) and from the carried one (the previous step's

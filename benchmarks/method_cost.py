@@ -2,7 +2,7 @@
 
 A gradient-free method's step is one UNet call plus its closed-form data step; DPS's is one
 call with autograd on, then the gradient of its residual norm back through the UNet to x_t
-(one vector-Jacobian product: no second forward). The target (issue 20): a gradient step
+(one vector-Jacobian product: no second forward). The target: a gradient step
 within 3.5 forward calls. Measured on the bundled prior with the torch fast path (channels-last,
 fused attention, fp32: the UNet DPS runs on, since exported graphs give no gradients), one
 thread, process CPU time, medians over interleaved rounds, per image size:

@@ -139,7 +139,8 @@ class FourierExtension:
         return self.crop(x, y_shape)
 
     def data_step(self, y: Tensor):  # pragma: no cover - each model defines its own
-        raise NotImplementedError
+        """The data step on the extended grid: Tapered and ExtendedSuperResolution each define theirs."""
+        raise NotImplementedError(f"{type(self).__name__} defines no data step")
 
 
 class Tapered(FourierExtension):

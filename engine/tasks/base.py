@@ -172,7 +172,8 @@ class Task:
         return self._operator(kernel=kernel, mask=mask, scale=scale)
 
     def _operator(self, kernel: Any, mask: Any, scale: Optional[int]) -> Any:
-        raise NotImplementedError
+        """The task's operator from checked inputs: every task (engine/tasks/*.py) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no operator")
 
     # ------------------------------------------------------------------ the official protocol
 
@@ -187,8 +188,8 @@ class Task:
         return Degradation(y, operator, kernel, mask)
 
     def _degrade(self, x: np.ndarray, options: dict[str, Any]) -> tuple[np.ndarray, Any, Any, Any]:
-        """(noiseless y, operator, kernel or None, mask or None)."""
-        raise NotImplementedError
+        """(noiseless y, operator, kernel or None, mask or None): every task defines it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no official measurement")
 
     def variant_options(self, variant: Optional[str]) -> dict[str, Any]:
         """The `measure` options of a named protocol variant (e.g. {"kernel": "motion"})."""
@@ -220,8 +221,8 @@ class Task:
         return np.clip(y, 0.0, 1.0)
 
     def synthetic_operator(self, height: int, width: int) -> Any:
-        """A seeded operator for an (height, width) output: benchmarks and size sweeps."""
-        raise NotImplementedError
+        """A seeded operator for an (height, width) output: benchmarks and size sweeps (every task defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no synthetic operator")
 
     # ------------------------------------------------------------------ boundaries
 

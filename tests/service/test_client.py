@@ -8,15 +8,17 @@ import json
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from diffpir_rt.client import Client, ServiceError, encode_multipart
 
+from .canned_http import CannedHandler
 
-class _Fake(BaseHTTPRequestHandler):
+
+class _Fake(CannedHandler):
     """Answers POST /v1/restore with 503 `fail` times, then 200 with a fixed body and record."""
 
     fail = 0
@@ -34,17 +36,6 @@ class _Fake(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self._send(401, b'{"error": "missing bearer token (Authorization: Bearer <token>)"}', {})
-
-    def _send(self, status: int, body: bytes, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture

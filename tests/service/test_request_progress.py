@@ -8,14 +8,16 @@ import io
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from diffpir_rt.client import Client, ServiceError, WaitState, wait_printer
 
+from .canned_http import CannedHandler
 
-class _Slow(BaseHTTPRequestHandler):
+
+class _Slow(CannedHandler):
     """POST answers after `delay` seconds (or with `status` and `body` right away); /healthz reports 3 queued."""
 
     delay = 0.0
@@ -35,17 +37,6 @@ class _Slow(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self._send(200, json.dumps({"status": "ok", "queued": 3, "replicas": {"DiffPIRRestorer": 2}}).encode(), {})
-
-    def _send(self, status: int, body: bytes, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
